@@ -1,0 +1,50 @@
+"""The adapter registry: format name → adapter class.
+
+Ours are listed in ``BUILTIN_ADAPTERS``; third parties add theirs through the
+``posthog_migrate.adapters`` entry point group without editing this package (see the README).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from adapters.base import Adapter, BadRow, SourceFile
+from adapters.csv import CsvAdapter
+from adapters.jsonl import JsonLinesAdapter
+from adapters.parquet import ParquetAdapter
+from adapters.posthog import PostHogAdapter
+from migrate.errors import ConfigError
+
+ENTRY_POINT_GROUP = "posthog_migrate.adapters"
+BUILTIN_ADAPTERS: dict[str, type[Adapter]] = {
+    adapter.name: adapter for adapter in (CsvAdapter, JsonLinesAdapter, ParquetAdapter, PostHogAdapter)
+}
+COMPRESSION_ENDINGS = (".gz", ".gzip")
+
+__all__ = ["Adapter", "BadRow", "SourceFile", "available_adapters", "adapter_class", "detect_format"]
+
+
+def available_adapters() -> dict[str, type[Adapter]]:
+    adapters = dict(BUILTIN_ADAPTERS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in adapters:  # ours win: a plugin cannot silently replace a built-in format
+            adapters[entry.name] = entry.load()
+    return adapters
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    adapters = available_adapters()
+    if name not in adapters:
+        raise ConfigError(f"unknown format {name!r}; choose one of: auto, {', '.join(sorted(adapters))}")
+    return adapters[name]
+
+
+def detect_format(uri: str) -> str | None:
+    """The format a file's ending names (``events.csv.gz`` → csv), or None."""
+    name = uri.lower()
+    for ending in COMPRESSION_ENDINGS:
+        name = name.removesuffix(ending)
+    for adapter in available_adapters().values():
+        if any(name.endswith(ext) for ext in adapter.extensions):
+            return adapter.name
+    return None

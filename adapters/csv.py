@@ -1,0 +1,121 @@
+"""CSV with a header row (``.gz`` too). Every value is read as text; empty cells are absent values.
+
+Numbers and booleans are recognised only in their canonical spelling, so ``"42"`` becomes 42 but a zip
+code ``"02134"`` or an id ``"1e5"`` stays text: a migration must not corrupt identifiers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from adapters.base import (
+    MAX_RAW_CHARS_IN_REJECT,
+    ROWS_PER_CHUNK,
+    Adapter,
+    BadRow,
+    RowChunk,
+    SourceFile,
+    open_binary,
+)
+from migrate.errors import ConfigError
+
+# The stdlib default (128 KiB) would stop a file on one long JSON cell; events are capped below 1 MB anyway.
+MAX_FIELD_CHARS = 16 * 1024 * 1024
+_CANONICAL_INT = re.compile(r"-?(0|[1-9]\d{0,17})")
+_CANONICAL_FLOAT = re.compile(r"-?(0|[1-9]\d{0,17})\.\d{1,15}")
+csv.field_size_limit(MAX_FIELD_CHARS)
+
+
+def infer_scalar(text: str) -> Any:
+    """A cell's value: int, float or bool when its spelling is canonical, else the text itself."""
+    if _CANONICAL_INT.fullmatch(text):
+        return int(text)
+    if _CANONICAL_FLOAT.fullmatch(text) and not text.endswith("0"):
+        return float(text)
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    return text
+
+
+def _has_bad_encoding(cells: list[str]) -> bool:
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from surrogateescape: the bytes were not UTF-8
+        return True
+    return False
+
+
+def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]:
+    with open_binary(source.uri) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ConfigError(f"{source.uri}: cannot read the CSV header ({error}). Is --format right?") from None
+        if _has_bad_encoding(header) or any("\x00" in cell for cell in header):
+            raise ConfigError(
+                f"{source.uri}: the first line is not a UTF-8 CSV header. Is --format right for this file?"
+            )
+        width = len(header)
+        convert = infer_scalar if infer_types else str
+        chunk: RowChunk = []
+        row_number = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                row_number += 1
+                chunk.append((row_number, BadRow("malformed_csv", f"unreadable CSV row: {error}", None)))
+                continue
+            if not cells:
+                continue
+            row_number += 1
+            if len(cells) != width:
+                raw_line = ",".join(cells)[:MAX_RAW_CHARS_IN_REJECT]
+                chunk.append((row_number, BadRow(
+                    "wrong_field_count", f"{len(cells)} fields, the header has {width}", raw_line)))
+            elif _has_bad_encoding(cells):
+                raw_line = ",".join(cells).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                chunk.append((row_number, BadRow("bad_encoding", "not valid UTF-8", raw_line[:MAX_RAW_CHARS_IN_REJECT])))
+            else:
+                chunk.append((row_number, {
+                    name: convert(cell) for name, cell in zip(header, cells, strict=True) if cell != ""
+                }))
+            if len(chunk) >= ROWS_PER_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def read_csv_header(source: SourceFile) -> list[str]:
+    with open_binary(source.uri) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        try:
+            return next(csv.reader(text))
+        except (StopIteration, csv.Error):
+            return []
+
+
+class CsvAdapter(Adapter):
+    """Generic CSV: the header names the columns of the mapping."""
+
+    name: ClassVar[str] = "csv"
+    extensions: ClassVar[tuple[str, ...]] = (".csv", ".tsv")
+
+    def read(self, source: SourceFile) -> Iterator[RowChunk]:
+        return read_csv(source)
+
+    def columns(self, source: SourceFile) -> list[str] | None:
+        return read_csv_header(source)

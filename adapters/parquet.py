@@ -1,0 +1,44 @@
+"""Parquet files, read a row group's worth of record batches at a time (never the whole file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile
+from migrate.errors import ConfigError
+
+
+def open_parquet(source: SourceFile) -> pq.ParquetFile:
+    filesystem, path = (
+        pafs.FileSystem.from_uri(source.uri) if "://" in source.uri else (pafs.LocalFileSystem(), source.uri)
+    )
+    try:
+        return pq.ParquetFile(filesystem.open_input_file(path))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ConfigError(f"{source.uri}: not a readable Parquet file ({error}). Is --format right?") from None
+
+
+def read_parquet(source: SourceFile) -> Iterator[RowChunk]:
+    parquet = open_parquet(source)
+    row_number = 0
+    for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK):
+        records = batch.to_pylist()
+        chunk = [(row_number + offset, record) for offset, record in enumerate(records, start=1)]
+        row_number += len(records)
+        yield chunk
+
+
+class ParquetAdapter(Adapter):
+    name: ClassVar[str] = "parquet"
+    extensions: ClassVar[tuple[str, ...]] = (".parquet", ".pq")
+
+    def read(self, source: SourceFile) -> Iterator[RowChunk]:
+        return read_parquet(source)
+
+    def columns(self, source: SourceFile) -> list[str] | None:
+        return list(open_parquet(source).schema_arrow.names)

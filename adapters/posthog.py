@@ -1,0 +1,86 @@
+"""Events exported from another PostHog project, passed through with their own uuid.
+
+JSON lines of captured events (``{"uuid","event","distinct_id","timestamp","properties",...}``), or the
+CSV PostHog's UI exports (``properties`` as a JSON string, ``elements_chain``, ``person_id``...).
+Fields that belong to the old project or to the old request (``team_id``, ``person_id``, ``sent_at``,
+``offset``, the old project's token) are dropped: re-sending them would mis-time or mis-route events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import orjson
+
+from adapters.base import Adapter, RowChunk, SourceFile
+from adapters.csv import read_csv, read_csv_header
+from adapters.jsonl import read_json_lines
+from migrate.event import Event, Rejection, normalise_uuid, parse_timestamp, uuid_from_content
+from migrate.mapping import Filtered
+
+
+def _is_csv(source: SourceFile) -> bool:
+    name = source.uri.lower().removesuffix(".gz")
+    return name.endswith(".csv")
+
+
+class PostHogAdapter(Adapter):
+    name: ClassVar[str] = "posthog"
+    extensions: ClassVar[tuple[str, ...]] = ()  # same endings as generic files: only by --format posthog
+    source_tag: ClassVar[str] = "posthog"
+
+    def read(self, source: SourceFile) -> Iterator[RowChunk]:
+        # CSV cells stay text: a PostHog CSV holds JSON strings and ids that must not become numbers.
+        return read_csv(source, infer_types=False) if _is_csv(source) else read_json_lines(source)
+
+    def columns(self, source: SourceFile) -> list[str] | None:
+        return read_csv_header(source) if _is_csv(source) else None
+
+    def to_events(self, record: dict) -> list[Event]:
+        name = record.get("event")
+        if not isinstance(name, str) or not name:
+            raise Rejection("missing_event_name", "the row has no 'event'")
+        if name in self.mapper.drop_events:
+            raise Filtered(f"event {name!r} dropped by the mapping")
+        properties = _object(record.get("properties"))
+        distinct_id = record.get("distinct_id")
+        if distinct_id in (None, ""):
+            distinct_id = properties.get("distinct_id")
+        if distinct_id in (None, "") or isinstance(distinct_id, dict | list | bool):
+            raise Rejection("missing_distinct_id", "the row has no usable 'distinct_id'")
+        distinct_id = str(distinct_id)
+        properties.pop("distinct_id", None)
+        properties.pop("token", None)  # the old project's key must not travel
+        timestamp_us = parse_timestamp(record.get("timestamp"), "auto", self.mapper.zone)
+        self.mapper.apply_time_filters(timestamp_us)
+        for key in ("$set", "$set_once"):
+            value = record.get(key)
+            if isinstance(value, str) and value:
+                value = _object(value)
+            if value and key not in properties:
+                properties[key] = value
+        elements = record.get("elements_chain")
+        if elements and "$elements_chain" not in properties:
+            properties["$elements_chain"] = elements
+        if record.get("ip") and "$ip" not in properties:
+            properties["$ip"] = record["ip"]
+        source_uuid = record.get("uuid")
+        if source_uuid not in (None, ""):
+            event_uuid = normalise_uuid(source_uuid)
+        else:
+            event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties)]
+
+
+def _object(value: Any) -> dict:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise Rejection("properties_not_object", "'properties' is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejection("properties_not_object", "'properties' is not a JSON object")
+    return dict(value)

@@ -1,0 +1,131 @@
+"""The job's state on disk: atomic writes, fingerprints, the send watermark, test crash points.
+
+Everything a resume trusts is written with :func:`atomic_write_json`: a temp file in the same folder,
+flushed and fsync'd, renamed over the old file, and the folder fsync'd, so a crash at any instant
+leaves either the old state or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from migrate.errors import ConfigError
+
+STATE_VERSION = 1
+# Environment variable naming a crash point, for the resume tests: the process exits there at once.
+CRASH_POINT_VARIABLE = "POSTHOG_MIGRATE_CRASH_AT"
+CRASH_EXIT_CODE = 99
+
+
+def crash_point(name: str) -> None:
+    """Exit abruptly (no cleanup, like a kill -9) when the tests ask for a crash here."""
+    wanted = os.environ.get(CRASH_POINT_VARIABLE, "")
+    if wanted and wanted.split("@", 1)[0] == name:
+        # "name@N": crash on the N-th time this point is reached.
+        count = int(wanted.split("@", 1)[1]) if "@" in wanted else 1
+        _crash_counts[name] = _crash_counts.get(name, 0) + 1
+        if _crash_counts[name] >= count:
+            os._exit(CRASH_EXIT_CODE)
+
+
+_crash_counts: dict[str, int] = {}
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2)
+    with open(temporary, "wb") as handle:
+        handle.write(payload[: len(payload) // 2])
+        crash_point("mid-state-write")
+        handle.write(payload[len(payload) // 2:])
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError:
+        raise ConfigError(
+            f"{path} is damaged (not valid JSON). It is only ever replaced atomically, so something else "
+            "wrote it; start the job over with --restart."
+        ) from None
+
+
+def digest(data: Any) -> str:
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+@dataclass
+class SendProgress:
+    """The send phase's watermark: everything before ``next_seq`` was acknowledged by the server.
+
+    ``window_first_seq`` and ``cursor`` locate the window that holds ``next_seq``, which is where a
+    resume starts merging; the counters cover exactly the batches before ``next_seq``.
+    """
+
+    next_seq: int = 0
+    window_first_seq: int = 0
+    cursor: list[int] = field(default_factory=list)
+    events_sent: int = 0
+    rows_sent: int = 0
+    batches_sent: int = 0
+    server_rejected_events: int = 0
+    server_rejected_rows: int = 0
+    rejects_bytes: int = 0
+    retries: int = 0
+    requests: int = 0
+    updated_at: float = 0.0
+    layout: dict = field(default_factory=dict)
+    host: str = ""
+    finished: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SendProgress:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class JobState:
+    """``state.json`` of a job: which phase it is in and how far sending got."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = read_json(path) or {"version": STATE_VERSION}
+        if self.data.get("version") != STATE_VERSION:
+            raise ConfigError(f"{path} was written by another version of posthog-migrate; use --restart")
+
+    @property
+    def send(self) -> SendProgress:
+        return SendProgress.from_dict(self.data.get("send", {}))
+
+    def save_send(self, progress: SendProgress) -> None:
+        progress.updated_at = time.time()
+        self.data["send"] = progress.to_dict()
+        atomic_write_json(self.path, self.data)
+
+    def clear_send(self) -> None:
+        self.data.pop("send", None)
+        atomic_write_json(self.path, self.data)

@@ -1,0 +1,349 @@
+"""The command line: parse options, call the pipeline, print the summary. No logic of its own.
+
+Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 done but some rows rejected,
+130 interrupted by Ctrl-C and 143 by SIGTERM (the checkpoint saved either way).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from migrate import __version__
+from migrate.checkpoint import JobState, read_json
+from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
+from migrate.errors import ConfigError, MigrateError
+from migrate.pipeline import (
+    JobLock,
+    dry_run,
+    inspect_sources,
+    open_job,
+    prepare,
+    reset_job,
+    send,
+)
+from migrate.report import PrepareStats, day_of, human_duration, preflight_report, run_summary
+from migrate.sender import Interrupted
+
+
+class ExitStatus(enum.IntEnum):
+    DONE = 0
+    FAILED = 1
+    USAGE = 2
+    DONE_WITH_REJECTS = 3
+    INTERRUPTED_SIGINT = 130
+    INTERRUPTED_SIGTERM = 143
+
+
+NO_HOST_MESSAGE = (
+    "say where to send the events:\n"
+    "  --host https://us.i.posthog.com   (or https://eu.i.posthog.com, or your self-hosted URL),\n"
+    "      with the project's API key in POSTHOG_API_KEY or --api-key;\n"
+    "  --host local                      to try it against the built-in capture server;\n"
+    "  --dry-run                         to write the request bodies to files instead."
+)
+
+
+# --- shared options ------------------------------------------------------------------------------
+
+def source_options(command):
+    """Options that say how to read the sources: shared by run and inspect."""
+    options = [
+        click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
+        click.option("--format", "format_", default=None, metavar="NAME",
+                     help="auto (from the file ending), csv, jsonl, parquet or posthog. [default: auto]"),
+        click.option("--mapping", "mapping_path", type=click.Path(dir_okay=False), default=None,
+                     help="TOML file saying which columns make the event (see the README)."),
+        click.option("--event-column", default=None, help="Column holding the event name."),
+        click.option("--event-name", default=None, help="One event name for every row."),
+        click.option("--distinct-id-column", multiple=True,
+                     help="Column holding the distinct_id; repeat to give fallbacks (first non-empty wins)."),
+        click.option("--timestamp-column", default=None, help="Column holding the event time."),
+        click.option("--timestamp-unit", default=None,
+                     type=click.Choice(["auto", "s", "ms", "us", "ns", "iso"]),
+                     help="Unit of numeric timestamps (auto guesses from the size). [default: auto]"),
+        click.option("--source-timezone", default=None, metavar="TZ",
+                     help="IANA timezone for timestamps without an offset, e.g. Europe/Berlin. [default: UTC]"),
+        click.option("--uuid-column", default=None, help="Column holding each event's UUID."),
+        click.option("--insert-id-column", default=None,
+                     help="Column holding a unique event id; the uuid is derived from it."),
+        click.option("--properties-column", default=None, help="Column holding a JSON object of properties."),
+        click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def mapping_overrides(kwargs: dict) -> dict:
+    return {
+        "event": kwargs.pop("event_column"), "event_name": kwargs.pop("event_name"),
+        "distinct_id": tuple(kwargs.pop("distinct_id_column") or ()), "timestamp": kwargs.pop("timestamp_column"),
+        "timestamp_unit": kwargs.pop("timestamp_unit"), "timezone": kwargs.pop("source_timezone"),
+        "uuid": kwargs.pop("uuid_column"), "insert_id": kwargs.pop("insert_id_column"),
+        "properties_json": kwargs.pop("properties_column"),
+    }
+
+
+def settings_from(kwargs: dict) -> Settings:
+    kwargs["format"] = kwargs.pop("format_")
+    return resolve_settings(kwargs)
+
+
+class SignalCatcher:
+    """Turns the first SIGINT/SIGTERM into a graceful stop; a second one ends the process at once."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.signal_number: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, number: int, _frame: Any) -> None:
+        if self.signal_number is not None:
+            os._exit(128 + number)  # the state on disk is always valid: nothing to clean up
+        self.signal_number = number
+        self.stop.set()
+        click.echo("\nStopping: no new batches; waiting briefly for those in flight…", err=True)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.INTERRUPTED_SIGTERM if self.signal_number == signal.SIGTERM else ExitStatus.INTERRUPTED_SIGINT
+
+
+def fail(error: MigrateError) -> None:
+    click.echo(f"Error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="posthog-migrate")
+def main() -> None:
+    """Move historical analytics events into PostHog.
+
+    Reads CSV, JSON lines, Parquet or PostHog exports, maps every row to a PostHog event with a
+    deterministic uuid, sorts all events by time, and sends them to /batch/ with
+    historical_migration=true, checkpointing so that a stopped run resumes where it stopped.
+
+    \b
+    Start with:  posthog-migrate inspect SOURCE...      (what would be sent; sends nothing)
+    Then:        posthog-migrate run SOURCE... --host https://us.i.posthog.com
+    """
+
+
+# --- run ---------------------------------------------------------------------------------------------
+
+@main.command()
+@source_options
+@click.option("--host", default=None, metavar="URL",
+              help="PostHog host, e.g. https://us.i.posthog.com; 'local' for the built-in capture server. "
+                   "[env: POSTHOG_HOST]")
+@click.option("--api-key", default=None, metavar="KEY",
+              help="The project API key (phc_…). Prefer the POSTHOG_API_KEY environment variable.")
+@click.option("--job", default=None, metavar="NAME",
+              help="Job name; its work directory is .posthog-migrate/NAME. [default: from the sources]")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
+@click.option("--restart", is_flag=True, default=None, help="Forget the job's progress and start over.")
+@click.option("--dry-run", is_flag=True, default=None,
+              help="Do everything but the network: write each request body to a folder.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for --dry-run request bodies. [default: WORKDIR/dry-run]")
+@click.option("--batch-bytes", default=None, metavar="SIZE",
+              help="Cap on a request's uncompressed size, e.g. 5MiB; at most 20MiB. [default: 5MiB]")
+@click.option("--batch-size", type=int, default=None, metavar="N", help="Cap on events per request. [default: 2000]")
+@click.option("--concurrency", type=int, default=None, metavar="N",
+              help="Requests in flight; one person's events never overtake each other. [default: 4]")
+@click.option("--rate", type=float, default=None, metavar="EVENTS_PER_SEC",
+              help="Send at most this many events per second in total; 0 = unlimited. [default: 3000]")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Memory budget for sorting, e.g. 512MiB; more is spilled to the work directory. [default: 1GiB]")
+@click.option("--max-retries", type=int, default=None, metavar="N",
+              help="Retries of one request before the run stops (resumable). [default: 10]")
+@click.option("--retry-delay", type=float, default=None, metavar="SECONDS",
+              help="First retry's backoff; doubles each time, with jitter, up to 60 s. [default: 1]")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="How long to wait for an answer to a request. [default: 60]")
+def run(**kwargs: Any) -> None:
+    """Migrate SOURCE... (files, folders, globs, s3:// URIs) into PostHog.
+
+    Running the same command again resumes the job; --restart starts it over.
+    """
+    overrides = mapping_overrides(kwargs)
+    catcher = None
+    try:
+        settings = settings_from(kwargs)
+        if not settings.host and not settings.dry_run:
+            raise ConfigError(NO_HOST_MESSAGE)
+        api_key = settings.api_key or (LOCAL_API_KEY if settings.is_local or settings.dry_run else None)
+        if not api_key:
+            raise ConfigError(
+                "no project API key: set POSTHOG_API_KEY (or --api-key) to the project's token, "
+                "found in PostHog under Project settings → Project API key (starts with phc_)"
+            )
+        job = open_job(settings, overrides)
+        catcher = SignalCatcher(job.stop)
+        catcher.install()
+        with JobLock(job.root):
+            if settings.restart:
+                reset_job(job.root)
+            status = _run_job(job, api_key)
+    except Interrupted:
+        click.echo(
+            "Interrupted. Everything acknowledged is checkpointed; run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(catcher.exit_status if catcher else ExitStatus.INTERRUPTED_SIGINT)
+    except MigrateError as error:
+        if isinstance(error, ConfigError):
+            fail(error)
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(ExitStatus.FAILED)
+    sys.exit(status)
+
+
+def _run_job(job, api_key: str) -> ExitStatus:
+    settings = job.settings
+    if not settings.quiet:
+        click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}", err=True)
+    manifest = prepare(job)
+    stats = PrepareStats.from_dict(manifest["stats"])
+    received_path = None
+    if settings.dry_run:
+        outcome = dry_run(job, manifest, Path(settings.out) if settings.out else job.root / "dry-run")
+        target = "dry run (nothing sent)"
+    elif settings.is_local:
+        from migrate.capture_server import CaptureServer
+
+        received_path = job.root / "local-capture" / "events.jsonl"
+        with CaptureServer(out_path=received_path) as server:
+            outcome = send(job, manifest, server.url, api_key, host_label=LOCAL_HOST)
+        target = f"local capture server ({server.url})"
+    else:
+        outcome = send(job, manifest, settings.host, api_key, host_label=settings.host)
+        target = settings.host
+    click.echo(run_summary(
+        stats, outcome.progress, outcome.counters, outcome.elapsed, target=target,
+        rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
+        resumed_from=outcome.resumed_from,
+    ))
+    rejected = stats.rejected_total + outcome.progress.server_rejected_rows
+    return ExitStatus.DONE_WITH_REJECTS if rejected else ExitStatus.DONE
+
+
+# --- inspect -----------------------------------------------------------------------------------------
+
+@main.command()
+@source_options
+def inspect(**kwargs: Any) -> None:
+    """Preflight report for SOURCE...: rows, time range, events per day, top events, rejects. Sends nothing."""
+    overrides = mapping_overrides(kwargs)
+    try:
+        settings = settings_from(kwargs)
+        job = open_job(settings, overrides, create=False)
+        stats, examples = inspect_sources(job, bool(settings.quiet))
+    except MigrateError as error:
+        fail(error)
+        return
+    click.echo(preflight_report(stats, job.format_name))
+    if examples:
+        click.echo("First rejected rows:")
+        for example in examples:
+            click.echo(f"    {example['file']} row {example['row']}: {example['reason']}: {example['detail']}")
+
+
+# --- status ------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
+def status(job: str | None, workdir: str | None) -> None:
+    """Where a job stands: phase, events sent of total, rejects, last checkpoint, what a resume does."""
+    root = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
+    if root is None:
+        jobs = sorted(p.name for p in Path(".posthog-migrate").glob("*") if p.is_dir())
+        if not jobs:
+            fail(ConfigError("no jobs in .posthog-migrate/ here; name one with --workdir"))
+        click.echo("Jobs: " + ", ".join(jobs))
+        return
+    if not root.is_dir():
+        fail(ConfigError(f"no job at {root}"))
+    try:
+        click.echo(describe_status(root))
+    except MigrateError as error:
+        fail(error)
+
+
+def describe_status(root: Path) -> str:
+    import time
+
+    manifest = read_json(root / "manifest.json")
+    if manifest is None:
+        return (f"Job {root}: not prepared (never run, or stopped while reading the sources).\n"
+                "A resume reads and sorts the sources from the start; nothing has been sent.")
+    stats = PrepareStats.from_dict(manifest["stats"])
+    progress = JobState(root / "state.json").send
+    total = stats.events
+    done = progress.events_sent + progress.server_rejected_events
+    if progress.finished:
+        phase = "done"
+        next_step = "A re-run does nothing more (add --restart to send everything again)."
+    elif progress.batches_sent:
+        phase = "sending"
+        next_step = (f"A resume continues with batch {progress.next_seq:,}, at most {progress.layout.get('lanes', 1)} "
+                     "batches may be re-sent (same uuids: PostHog collapses them).")
+    else:
+        phase = "prepared"
+        next_step = "A resume starts sending from the first batch; the sources are not read again."
+    lines = [
+        f"Job {root}: {phase}",
+        f"Sources:   {len(manifest['sources']):,} file(s), {stats.rows_read:,} rows, {stats.events:,} events",
+        f"Sent:      {progress.events_sent:,} of {total:,} events ({100 * done / total if total else 100:.1f}%), "
+        f"{progress.batches_sent:,} batches" + (f" to {progress.host}" if progress.host else ""),
+        f"Rejected:  {stats.rejected_total + progress.server_rejected_rows:,} rows → {root / 'rejects.jsonl'}",
+        f"Filtered:  {stats.filtered_total:,} rows",
+        f"Time range {day_of(stats.first_us)} → {day_of(stats.last_us)}",
+    ]
+    if progress.updated_at:
+        age = human_duration(time.time() - progress.updated_at)
+        lines.append(f"Last checkpoint: {age} ago")
+    lines.append(next_step)
+    return "\n".join(lines)
+
+
+# --- serve -------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--port", type=int, default=8010, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+@click.option("--out", type=click.Path(dir_okay=False), default="capture-events.jsonl", show_default=True,
+              help="JSON lines file receiving every accepted event.")
+@click.option("--strict/--lenient", default=True, show_default=True,
+              help="strict: a batch with an invalid event gets 400 (PostHog's code); "
+                   "lenient: such events are dropped with a 200 (PostHog's docs).")
+@click.option("--fault", "faults", multiple=True, metavar="SPEC",
+              help="Scripted answer for the next request, in order: ok, 429, 429:retry-after=N, 500, 503, "
+                   "408, slow:SECONDS, drop, drop-after-accept, 413-partial. Repeatable.")
+@click.option("--fault-rate", type=float, default=0.0, show_default=True,
+              help="After the script: chance that a request gets a random fault.")
+@click.option("--fault-kinds", default="429,503,drop", show_default=True, help="Kinds for --fault-rate.")
+@click.option("--seed", type=int, default=None, help="Seed for random faults (reproducible runs).")
+def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate: float, fault_kinds: str,
+          seed: int | None) -> None:
+    """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests."""
+    from migrate.capture_server import serve as serve_forever
+
+    try:
+        serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,
+                      fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed)
+    except ValueError as error:
+        fail(ConfigError(str(error)))
+    except OSError as error:
+        fail(ConfigError(f"cannot listen on 127.0.0.1:{port}: {error}"))

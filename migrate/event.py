@@ -1,0 +1,272 @@
+"""The canonical event: timestamps, deterministic uuids, validation and serialisation.
+
+Every adapter ends by handing the pipeline an :class:`Event`. This module is the one place that decides
+what a valid event is (see ../shared/reference/posthog-ingestion-facts.md): PostHog's capture rejects a
+whole batch on the first bad event, so nothing invalid may ever reach the sender. It is also the one
+place that turns an event into bytes, so two runs over the same input send byte-identical events.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid as uuid_module
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# PostHog's Kafka message limit is about 1 MB; posthog-python caps an event at 900 KiB. Stay there.
+MAX_EVENT_BYTES = 900 * 1024
+# capture truncates or rejects longer ids; a truncated id would silently merge different people.
+MAX_DISTINCT_ID_CHARS = 200
+# capture clamps timestamps more than 23 h ahead to "now", which would misplace the event.
+MAX_FUTURE_SKEW = timedelta(hours=23)
+# PostHog's migration guide asks for events at least 48 h old; newer ones are flagged, not refused.
+RECENT_EVENT_AGE = timedelta(hours=48)
+
+# Namespaces for UUIDv5. Fixed forever: changing one changes every derived uuid and breaks dedup
+# between a run made before the change and a re-run made after it.
+INSERT_ID_NAMESPACE = uuid_module.UUID("8f0c2b7e-5a43-5d6e-9b1f-6d2a4c3e7f10")
+CONTENT_NAMESPACE = uuid_module.UUID("3d5e6f70-8192-5a3b-8c4d-5e6f708192a3")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+TIMESTAMP_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
+
+
+class Rejection(Exception):
+    """A row or event that cannot become a valid PostHog event.
+
+    ``reason`` is a short stable code (it groups the summary and the rejects file); ``detail`` is the
+    sentence a person reads to fix the input.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- timestamps -----------------------------------------------------------------------------------
+
+def _epoch_number_to_us(value: float, unit: str) -> int:
+    if not math.isfinite(value):
+        raise Rejection("bad_timestamp", f"timestamp {value!r} is not a finite number")
+    if unit == "auto":
+        # Same thresholds as PostHog's importer (seconds below 1e10, i.e. before the year 2286).
+        magnitude = abs(value)
+        unit = "s" if magnitude < 1e10 else "ms" if magnitude < 1e13 else "us" if magnitude < 1e16 else "ns"
+    scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}.get(unit)
+    if scale is None:
+        raise Rejection("bad_timestamp", f"timestamp {value!r} is a number but the unit is {unit!r}")
+    if isinstance(value, int) and unit != "ns":
+        return value * int(scale)
+    return round(value * scale)
+
+
+def _datetime_to_us(moment: datetime, naive_zone: tzinfo) -> int:
+    if moment.tzinfo is None:
+        # fold=0 picks the first of two ambiguous local times (DST fall-back): deterministic.
+        moment = moment.replace(tzinfo=naive_zone)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) -> int:
+    """Return microseconds since the Unix epoch (UTC) for a source timestamp.
+
+    Accepts ISO 8601 strings (``T`` or space, any offset, ``Z``, a trailing `` UTC``), epoch numbers or
+    numeric strings in s/ms/us/ns (``unit="auto"`` guesses from the magnitude), and datetime/date
+    objects as Parquet yields them. Naive values are read in ``naive_zone``.
+    """
+    if value is None or value == "":
+        raise Rejection("bad_timestamp", "timestamp is missing")
+    if isinstance(value, bool):
+        raise Rejection("bad_timestamp", f"timestamp {value!r} is a boolean")
+    if isinstance(value, datetime):
+        return _datetime_to_us(value, naive_zone)
+    if isinstance(value, date):
+        return _datetime_to_us(datetime(value.year, value.month, value.day), naive_zone)
+    if isinstance(value, int | float | Decimal):
+        if unit == "iso":
+            raise Rejection("bad_timestamp", f"timestamp {value!r} is a number, the mapping expects ISO 8601")
+        return _epoch_number_to_us(int(value) if isinstance(value, int) else float(value), unit)
+    if not isinstance(value, str):
+        raise Rejection("bad_timestamp", f"timestamp has type {type(value).__name__}, expected text or number")
+    text = value.strip()
+    if unit != "iso" and _NUMERIC.fullmatch(text):
+        number = int(text) if text.lstrip("+-").isdigit() else float(text)
+        return _epoch_number_to_us(number, unit)
+    if text.endswith(" UTC"):
+        text = text[:-4] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Rejection("bad_timestamp", f"timestamp {value!r} is not ISO 8601 or an epoch number") from None
+    return _datetime_to_us(moment, naive_zone)
+
+
+def format_timestamp(epoch_us: int) -> str:
+    """RFC 3339 in UTC with microseconds, the one form we send: fixed width, so re-sends are identical."""
+    moment = _EPOCH + timedelta(microseconds=epoch_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# PostHog keeps years 0..9999; we keep what Python's datetime can represent from year 1.
+MIN_TIMESTAMP_US = _datetime_to_us(datetime(1, 1, 1, tzinfo=UTC), UTC)
+MAX_TIMESTAMP_US = _datetime_to_us(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), UTC)
+
+
+def utc_now_us() -> int:
+    return _datetime_to_us(datetime.now(UTC), UTC)
+
+
+# --- uuids -----------------------------------------------------------------------------------------
+
+def uuid_from_id(source_id: Any, namespace: uuid_module.UUID = INSERT_ID_NAMESPACE) -> str:
+    """UUIDv5 of a source's own event or insert id: the same id always gives the same uuid."""
+    return str(uuid_module.uuid5(namespace, str(source_id)))
+
+
+def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: str, properties: dict) -> str:
+    """UUIDv5 of a canonical content key, for sources without any event id.
+
+    Properties are serialised with sorted keys so that column order in the input does not matter.
+    """
+    key = orjson.dumps(
+        [source, distinct_id, timestamp_us, event, properties],
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+        default=json_default,
+    )
+    return str(uuid_module.uuid5(CONTENT_NAMESPACE, key.decode()))
+
+
+def normalise_uuid(value: Any) -> str:
+    """A source uuid in PostHog's canonical lower-case hyphenated form, or a Rejection."""
+    try:
+        return str(uuid_module.UUID(str(value).strip()))
+    except ValueError:
+        raise Rejection("bad_uuid", f"uuid {value!r} is not a valid UUID") from None
+
+
+# --- serialisation ---------------------------------------------------------------------------------
+
+def json_default(value: Any) -> Any:
+    """Values orjson does not serialise on its own, as Parquet and CSV readers can produce them."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    raise TypeError(f"cannot serialise a value of type {type(value).__name__}")
+
+
+@dataclass(slots=True)
+class Event:
+    """One PostHog event, ready to validate and serialise."""
+
+    event: str
+    distinct_id: str
+    timestamp_us: int
+    uuid: str
+    properties: dict = field(default_factory=dict)
+    # True for events an adapter adds beside a row's own event (e.g. an $identify before it):
+    # they are sent like any other, but the summary counts rows by their own events.
+    added: bool = False
+
+    def to_json(self) -> bytes:
+        """The exact bytes sent in a batch. Key order is fixed; no ``sent_at``, no ``offset``."""
+        try:
+            return orjson.dumps(
+                {
+                    "uuid": self.uuid,
+                    "event": self.event,
+                    "distinct_id": self.distinct_id,
+                    "timestamp": format_timestamp(self.timestamp_us),
+                    "properties": self.properties,
+                },
+                default=json_default,
+                option=orjson.OPT_NON_STR_KEYS,
+            )
+        except (TypeError, orjson.JSONEncodeError) as error:
+            raise Rejection("unserialisable", f"event cannot be serialised as JSON: {error}") from None
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+def _require_object(properties: dict, key: str, event: str) -> None:
+    if key in properties and not isinstance(properties[key], dict):
+        raise Rejection("invalid_special_event", f"{event}: properties.{key} must be an object")
+
+
+def _validate_special_event(event: Event) -> None:
+    """Rules from PostHog's capture doc: what each special event needs in order to do anything."""
+    props = event.properties
+    name = event.event
+    for key in ("$set", "$set_once", "$group_set"):
+        _require_object(props, key, name)
+    if "$groups" in props:
+        groups = props["$groups"]
+        if not isinstance(groups, dict) or not all(isinstance(v, str) and v for v in groups.values()):
+            raise Rejection("invalid_special_event", f"{name}: properties.$groups must map group types to keys")
+    if name == "$create_alias":
+        alias = props.get("alias")
+        if alias in (None, "") or str(alias) == event.distinct_id:
+            raise Rejection(
+                "invalid_special_event", "$create_alias needs properties.alias, different from distinct_id"
+            )
+    elif name == "$groupidentify":
+        if not props.get("$group_type") or props.get("$group_key") in (None, ""):
+            raise Rejection(
+                "invalid_special_event", "$groupidentify needs properties.$group_type and $group_key"
+            )
+    elif name in ("survey sent", "survey shown", "survey dismissed") and not props.get("$survey_id"):
+        raise Rejection("invalid_special_event", f"{name!r} needs properties.$survey_id")
+
+
+def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
+    """Check an event against what PostHog's capture accepts; return its serialised bytes.
+
+    Raises :class:`Rejection` for anything capture would refuse, clamp or silently rewrite.
+    ``max_bytes`` may be lowered to what a batch can hold, so a batch cap is never exceeded.
+    """
+    if not isinstance(event.event, str) or not event.event.strip():
+        raise Rejection("missing_event_name", "event name is missing or empty")
+    if not isinstance(event.distinct_id, str) or not event.distinct_id.strip():
+        raise Rejection("missing_distinct_id", "distinct_id is missing or empty")
+    if len(event.distinct_id) > MAX_DISTINCT_ID_CHARS:
+        raise Rejection(
+            "distinct_id_too_long",
+            f"distinct_id has {len(event.distinct_id)} characters; PostHog allows {MAX_DISTINCT_ID_CHARS}",
+        )
+    if not MIN_TIMESTAMP_US <= event.timestamp_us <= MAX_TIMESTAMP_US:
+        raise Rejection("bad_timestamp", "timestamp is outside the years 1 to 9999")
+    if event.timestamp_us > now_us + MAX_FUTURE_SKEW // timedelta(microseconds=1):
+        raise Rejection(
+            "timestamp_in_future",
+            f"timestamp {format_timestamp(event.timestamp_us)} is more than 23 h in the future; "
+            "PostHog would replace it with the time of ingestion",
+        )
+    if not isinstance(event.properties, dict):
+        raise Rejection("properties_not_object", "properties must be a JSON object")
+    normalise_uuid(event.uuid)
+    _validate_special_event(event)
+    payload = event.to_json()
+    if len(payload) > max_bytes:
+        raise Rejection(
+            "event_too_large",
+            f"event is {len(payload):,} bytes serialised; the limit is {max_bytes:,} "
+            "(PostHog refuses events near 1 MB)",
+        )
+    return payload
+
+
+def is_recent(timestamp_us: int, now_us: int) -> bool:
+    """Events younger than 48 h: PostHog asks migrations not to send them (flagged, still sent)."""
+    return timestamp_us > now_us - RECENT_EVENT_AGE // timedelta(microseconds=1)

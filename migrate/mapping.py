@@ -1,0 +1,352 @@
+"""Which source columns make which parts of a PostHog event: the column mapping.
+
+A mapping comes from a TOML file (``--mapping``) and command-line options for the common cases; with
+neither, the obvious column names (``event``, ``distinct_id``, ``timestamp``, ``properties``, ``uuid``)
+work on their own. The file, with every key optional::
+
+    [columns]
+    event = "action"                  # or: event_name = "Order Completed" (one name for every row)
+    distinct_id = ["user_id", "anonymous_id"]   # first non-empty wins
+    timestamp = "ts"
+    timestamp_unit = "ms"             # auto | s | ms | us | ns | iso
+    timezone = "Europe/Berlin"        # for timestamps without an offset (default UTC)
+    uuid = "event_uuid"               # a real UUID column, kept as is
+    insert_id = "insert_id"           # any unique id, turned into a UUIDv5
+
+    [properties]
+    json_column = "props"             # a column holding a JSON object of properties
+    include = ["plan", "page"]        # default: every column not used above
+    exclude = ["internal_note"]
+
+    [person]
+    set = ["email", "name"]           # → properties.$set
+    set_once = ["signup_date"]        # → properties.$set_once
+
+    [groups]
+    company = "company_id"            # → properties.$groups = {"company": <company_id>}
+
+    [filter]
+    drop_events = ["session_start"]   # counted as filtered in the summary, never silently
+    since = "2023-01-01"              # keep events at or after this time
+    until = "2024-01-01"              # keep events before this time
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from migrate.errors import ConfigError
+from migrate.event import (
+    TIMESTAMP_UNITS,
+    Event,
+    Rejection,
+    normalise_uuid,
+    parse_timestamp,
+    uuid_from_content,
+    uuid_from_id,
+)
+
+# Column names recognised with no mapping at all, in order of preference.
+DEFAULT_EVENT_COLUMNS = ("event", "event_name", "event_type")
+DEFAULT_DISTINCT_ID_COLUMNS = ("distinct_id", "user_id", "userId", "anonymous_id", "anonymousId", "device_id")
+DEFAULT_TIMESTAMP_COLUMNS = ("timestamp", "time", "event_time", "ts", "created_at")
+DEFAULT_UUID_COLUMNS = ("uuid",)
+DEFAULT_INSERT_ID_COLUMNS = ("insert_id", "$insert_id", "message_id", "messageId", "event_id")
+DEFAULT_PROPERTIES_COLUMNS = ("properties",)
+
+# The source tag inside content-derived uuids of generic files: the same rows give the same uuids
+# whether they come as CSV, JSON lines or Parquet.
+GENERIC_SOURCE_TAG = "generic"
+
+
+class Filtered(Exception):
+    """A row dropped on purpose by a rule the user set; ``rule`` names it in the summary."""
+
+    def __init__(self, rule: str):
+        super().__init__(rule)
+        self.rule = rule
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Where each part of an event comes from. Empty tuples mean "use the default column names"."""
+
+    event: tuple[str, ...] = ()
+    event_name: str | None = None
+    distinct_id: tuple[str, ...] = ()
+    timestamp: tuple[str, ...] = ()
+    timestamp_unit: str = "auto"
+    timezone: str = "UTC"
+    uuid: tuple[str, ...] = ()
+    insert_id: tuple[str, ...] = ()
+    properties_json: tuple[str, ...] = ()
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    set: tuple[str, ...] = ()
+    set_once: tuple[str, ...] = ()
+    groups: tuple[tuple[str, str], ...] = ()
+    drop_events: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    explicit: frozenset[str] = field(default_factory=frozenset)
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ColumnMapping:
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"mapping file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"mapping file {path} is not valid TOML: {error}") from None
+        known = {"columns", "properties", "person", "groups", "filter", "run"}
+        unknown = set(document) - known
+        if unknown:
+            raise ConfigError(
+                f"mapping file {path}: unknown section(s) {sorted(unknown)}; expected {sorted(known)}"
+            )
+        columns = document.get("columns", {})
+        props = document.get("properties", {})
+        person = document.get("person", {})
+        groups = document.get("groups", {})
+        rules = document.get("filter", {})
+        values: dict[str, Any] = {
+            "event": _as_list(columns.get("event")),
+            "event_name": columns.get("event_name"),
+            "distinct_id": _as_list(columns.get("distinct_id")),
+            "timestamp": _as_list(columns.get("timestamp")),
+            "timestamp_unit": columns.get("timestamp_unit", "auto"),
+            "timezone": columns.get("timezone", "UTC"),
+            "uuid": _as_list(columns.get("uuid")),
+            "insert_id": _as_list(columns.get("insert_id")),
+            "properties_json": _as_list(props.get("json_column")),
+            "include": _as_list(props["include"]) if "include" in props else None,
+            "exclude": _as_list(props.get("exclude")),
+            "set": _as_list(person.get("set")),
+            "set_once": _as_list(person.get("set_once")),
+            "groups": tuple((str(k), str(v)) for k, v in groups.items()),
+            "drop_events": _as_list(rules.get("drop_events")),
+            "since": str(rules["since"]) if "since" in rules else None,
+            "until": str(rules["until"]) if "until" in rules else None,
+        }
+        mapping = cls(**values)
+        return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
+
+    def with_explicit(self, names: Iterable[str]) -> ColumnMapping:
+        return replace(self, explicit=self.explicit | frozenset(names))
+
+    def override(self, **options: Any) -> ColumnMapping:
+        """Command-line options win over the file; ``None`` or empty means "not given"."""
+        given = {k: v for k, v in options.items() if v not in (None, (), [])}
+        for key in ("event", "distinct_id", "timestamp", "uuid", "insert_id", "properties_json"):
+            if key in given:
+                given[key] = _as_list(given[key])
+        return replace(self, **given).with_explicit(given)
+
+    def validated(self) -> ColumnMapping:
+        """Check the settings that do not depend on the data; raise ConfigError with the fix."""
+        if self.timestamp_unit not in TIMESTAMP_UNITS:
+            raise ConfigError(
+                f"timestamp unit {self.timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"unknown timezone {self.timezone!r}: use an IANA name such as 'UTC' or 'America/New_York'"
+            ) from None
+        for bound in ("since", "until"):
+            value = getattr(self, bound)
+            if value is not None:
+                try:
+                    parse_timestamp(value, "auto", ZoneInfo(self.timezone))
+                except Rejection:
+                    raise ConfigError(f"filter {bound} = {value!r} is not a date or timestamp") from None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A canonical form, fingerprinted so a resume can tell that the mapping changed."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = sorted(value) if isinstance(value, frozenset) else value
+        return out
+
+    # -- checking against the data -----------------------------------------------------------
+
+    def check_columns(self, available: Iterable[str], where: str) -> None:
+        """Fail early when an explicitly mapped column is not in the source."""
+        present = set(available)
+        roles = {
+            "event": self.event, "distinct_id": self.distinct_id, "timestamp": self.timestamp,
+            "uuid": self.uuid, "insert_id": self.insert_id, "properties_json": self.properties_json,
+        }
+        problems = []
+        for role, names in roles.items():
+            if role in self.explicit and names and not present.intersection(names):
+                problems.append(f"{role} → {' or '.join(names)}")
+        for role, names in (("set", self.set), ("set_once", self.set_once), ("include", self.include or ())):
+            missing = [n for n in names if n not in present]
+            if role in self.explicit and missing:
+                problems.append(f"{role} → {', '.join(missing)}")
+        missing_groups = [f"{t} → {c}" for t, c in self.groups if c not in present]
+        if missing_groups:
+            problems.append(f"groups {', '.join(missing_groups)}")
+        if problems:
+            shown = ", ".join(sorted(present)[:30]) + (" …" if len(present) > 30 else "")
+            raise ConfigError(
+                f"{where}: the mapping names column(s) the file does not have: {'; '.join(problems)}. "
+                f"Columns found: {shown}. Fix the mapping file or the --*-column options."
+            )
+        if self.event_name is None and not present.intersection(self.event or DEFAULT_EVENT_COLUMNS):
+            raise ConfigError(
+                f"{where}: no event-name column found (looked for {', '.join(DEFAULT_EVENT_COLUMNS)}). "
+                f"Columns found: {', '.join(sorted(present)[:30])}. Name it with --event-column, or give "
+                "every row one name with --event-name. Is --format right for this file?"
+            )
+
+
+class RowMapper:
+    """Turns one source record (column → value) into a PostHog event, following a ColumnMapping."""
+
+    def __init__(self, mapping: ColumnMapping, source_tag: str = GENERIC_SOURCE_TAG):
+        self.mapping = mapping.validated()
+        self.source_tag = source_tag
+        self.zone = ZoneInfo(mapping.timezone)
+        self.event_columns = mapping.event or DEFAULT_EVENT_COLUMNS
+        self.distinct_id_columns = mapping.distinct_id or DEFAULT_DISTINCT_ID_COLUMNS
+        self.timestamp_columns = mapping.timestamp or DEFAULT_TIMESTAMP_COLUMNS
+        self.uuid_columns = mapping.uuid or DEFAULT_UUID_COLUMNS
+        self.insert_id_columns = mapping.insert_id or DEFAULT_INSERT_ID_COLUMNS
+        self.json_columns = mapping.properties_json or DEFAULT_PROPERTIES_COLUMNS
+        self.drop_events = frozenset(mapping.drop_events)
+        self.since_us = parse_timestamp(mapping.since, "auto", self.zone) if mapping.since else None
+        self.until_us = parse_timestamp(mapping.until, "auto", self.zone) if mapping.until else None
+        # Columns that feed $set, $set_once or $groups, or that the user excluded, are never plain properties.
+        self.always_consumed = frozenset(
+            (*mapping.set, *mapping.set_once, *(column for _, column in mapping.groups), *mapping.exclude)
+        )
+
+    @staticmethod
+    def _first(record: dict, columns: tuple[str, ...]) -> tuple[str | None, Any]:
+        """The first of ``columns`` with a non-empty value, and that value."""
+        for column in columns:
+            value = record.get(column)
+            if value is not None and value != "":
+                return column, value
+        return None, None
+
+    def _properties(self, record: dict, used: set[str | None]) -> dict:
+        properties: dict = {}
+        column, raw = self._first(record, self.json_columns)
+        used.add(column)
+        if raw is not None:
+            if isinstance(raw, str):
+                try:
+                    raw = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise Rejection("properties_not_object", f"column {column!r} is not valid JSON") from None
+            if not isinstance(raw, dict):
+                raise Rejection("properties_not_object", f"column {column!r} is not a JSON object")
+            properties.update(raw)
+        include = self.mapping.include
+        for name, value in record.items():
+            if value is None or name in used or (include is not None and name not in include):
+                continue
+            properties[name] = value
+        return properties
+
+    @staticmethod
+    def _distinct_id_text(value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool | dict | list):
+            raise Rejection("missing_distinct_id", f"distinct_id {value!r} is not text or a number")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value)
+
+    def map(self, record: dict) -> Event:
+        """Map a record or raise Rejection (unusable) / Filtered (dropped by a rule).
+
+        Only the column actually chosen for a role is consumed; the other candidates (say
+        ``device_id`` when ``user_id`` was the distinct_id) stay as properties.
+        """
+        used: set[str | None] = set(self.always_consumed)
+        if self.mapping.event_name is not None:
+            name = self.mapping.event_name
+        else:
+            column, name = self._first(record, self.event_columns)
+            used.add(column)
+            if name is not None and not isinstance(name, str):
+                name = str(name)
+        if name is None:
+            raise Rejection("missing_event_name", f"no event name in column(s) {', '.join(self.event_columns)}")
+        if name in self.drop_events:
+            raise Filtered(f"event {name!r} dropped by the mapping")
+        column, raw_id = self._first(record, self.distinct_id_columns)
+        used.add(column)
+        distinct_id = self._distinct_id_text(raw_id)
+        column, stamp = self._first(record, self.timestamp_columns)
+        used.add(column)
+        if stamp is None:
+            raise Rejection("bad_timestamp", f"no timestamp in column(s) {', '.join(self.timestamp_columns)}")
+        timestamp_us = parse_timestamp(stamp, self.mapping.timestamp_unit, self.zone)
+        self.apply_time_filters(timestamp_us)
+        uuid_column, source_uuid = self._first(record, self.uuid_columns)
+        insert_column, insert_id = self._first(record, self.insert_id_columns)
+        used.add(uuid_column if source_uuid is not None else insert_column)
+        properties = self._properties(record, used)
+        # PostHog's batch doc also allows distinct_id inside properties; the top level wins.
+        in_properties = properties.pop("distinct_id", None)
+        if distinct_id is None:
+            distinct_id = self._distinct_id_text(in_properties)
+        if distinct_id is None:
+            raise Rejection(
+                "missing_distinct_id", f"no distinct_id in column(s) {', '.join(self.distinct_id_columns)}"
+            )
+        self._person_and_groups(record, properties)
+        if source_uuid is not None:
+            event_uuid = normalise_uuid(source_uuid)
+        elif insert_id is not None:
+            event_uuid = uuid_from_id(insert_id)
+        else:
+            event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
+        return Event(name, distinct_id, timestamp_us, event_uuid, properties)
+
+    def apply_time_filters(self, timestamp_us: int) -> None:
+        if self.since_us is not None and timestamp_us < self.since_us:
+            raise Filtered("before the mapping's since")
+        if self.until_us is not None and timestamp_us >= self.until_us:
+            raise Filtered("at or after the mapping's until")
+
+    def _person_and_groups(self, record: dict, properties: dict) -> None:
+        for key, columns in (("$set", self.mapping.set), ("$set_once", self.mapping.set_once)):
+            values = {c: record[c] for c in columns if record.get(c) is not None and record.get(c) != ""}
+            if values:
+                existing = properties.get(key)
+                properties[key] = {**existing, **values} if isinstance(existing, dict) else values
+        groups = {
+            group_type: str(record[column])
+            for group_type, column in self.mapping.groups
+            if record.get(column) not in (None, "")
+        }
+        if groups:
+            existing = properties.get("$groups")
+            properties["$groups"] = {**existing, **groups} if isinstance(existing, dict) else groups

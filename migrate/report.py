@@ -1,0 +1,272 @@
+"""What the user sees: the rejects file, the counts behind the summary, progress bars and reports.
+
+Accounting is the point of this module: every row read ends as sent, rejected (with its reason, in
+the rejects file) or filtered (by a named rule), and the summary prints the equation so a user can
+check it balances.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from tqdm import tqdm
+
+from migrate.event import format_timestamp, is_recent, json_default
+
+# Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
+MAX_TRACKED_EVENT_NAMES = 10_000
+OTHER_EVENTS = "(other event names)"
+# HyperLogLog precision: 2^14 registers, ~0.8% error, 16 KiB, whatever the number of people.
+HLL_PRECISION = 14
+
+
+class DistinctCounter:
+    """HyperLogLog over 64-bit hashes: counts distinct ids in constant memory."""
+
+    def __init__(self, registers: bytes | None = None):
+        self.registers = bytearray(registers or bytes(1 << HLL_PRECISION))
+
+    def add(self, hash64: int) -> None:
+        index = hash64 >> (64 - HLL_PRECISION)
+        rest = (hash64 << HLL_PRECISION) & 0xFFFF_FFFF_FFFF_FFFF
+        rank = 65 - HLL_PRECISION - rest.bit_length() if rest else 64 - HLL_PRECISION + 1
+        if rank > self.registers[index]:
+            self.registers[index] = rank
+
+    def merge(self, other: DistinctCounter) -> None:
+        self.registers = bytearray(max(a, b) for a, b in zip(self.registers, other.registers, strict=True))
+
+    def estimate(self) -> int:
+        m = len(self.registers)
+        alpha = 0.7213 / (1 + 1.079 / m)
+        raw = alpha * m * m / sum(2.0 ** -r for r in self.registers)
+        zeros = self.registers.count(0)
+        if raw <= 2.5 * m and zeros:
+            import math
+
+            return round(m * math.log(m / zeros))
+        return round(raw)
+
+
+@dataclass
+class PrepareStats:
+    """Counts gathered while reading and mapping; saved in the manifest, shown by inspect and run."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    events: int = 0
+    added_events: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+    event_names: Counter = field(default_factory=Counter)
+    per_day: Counter = field(default_factory=Counter)
+    first_us: int | None = None
+    last_us: int | None = None
+    recent_events: int = 0
+    people: DistinctCounter = field(default_factory=DistinctCounter)
+    files: int = 0
+
+    def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool) -> None:
+        self.events += 1
+        self.added_events += added
+        if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
+            self.event_names[name] += 1
+        else:
+            self.event_names[OTHER_EVENTS] += 1
+        self.per_day[format_timestamp(timestamp_us)[:10]] += 1
+        if self.first_us is None or timestamp_us < self.first_us:
+            self.first_us = timestamp_us
+        if self.last_us is None or timestamp_us > self.last_us:
+            self.last_us = timestamp_us
+        if is_recent(timestamp_us, now_us):
+            self.recent_events += 1
+        self.people.add(person)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def filtered_total(self) -> int:
+        return sum(self.filtered.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_read": self.rows_read, "rows_kept": self.rows_kept, "events": self.events,
+            "added_events": self.added_events, "rejected": dict(self.rejected), "filtered": dict(self.filtered),
+            "event_names": dict(self.event_names), "per_day": dict(sorted(self.per_day.items())),
+            "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
+            "people_registers": self.people.registers.hex(), "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PrepareStats:
+        return cls(
+            rows_read=data["rows_read"], rows_kept=data["rows_kept"], events=data["events"],
+            added_events=data["added_events"], rejected=Counter(data["rejected"]),
+            filtered=Counter(data["filtered"]), event_names=Counter(data["event_names"]),
+            per_day=Counter(data["per_day"]), first_us=data["first_us"], last_us=data["last_us"],
+            recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
+            files=data["files"],
+        )
+
+
+class RejectsWriter:
+    """Appends rejected rows as JSON lines: reason, detail, file, row, and the original row."""
+
+    def __init__(self, path: Path, truncate_to: int | None = None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_to is not None and path.exists():
+            # A resume drops what was written after the last checkpoint: it will be written again.
+            with open(path, "r+b") as handle:
+                handle.truncate(truncate_to)
+        self._handle: IO[bytes] = open(path, "ab")
+
+    def write(self, reason: str, detail: str, source: str, row: int | None, original: Any) -> None:
+        line = orjson.dumps(
+            {"reason": reason, "detail": detail, "file": source, "row": row, "original": original},
+            default=_lenient_default, option=orjson.OPT_NON_STR_KEYS,
+        )
+        self._handle.write(line + b"\n")
+
+    def sync(self) -> int:
+        """Flush and fsync; return the file's size (what a checkpoint records)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return self._handle.tell()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _lenient_default(value: Any) -> Any:
+    try:
+        return json_default(value)
+    except TypeError:
+        return repr(value)
+
+
+def progress_bar(total: int | None, unit: str, description: str, quiet: bool) -> tqdm:
+    """A tqdm bar on stderr: count, rate and ETA; silent with --quiet or when stderr is not a terminal
+    and the job is small."""
+    return tqdm(
+        total=total, unit=f" {unit}", unit_scale=True, desc=description, disable=quiet, file=sys.stderr,
+        dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
+    )
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def day_of(timestamp_us: int | None) -> str:
+    if timestamp_us is None:
+        return "-"
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=timestamp_us)).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_counter(counter: Counter, indent: str = "    ", limit: int = 20) -> list[str]:
+    lines = [f"{indent}{count:>12,}  {name}" for name, count in counter.most_common(limit)]
+    if len(counter) > limit:
+        lines.append(f"{indent}{'':>12}  … and {len(counter) - limit} more")
+    return lines
+
+
+def preflight_report(stats: PrepareStats, format_name: str) -> str:
+    """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything."""
+    lines = [
+        f"Files read:        {stats.files:,} ({format_name})",
+        f"Rows read:         {stats.rows_read:,}",
+        f"Events to send:    {stats.events:,}"
+        + (f" (including {stats.added_events:,} added by the adapter)" if stats.added_events else ""),
+        f"Rejected rows:     {stats.rejected_total:,}",
+        f"Filtered rows:     {stats.filtered_total:,}",
+        f"Time range:        {day_of(stats.first_us)}  →  {day_of(stats.last_us)}",
+        f"Distinct ids:      ≈{stats.people.estimate():,}",
+    ]
+    if stats.recent_events:
+        lines.append(
+            f"Warning: {stats.recent_events:,} events are less than 48 hours old; PostHog asks that "
+            "historical imports be at least 48 h old (send them later, or filter with the mapping's until)."
+        )
+    if stats.event_names:
+        lines.append("Top event names:")
+        lines += format_counter(stats.event_names, limit=15)
+    if stats.per_day:
+        lines.append("Events per day:")
+        days = sorted(stats.per_day.items())
+        shown = days if len(days) <= 31 else days[:15] + [("…", 0)] + days[-15:]
+        lines += [f"    {day}  {count:>12,}" if day != "…" else "    …" for day, count in shown]
+    if stats.rejected:
+        lines.append("Rejected, by reason:")
+        lines += format_counter(stats.rejected)
+    if stats.filtered:
+        lines.append("Filtered, by rule:")
+        lines += format_counter(stats.filtered)
+    return "\n".join(lines)
+
+
+def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
+                rejects_path: Path, dry_run_dir: Path | None = None, received_path: Path | None = None,
+                resumed_from: int = 0) -> str:
+    """The closing summary of ``run``: the accounting equation first, then the effort and the files.
+
+    ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters.
+    """
+    rejected_total = stats.rejected_total + sent.server_rejected_rows
+    balanced = stats.rows_read == sent.rows_sent + rejected_total + stats.filtered_total
+    verb = "written" if dry_run_dir else "sent"
+    lines = [
+        f"Target:            {target}",
+        f"Rows read:         {stats.rows_read:,}",
+        f"  {verb:<16} {sent.rows_sent:,}",
+        f"  rejected         {rejected_total:,}",
+        f"  filtered         {stats.filtered_total:,}",
+        f"  check            {stats.rows_read:,} = {sent.rows_sent:,} + {rejected_total:,} + "
+        f"{stats.filtered_total:,}  {'✓ balanced' if balanced else '✗ NOT balanced: please report this'}",
+        f"Events {verb + ':':<11}{sent.events_sent:,} in {sent.batches_sent:,} batches"
+        + (f" (including {stats.added_events:,} added by the adapter)" if stats.added_events else ""),
+    ]
+    if resumed_from:
+        lines.append(f"Resumed:           {resumed_from:,} events were already sent by an earlier run")
+    if not dry_run_dir:
+        rate = (sent.events_sent - resumed_from) / elapsed if elapsed > 0 else 0.0
+        lines.append(
+            f"Requests:          {counters.requests:,} ({counters.retries:,} retries, {counters.splits:,} splits); "
+            f"{human_duration(elapsed)}, {rate:,.0f} events/s"
+        )
+        if counters.statuses:
+            answers = ", ".join(f"{status}×{n:,}" for status, n in sorted(counters.statuses.items()))
+            lines.append(f"Answers:           {answers}")
+    reasons = stats.rejected + Counter({"server_rejected": sent.server_rejected_rows} if sent.server_rejected_rows
+                                       else {})
+    if reasons:
+        lines.append("Rejected, by reason:")
+        lines += format_counter(reasons)
+    if stats.filtered:
+        lines.append("Filtered, by rule:")
+        lines += format_counter(stats.filtered)
+    if stats.recent_events:
+        lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
+    if rejected_total:
+        lines.append(f"Rejects file:      {rejects_path}")
+    if dry_run_dir:
+        lines.append(f"Request bodies:    {dry_run_dir}")
+    if received_path:
+        lines.append(f"Received events:   {received_path}")
+    return "\n".join(lines)

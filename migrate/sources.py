@@ -1,0 +1,135 @@
+"""Finding the input files: paths, folders, globs and ``s3://`` URIs, in a stable order.
+
+The order matters: a file's index in the sorted list is part of every event's sort key (the tie-breaker
+after the timestamp), so the same inputs always produce the same event order and the same batches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pyarrow import fs as pafs
+
+from adapters import detect_format
+from adapters.base import SourceFile
+from migrate.errors import ConfigError
+
+# Files that export tools leave beside the data and that are never rows.
+IGNORED_NAMES = ("_SUCCESS", "_manifest", ".DS_Store")
+IGNORED_PREFIXES = (".", "_")
+IGNORED_ENDINGS = (".crc", ".md5", ".json.manifest")
+# A fingerprint reads this much from each end of a file: cheap, and catches rewritten exports of equal size.
+FINGERPRINT_SAMPLE_BYTES = 64 * 1024
+_GLOB_CHARS = set("*?[")
+
+
+def _is_ignored(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base in IGNORED_NAMES or base.startswith(IGNORED_PREFIXES) or base.endswith(IGNORED_ENDINGS)
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as error:  # pyarrow raises several types for unknown schemes and bad credentials
+            raise ConfigError(f"cannot open {uri}: {error}") from None
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _to_uri(original: str, path: str) -> str:
+    if "://" in original:
+        return original.split("://", 1)[0] + "://" + path
+    return path
+
+
+def expand_sources(arguments: Iterable[str], explicit_format: bool) -> list[SourceFile]:
+    """Every input file named by the command line, sorted by URI, each once.
+
+    Folders are walked recursively. Without ``--format``, only files whose ending names a format are
+    taken from folders; with it, every visible file is.
+    """
+    found: dict[str, pafs.FileInfo] = {}
+    for argument in arguments:
+        filesystem, path = _filesystem(argument)
+        if _GLOB_CHARS & set(argument):
+            infos = _glob(filesystem, argument, path)
+            if not infos:
+                raise ConfigError(f"{argument}: the pattern matches no files")
+        else:
+            info = filesystem.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise ConfigError(f"{argument}: no such file or folder")
+            if info.type == pafs.FileType.Directory:
+                infos = [
+                    i for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+                    if i.type == pafs.FileType.File and not _is_ignored(i.path)
+                    and (explicit_format or detect_format(i.path) is not None)
+                ]
+                if not infos:
+                    raise ConfigError(
+                        f"{argument}: the folder holds no files of a known format; name the format with --format"
+                    )
+            else:
+                infos = [info]
+        for info in infos:
+            found[_to_uri(argument, info.path)] = info
+    return [
+        SourceFile(uri=uri, index=index, size=info.size or 0, mtime_ns=info.mtime_ns or 0)
+        for index, (uri, info) in enumerate(sorted(found.items()))
+    ]
+
+
+def _glob(filesystem: pafs.FileSystem, argument: str, path: str) -> list[pafs.FileInfo]:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        matches = sorted(glob.glob(path, recursive=True))
+        return [i for i in filesystem.get_file_info(matches) if i.type == pafs.FileType.File]
+    # Object stores: list below the pattern's fixed prefix, then match the whole key.
+    prefix = path
+    while _GLOB_CHARS & set(prefix):
+        prefix = prefix.rsplit("/", 1)[0]
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    return [
+        i for i in filesystem.get_file_info(selector)
+        if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
+    ]
+
+
+def fingerprint(source: SourceFile) -> dict:
+    """What identifies an input: path, size, mtime and a hash of its first and last 64 KiB."""
+    filesystem, path = _filesystem(source.uri)
+    digest = hashlib.sha256()
+    with filesystem.open_input_file(path) as handle:
+        digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+        if source.size > FINGERPRINT_SAMPLE_BYTES:
+            handle.seek(max(source.size - FINGERPRINT_SAMPLE_BYTES, FINGERPRINT_SAMPLE_BYTES))
+            digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+    return {"uri": source.uri, "size": source.size, "mtime_ns": source.mtime_ns, "sample_sha256": digest.hexdigest()}
+
+
+def describe_changes(before: list[dict], after: list[dict]) -> list[str]:
+    """Human lines saying which inputs differ between two fingerprint lists."""
+    old = {f["uri"]: f for f in before}
+    new = {f["uri"]: f for f in after}
+    lines = [f"removed: {uri}" for uri in sorted(old.keys() - new.keys())]
+    lines += [f"added: {uri}" for uri in sorted(new.keys() - old.keys())]
+    for uri in sorted(old.keys() & new.keys()):
+        changed = [key for key in ("size", "mtime_ns", "sample_sha256") if old[uri][key] != new[uri][key]]
+        if changed:
+            lines.append(f"changed ({', '.join(changed)}): {uri}")
+    return lines
+
+
+def display_name(uri: str, base: Path | None = None) -> str:
+    """A short name for messages: relative to the current folder when it is below it."""
+    if "://" in uri:
+        return uri
+    try:
+        return str(Path(uri).relative_to(base or Path.cwd()))
+    except ValueError:
+        return uri
