@@ -69,9 +69,7 @@ _GZIP_QUERY_VALUES = ("gzip", "gzip-js")
 _EVENT_TOKEN_KEYS = ("token", "$token", "api_key")
 # Formats uuid::Uuid::parse_str accepts: simple, hyphenated, braced, urn.
 _HYPHENATED_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_UUID_FORMS = re.compile(
-    rf"[0-9a-fA-F]{{32}}|{_HYPHENATED_UUID}|\{{{_HYPHENATED_UUID}\}}|urn:uuid:{_HYPHENATED_UUID}"
-)
+_UUID_FORMS = re.compile(rf"[0-9a-fA-F]{{32}}|{_HYPHENATED_UUID}|\{{{_HYPHENATED_UUID}\}}|urn:uuid:{_HYPHENATED_UUID}")
 _DISCARD_CHUNK_BYTES = 1024 * 1024
 _NO_PROPERTIES: dict[str, Any] = {}
 
@@ -317,9 +315,7 @@ def _checked_shape(index: int, event: Any) -> dict[str, Any]:
     if timestamp is not None and type(timestamp) is not str:
         raise _Refusal(400, f"event {index}: 'timestamp' must be a string")
     event_uuid = event.get("uuid")  # capture reads "" as "no uuid"
-    if event_uuid not in (None, "") and (
-        type(event_uuid) is not str or not _UUID_FORMS.fullmatch(event_uuid)
-    ):
+    if event_uuid not in (None, "") and (type(event_uuid) is not str or not _UUID_FORMS.fullmatch(event_uuid)):
         raise _Refusal(400, f"event {index}: 'uuid' must be a UUID string")
     for key in ("$set", "$set_once"):
         value = event.get(key)
@@ -438,12 +434,13 @@ def _status_text(status: int) -> str:
         return str(status)
 
 
-def _apply_fault(
-    fault: Fault | None, verdict: _Verdict
-) -> tuple[tuple[int, str] | None, int, list[tuple[str, str]]]:
-    """What to answer (None: close without answering), how many of the verdict's events to accept,
-    and extra headers, once ``fault`` has had its way with the request."""
-    answer: tuple[int, str] | None = (verdict.status, verdict.message)
+def _apply_fault(fault: Fault | None, verdict: _Verdict) -> tuple[tuple[int, str] | None, int, list[tuple[str, str]]]:
+    """Let ``fault`` have its way with a judged request.
+
+    Returns what to answer (None: close the connection without answering), how many of the verdict's
+    events to accept, and any extra headers.
+    """
+    answer = (verdict.status, verdict.message)
     n_accepted = len(verdict.events)
     if fault is None:
         return answer, n_accepted, []
@@ -532,9 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_and_judge(self, query: str, path: str, length: int, raw_limit: int) -> _Verdict:
         compression = parse_qs(query).get("compression", [""])[-1].lower()
-        declared_gzip = (
-            "gzip" in self.headers.get("Content-Encoding", "").lower() or compression in _GZIP_QUERY_VALUES
-        )
+        declared_gzip = "gzip" in self.headers.get("Content-Encoding", "").lower() or compression in _GZIP_QUERY_VALUES
         if length > raw_limit:
             self._discard(length)  # read it all, so the client is listening when the 413 comes
             message = f"body of {length} bytes is over the {raw_limit}-byte limit of {path}"
@@ -702,7 +697,7 @@ class CaptureServer:
             raise RuntimeError("this CaptureServer has already been started")
         if self.out_path is not None:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = open(self.out_path, "ab")  # noqa: SIM115 - closed by stop()
+            self._out = open(self.out_path, "ab")  # noqa: SIM115 - open until stop()
         try:
             self._httpd = _HTTPServer((self.host, self.port), self)
         except BaseException:
@@ -806,8 +801,7 @@ def serve(
         mode = "strict, like PostHog's capture code" if strict else "lenient, like PostHog's docs"
         fault_note = f"; faults: {len(fault_specs)} scripted, rate {fault_rate}" if faults is not None else ""
         print(
-            f"Capture endpoint at {server.url} ({mode}{fault_note}). Accepted events are {where}. "
-            "Ctrl-C stops.",
+            f"Capture endpoint at {server.url} ({mode}{fault_note}). Accepted events are {where}. Ctrl-C stops.",
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):

@@ -224,7 +224,7 @@ def _run_job(job, api_key: str) -> ExitStatus:
         from migrate.capture_server import CaptureServer
 
         received_path = job.root / "local-capture" / "events.jsonl"
-        with CaptureServer(out_path=received_path) as server:
+        with CaptureServer(out_path=received_path, keep_in_memory=False) as server:
             outcome = send(job, manifest, server.url, api_key, host_label=LOCAL_HOST)
         target = f"local capture server ({server.url})"
     else:
@@ -343,7 +343,7 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
     try:
         serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,
                       fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed)
-    except ValueError as error:
-        fail(ConfigError(str(error)))
+    except MigrateError as error:
+        fail(error)
     except OSError as error:
         fail(ConfigError(f"cannot listen on 127.0.0.1:{port}: {error}"))

@@ -187,17 +187,13 @@ def test_events_file_is_appended_to_by_a_restarted_server(
     ],
     ids=["true", "false", "absent", "bare-array"],
 )
-def test_historical_migration_flag_is_recorded(
-    server: CaptureServer, body: bytes, expected: bool | None
-) -> None:
+def test_historical_migration_flag_is_recorded(server: CaptureServer, body: bytes, expected: bool | None) -> None:
     assert post(server, body).status_code == 200
     assert server.requests[0].historical_migration is expected
 
 
 @pytest.mark.parametrize("flag", ["true", 1, {}])
-def test_historical_migration_flag_that_is_not_a_json_boolean_is_400(
-    server: CaptureServer, flag: Any
-) -> None:
+def test_historical_migration_flag_that_is_not_a_json_boolean_is_400(server: CaptureServer, flag: Any) -> None:
     response = post(server, batch_body([make_event()], historical_migration=flag))
     assert response.status_code == 400
     assert "historical_migration" in response.text
@@ -275,17 +271,13 @@ def test_unusable_token_is_401_and_not_echoed(server: CaptureServer, envelope: d
 
 
 @pytest.mark.parametrize("envelope_key", ["api_key", "token"])
-def test_token_may_be_named_api_key_or_token_and_be_64_characters(
-    server: CaptureServer, envelope_key: str
-) -> None:
+def test_token_may_be_named_api_key_or_token_and_be_64_characters(server: CaptureServer, envelope_key: str) -> None:
     body = orjson.dumps({envelope_key: "p" * 64, "batch": [make_event()]})
     assert post(server, body).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/batch", *SINGLE_EVENT_PATHS])
-def test_single_event_with_its_own_token_is_accepted_and_stored_without_it(
-    server: CaptureServer, path: str
-) -> None:
+def test_single_event_with_its_own_token_is_accepted_and_stored_without_it(server: CaptureServer, path: str) -> None:
     response = post(server, orjson.dumps(make_event(api_key=TOKEN)), path)
     assert response.status_code == 200
     assert server.events == [make_event()]
@@ -599,9 +591,7 @@ def test_fault_specs_parse(spec: str, expected: Fault | None) -> None:
     assert Fault.parse(spec) == expected
 
 
-@pytest.mark.parametrize(
-    "spec", ["", "200", "302", "429:retry-after=soon", "slow", "slow:-1", "slow:nan", "teapot"]
-)
+@pytest.mark.parametrize("spec", ["", "200", "302", "429:retry-after=soon", "slow", "slow:-1", "slow:nan", "teapot"])
 def test_unknown_fault_spec_is_a_config_error(spec: str) -> None:
     with pytest.raises(ConfigError):
         FaultPlan.parse([spec])
@@ -622,15 +612,9 @@ def test_token_never_reaches_the_out_file_records_or_log(
     server = make_server(out_path=out, quiet=False)
     event_with_tokens = make_event(1, api_key=TOKEN, token=TOKEN, properties={"token": TOKEN})
     assert post(server, batch_body([make_event(0), event_with_tokens])).status_code == 200
-    assert (
-        post(server, orjson.dumps(make_event(2, api_key=TOKEN)), f"/capture/?api_key={TOKEN}").status_code
-        == 200
-    )
+    assert post(server, orjson.dumps(make_event(2, api_key=TOKEN)), f"/capture/?api_key={TOKEN}").status_code == 200
     assert post(server, orjson.dumps([make_event(3, **{"$token": TOKEN})]), "/e/").status_code == 200
-    assert (
-        post(server, orjson.dumps({"api_key": "phx_" + TOKEN[4:], "batch": [make_event()]})).status_code
-        == 401
-    )
+    assert post(server, orjson.dumps({"api_key": "phx_" + TOKEN[4:], "batch": [make_event()]})).status_code == 401
     assert len(server.events) == 4
     assert TOKEN.encode() not in out.read_bytes()
     assert TOKEN not in repr(server.requests) + repr(server.events)
@@ -724,14 +708,8 @@ def test_serve_prints_its_url_and_a_summary_on_ctrl_c(tmp_path: Path) -> None:
         assert match, banner
         assert str(out) in banner
         url = match.group(0)
-        assert (
-            requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code
-            == 503
-        )
-        assert (
-            requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code
-            == 200
-        )
+        assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 503
+        assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 200
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
     finally:

@@ -1,0 +1,100 @@
+"""Batch cutting: caps always hold, lanes keep people apart, the layout is a pure function of the input."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from migrate.batches import ENVELOPE_BYTES, BatchLayout, _cut_lane, build_body, cut_windows
+from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs
+
+
+def _prepared_runs(tmp_path, count, seed=5, people=30, max_payload=400):
+    rng = random.Random(seed)
+    writer = RunWriter(tmp_path, 200_000)
+    for row in range(count):
+        person = rng.randrange(people)
+        payload = orjson.dumps({"distinct_id": f"p{person}", "row": row, "pad": "x" * rng.randrange(max_payload)})
+        writer.add(rng.randrange(100_000), make_tiebreak(0, row), person * 7919, 0, payload)
+    return writer.close()
+
+
+def _windows(run_paths, layout, cursor=None, first_seq=0):
+    cursor = cursor or MergeCursor.start(len(run_paths))
+    return list(cut_windows(merge_runs(run_paths, cursor), cursor, first_seq, layout))
+
+
+@pytest.mark.parametrize("lanes,max_events,max_bytes", [(1, 100, 1 << 20), (4, 250, 30_000), (3, 10_000, 20_000)])
+def test_caps_hold_for_every_batch(tmp_path, lanes, max_events, max_bytes):
+    run_paths = _prepared_runs(tmp_path, 3_000)
+    layout = BatchLayout(lanes=lanes, max_events=max_events, max_bytes=max_bytes)
+    batches = [b for w in _windows(run_paths, layout) for b in w.batches]
+    assert sum(b.n_events for b in batches) == 3_000
+    for batch in batches:
+        assert batch.n_events <= max_events
+        body = build_body(batch.payloads, "phc_" + "k" * 60)
+        assert len(body) <= max_bytes
+        assert batch.payload_bytes <= max_bytes - ENVELOPE_BYTES
+
+
+def test_batches_in_one_window_never_share_a_person(tmp_path):
+    run_paths = _prepared_runs(tmp_path, 4_000)
+    for window in _windows(run_paths, BatchLayout(lanes=4, max_events=200, max_bytes=1 << 20)):
+        people_by_lane: dict[int, set] = {}
+        for batch in window.batches:
+            people = {orjson.loads(p)["distinct_id"] for p in batch.payloads}
+            people_by_lane.setdefault(batch.lane, set()).update(people)
+        lanes = list(people_by_lane.values())
+        for i, a in enumerate(lanes):
+            for b in lanes[i + 1:]:
+                assert not a & b
+
+
+def test_sequence_numbers_are_contiguous_and_windows_chain(tmp_path):
+    run_paths = _prepared_runs(tmp_path, 2_000)
+    windows = _windows(run_paths, BatchLayout(lanes=3, max_events=100, max_bytes=1 << 20))
+    seqs = [b.seq for w in windows for b in w.batches]
+    assert seqs == list(range(len(seqs)))
+    for before, after in zip(windows, windows[1:], strict=False):
+        assert before.end == after.start and before.end_seq == after.first_seq
+    assert windows[-1].end.position == 2_000
+
+
+def test_layout_is_deterministic_and_resumable_from_any_window(tmp_path):
+    run_paths = _prepared_runs(tmp_path, 2_500)
+    layout = BatchLayout(lanes=2, max_events=150, max_bytes=1 << 20)
+    first = _windows(run_paths, layout)
+    again = _windows(run_paths, layout)
+    assert [b.payloads for w in first for b in w.batches] == [b.payloads for w in again for b in w.batches]
+    middle = first[len(first) // 2]
+    resumed = _windows(run_paths, layout, middle.start, middle.first_seq)
+    expected = [(b.seq, b.payloads) for w in first[len(first) // 2:] for b in w.batches]
+    assert [(b.seq, b.payloads) for w in resumed for b in w.batches] == expected
+
+
+def test_a_lane_over_the_cap_is_cut_evenly_not_into_full_plus_crumbs():
+    cuts = _cut_lane([b"x" * 10] * 130, BatchLayout(lanes=2, max_events=100, max_bytes=1 << 20))
+    assert [end - start for start, end in cuts] == [65, 65]
+
+
+def test_a_lane_is_cut_by_bytes_when_events_are_large():
+    layout = BatchLayout(lanes=1, max_events=1_000, max_bytes=ENVELOPE_BYTES + 10_000)
+    cuts = _cut_lane([b"y" * 999] * 25, layout)
+    assert all(sum(1000 for _ in range(start, end)) - 1 <= 10_000 for start, end in cuts)
+    assert sum(end - start for start, end in cuts) == 25
+
+
+def test_body_is_the_batch_shape_with_historical_flag_and_no_sent_at():
+    body = orjson.loads(build_body([b'{"event":"a"}', b'{"event":"b"}'], "phc_key"))
+    assert body == {"api_key": "phc_key", "historical_migration": True, "batch": [{"event": "a"}, {"event": "b"}]}
+    assert "sent_at" not in body
+
+
+def test_window_holds_about_lanes_times_batch_events(tmp_path):
+    run_paths = _prepared_runs(tmp_path, 3_000)
+    windows = _windows(run_paths, BatchLayout(lanes=4, max_events=100, max_bytes=1 << 22))
+    assert all(w.end.position - w.start.position == 400 for w in windows[:-1])
+    assert pa.concat_tables(list(merge_runs(run_paths))).num_rows == 3_000

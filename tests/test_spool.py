@@ -1,0 +1,82 @@
+"""The bounded-memory sort: runs spilled to disk and merged batch-wise, resumable from a cursor."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, split_tiebreak
+
+
+def _spill(tmp_path, events, run_bytes):
+    writer = RunWriter(tmp_path, run_bytes)
+    for ts, tiebreak, person in events:
+        writer.add(ts, tiebreak, person, 0, f'{{"ts":{ts},"tb":{tiebreak}}}'.encode())
+    return writer.close()
+
+
+def _keys(tables):
+    table = pa.concat_tables(tables)
+    return list(zip(table.column("ts").to_pylist(), table.column("tiebreak").to_pylist(), strict=True))
+
+
+def test_tiebreak_round_trips_file_row_and_sub_event():
+    assert split_tiebreak(make_tiebreak(7, 123_456_789, 3)) == (7, 123_456_789, 3)
+    # file index dominates row number, row number dominates sub-event: input order is kept on equal times
+    assert make_tiebreak(1, 0) > make_tiebreak(0, 2**35)
+    assert make_tiebreak(0, 2) > make_tiebreak(0, 1, 255)
+
+
+def test_sort_across_many_runs_larger_than_the_budget_comes_out_in_order(tmp_path):
+    rng = random.Random(1)
+    events = [(rng.randrange(10_000), make_tiebreak(rng.randrange(3), n), rng.getrandbits(63)) for n in range(20_000)]
+    # ~200 bytes budget per event: forces dozens of runs
+    run_paths = _spill(tmp_path, events, run_bytes=100_000)
+    assert len(run_paths) > 20
+    merged = _keys(merge_runs(run_paths))
+    assert merged == sorted((ts, tb) for ts, tb, _ in events)
+
+
+def test_equal_timestamps_keep_input_order(tmp_path):
+    events = [(5, make_tiebreak(0, row), 0) for row in range(1, 500)]
+    random.Random(2).shuffle(events)
+    run_paths = _spill(tmp_path, events, run_bytes=20_000)
+    assert [tb for _, tb in _keys(merge_runs(run_paths))] == [make_tiebreak(0, row) for row in range(1, 500)]
+
+
+def test_merge_resumed_from_a_cursor_yields_exactly_the_rest(tmp_path):
+    rng = random.Random(3)
+    events = [(rng.randrange(1_000), make_tiebreak(0, n), 0) for n in range(5_000)]
+    run_paths = _spill(tmp_path, events, run_bytes=60_000)
+    full = pa.concat_tables(list(merge_runs(run_paths)))
+    cut = 2_345
+    cursor = MergeCursor.start(len(run_paths)).advanced(full.column("run").to_numpy()[:cut])
+    assert cursor.position == cut
+    rest = pa.concat_tables(list(merge_runs(run_paths, cursor)))
+    assert rest.column("payload").to_pylist() == full.column("payload").to_pylist()[cut:]
+
+
+def test_runs_carry_payload_person_and_kind(tmp_path):
+    writer = RunWriter(tmp_path, 1 << 20)
+    writer.add(10, 1, 42, 1, b'{"a":1}')
+    run_paths = writer.close()
+    row = pa.concat_tables(list(merge_runs(run_paths))).to_pylist()[0]
+    assert (row["person"], row["kind"], row["payload"]) == (42, 1, b'{"a":1}')
+
+
+def test_no_events_means_no_runs(tmp_path):
+    assert RunWriter(tmp_path, 1 << 20).close() == []
+    assert list(merge_runs([])) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(0, 50)), min_size=1, max_size=400),
+       st.integers(2_000, 40_000))
+def test_merge_is_a_sorted_permutation_of_the_input(tmp_path_factory, raw, run_bytes):
+    directory = tmp_path_factory.mktemp("runs")
+    events = [(ts, make_tiebreak(file, row), 0) for row, (ts, file) in enumerate(raw)]
+    run_paths = _spill(directory, events, run_bytes)
+    assert _keys(merge_runs(run_paths)) == sorted((ts, tb) for ts, tb, _ in events)
