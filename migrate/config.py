@@ -140,6 +140,8 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
     for key in ("batch_bytes", "memory"):
         if key in values:
             values[key] = parse_size(values[key], f"--{key.replace('_', '-')}")
+    if values.get("host"):
+        values["host"] = str(values["host"]).strip().rstrip("/")  # one spelling, so resumes recognise it
     for key in ("workdir", "out"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
