@@ -25,8 +25,8 @@ from migrate.errors import ConfigError
 
 # The stdlib default (128 KiB) would stop a file on one long JSON cell; events are capped below 1 MB anyway.
 MAX_FIELD_CHARS = 16 * 1024 * 1024
-_CANONICAL_INT = re.compile(r"-?(0|[1-9]\d{0,17})")
-_CANONICAL_FLOAT = re.compile(r"-?(0|[1-9]\d{0,17})\.\d{1,15}")
+_CANONICAL_INT = re.compile(r"0|-?[1-9]\d{0,17}")
+_CANONICAL_FLOAT = re.compile(r"-?(0|[1-9]\d{0,17})\.(\d{1,15})")
 csv.field_size_limit(MAX_FIELD_CHARS)
 
 
@@ -34,8 +34,12 @@ def infer_scalar(text: str) -> Any:
     """A cell's value: int, float or bool when its spelling is canonical, else the text itself."""
     if _CANONICAL_INT.fullmatch(text):
         return int(text)
-    if _CANONICAL_FLOAT.fullmatch(text) and not text.endswith("0"):
-        return float(text)
+    match = _CANONICAL_FLOAT.fullmatch(text)
+    if match and not text.endswith("0"):
+        value = float(text)
+        # Only when the float keeps every digit: "12345678901234567.5" would silently become ...68.0.
+        if f"{value:.{len(match.group(2))}f}" == text:
+            return value
     if text == "true":
         return True
     if text == "false":
@@ -51,10 +55,24 @@ def _has_bad_encoding(cells: list[str]) -> bool:
     return False
 
 
+def _delimiter(uri: str) -> str:
+    """Tab for ``.tsv`` (the format detection sends those here too), else comma."""
+    name = uri.lower()
+    for ending in (".gz", ".gzip"):
+        name = name.removesuffix(ending)
+    return "\t" if name.endswith(".tsv") else ","
+
+
+def _raw_line(cells: list[str]) -> str:
+    """The row as text for the rejects file, with undecodable bytes replaced (never lone surrogates)."""
+    joined = ",".join(cells)[:MAX_RAW_CHARS_IN_REJECT]
+    return joined.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]:
     with open_binary(source.uri) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
+        reader = csv.reader(text, delimiter=_delimiter(source.uri))
         try:
             header = next(reader)
         except StopIteration:
@@ -82,12 +100,10 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
                 continue
             row_number += 1
             if len(cells) != width:
-                raw_line = ",".join(cells)[:MAX_RAW_CHARS_IN_REJECT]
                 chunk.append((row_number, BadRow(
-                    "wrong_field_count", f"{len(cells)} fields, the header has {width}", raw_line)))
+                    "wrong_field_count", f"{len(cells)} fields, the header has {width}", _raw_line(cells))))
             elif _has_bad_encoding(cells):
-                raw_line = ",".join(cells).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                chunk.append((row_number, BadRow("bad_encoding", "not valid UTF-8", raw_line[:MAX_RAW_CHARS_IN_REJECT])))
+                chunk.append((row_number, BadRow("bad_encoding", "not valid UTF-8", _raw_line(cells))))
             else:
                 chunk.append((row_number, {
                     name: convert(cell) for name, cell in zip(header, cells, strict=True) if cell != ""
@@ -103,7 +119,7 @@ def read_csv_header(source: SourceFile) -> list[str]:
     with open_binary(source.uri) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
-            return next(csv.reader(text))
+            return next(csv.reader(text, delimiter=_delimiter(source.uri)))
         except (StopIteration, csv.Error):
             return []
 

@@ -62,9 +62,14 @@ def _epoch_number_to_us(value: float, unit: str) -> int:
     scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}.get(unit)
     if scale is None:
         raise Rejection("bad_timestamp", f"timestamp {value!r} is a number but the unit is {unit!r}")
-    if isinstance(value, int) and unit != "ns":
-        return value * int(scale)
-    return round(value * scale)
+    if isinstance(value, int):
+        # Integer arithmetic: a float holds only ~16 digits, a ns epoch has 19. Floor, like the
+        # truncation of an ISO string's 7th+ fraction digit, so both spellings give the same instant.
+        return value // 1000 if unit == "ns" else value * int(scale)
+    scaled = value * scale
+    if not math.isfinite(scaled):
+        raise Rejection("bad_timestamp", f"timestamp {value!r} in unit {unit!r} is out of range")
+    return round(scaled)
 
 
 def _datetime_to_us(moment: datetime, naive_zone: tzinfo) -> int:
@@ -98,7 +103,10 @@ def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) ->
         raise Rejection("bad_timestamp", f"timestamp has type {type(value).__name__}, expected text or number")
     text = value.strip()
     if unit != "iso" and _NUMERIC.fullmatch(text):
-        number = int(text) if text.lstrip("+-").isdigit() else float(text)
+        try:
+            number = int(text) if text.lstrip("+-").isdigit() else float(text)
+        except ValueError:  # more digits than int() converts (4300): no timestamp anyway
+            raise Rejection("bad_timestamp", f"timestamp {text[:40]!r}… is not a usable number") from None
         return _epoch_number_to_us(number, unit)
     if text.endswith(" UTC"):
         text = text[:-4] + "+00:00"
@@ -112,7 +120,11 @@ def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) ->
 def format_timestamp(epoch_us: int) -> str:
     """RFC 3339 in UTC with microseconds, the one form we send: fixed width, so re-sends are identical."""
     moment = _EPOCH + timedelta(microseconds=epoch_us)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: glibc's %Y does not zero-pad years below 1000 ("999-01-01"), which capture cannot parse.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
 
 
 # PostHog keeps years 0..9999; we keep what Python's datetime can represent from year 1.
@@ -136,11 +148,14 @@ def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: s
 
     Properties are serialised with sorted keys so that column order in the input does not matter.
     """
-    key = orjson.dumps(
-        [source, distinct_id, timestamp_us, event, properties],
-        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
-        default=json_default,
-    )
+    try:
+        key = orjson.dumps(
+            [source, distinct_id, timestamp_us, event, properties],
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+            default=json_default,
+        )
+    except (TypeError, orjson.JSONEncodeError) as error:
+        raise Rejection("unserialisable", f"event cannot be serialised as JSON: {error}") from None
     return str(uuid_module.uuid5(CONTENT_NAMESPACE, key.decode()))
 
 

@@ -167,7 +167,7 @@ class ColumnMapping:
             )
         try:
             ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
             raise ConfigError(
                 f"unknown timezone {self.timezone!r}: use an IANA name such as 'UTC' or 'America/New_York'"
             ) from None
