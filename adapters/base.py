@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from pyarrow import fs as pafs
 
+from migrate.errors import ConfigError
 from migrate.event import Event
 from migrate.mapping import ColumnMapping, RowMapper
 
@@ -63,10 +65,12 @@ def open_binary(uri: str) -> IO[bytes]:
     Gzip is recognised by its magic bytes, not the file name: exports are often renamed.
     """
     filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    stream = filesystem.open_input_stream(path)
+    # compression=None: pyarrow would otherwise gunzip by the name alone, failing on a renamed plain file
+    # and bypassing the magic-byte check (and isal) below.
+    stream = filesystem.open_input_stream(path, compression=None)
     raw = io.BufferedReader(_ArrowStreamAdapter(stream), buffer_size=1 << 20)
     if raw.peek(2)[:2] == GZIP_MAGIC:
-        return io.BufferedReader(_gzip_reader(raw), buffer_size=1 << 20)
+        return io.BufferedReader(_GzipStream(_gzip_reader(raw), raw, uri), buffer_size=1 << 20)
     return raw
 
 
@@ -77,6 +81,34 @@ def _gzip_reader(raw: IO[bytes]) -> IO[bytes]:
         return igzip.GzipFile(fileobj=raw, mode="rb")
     except ImportError:
         return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+class _GzipStream(io.RawIOBase):
+    """A gzip reader whose decompression errors name the file (a ConfigError, not a traceback), and
+    whose close also closes the file below it (GzipFile leaves a ``fileobj`` open)."""
+
+    def __init__(self, gz: IO[bytes], raw: IO[bytes], uri: str):
+        self._gz = gz
+        self._raw = raw
+        self._uri = uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._gz.readinto(buffer)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ConfigError(
+                f"{self._uri}: the gzip data is corrupt or truncated ({error}); re-download or re-compress it"
+            ) from None
+
+    def close(self) -> None:
+        try:
+            self._gz.close()
+        finally:
+            self._raw.close()
+            super().close()
 
 
 class _ArrowStreamAdapter(io.RawIOBase):

@@ -22,6 +22,7 @@ from migrate.errors import ConfigError
 FORMAT_PROBE_ROWS = 20
 # A file that is one JSON array is read whole; beyond this size it must be converted to JSON lines.
 MAX_JSON_ARRAY_BYTES = 512 * 1024 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _raw_text(line: bytes) -> str:
@@ -41,6 +42,8 @@ def _parse_line(line: bytes) -> dict | BadRow:
 def read_json_lines(source: SourceFile) -> Iterator[RowChunk]:
     """Yield the rows of a JSON lines file; blank lines are skipped and are not rows."""
     with open_binary(source.uri) as stream:
+        if stream.peek(3)[:3] == UTF8_BOM:  # Windows tools write one; it would make row 1 invalid JSON
+            stream.read(3)
         head = stream.peek(64)[:64].lstrip() if hasattr(stream, "peek") else b""
         if head.startswith(b"["):
             yield from _read_json_array(source, stream)

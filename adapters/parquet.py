@@ -23,11 +23,24 @@ def open_parquet(source: SourceFile) -> pq.ParquetFile:
         raise ConfigError(f"{source.uri}: not a readable Parquet file ({error}). Is --format right?") from None
 
 
+def _microsecond_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Top-level ns timestamp columns cast to µs (truncated, as events carry µs): without pandas,
+    ``to_pylist`` raises on any ns value that is not a whole µs, which would stop the whole file."""
+    columns = []
+    changed = False
+    for column in batch.columns:
+        if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            column = column.cast(pa.timestamp("us", tz=column.type.tz), safe=False)
+            changed = True
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+
+
 def read_parquet(source: SourceFile) -> Iterator[RowChunk]:
     parquet = open_parquet(source)
     row_number = 0
     for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK):
-        records = batch.to_pylist()
+        records = _microsecond_timestamps(batch).to_pylist()
         chunk = [(row_number + offset, record) for offset, record in enumerate(records, start=1)]
         row_number += len(records)
         yield chunk

@@ -51,6 +51,7 @@ from migrate.spool import (
 MANIFEST_VERSION = 1
 # The sorted runs take this share of the memory budget; the rest is for reading, mapping and merging.
 RUN_SHARE_OF_MEMORY = 4
+MIN_RUN_BYTES = 256 * 1024
 # Rows between checks for Ctrl-C during prepare.
 ROWS_BETWEEN_STOP_CHECKS = 5_000
 
@@ -239,7 +240,7 @@ def prepare(job: Job) -> dict:
     for leftover in (job.rejects_path, job.state_path):
         leftover.unlink(missing_ok=True)
     stats = PrepareStats()
-    writer = RunWriter(job.runs_dir, max(1 << 20, job.settings.memory // RUN_SHARE_OF_MEMORY))
+    writer = RunWriter(job.runs_dir, max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY))
     rejects = RejectsWriter(job.rejects_path)
 
     def on_event(event, payload, tiebreak, person) -> None:

@@ -128,7 +128,7 @@ class RejectsWriter:
             # A resume drops what was written after the last checkpoint: it will be written again.
             with open(path, "r+b") as handle:
                 handle.truncate(truncate_to)
-        self._handle: IO[bytes] = open(path, "ab")
+        self._handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - kept open for the whole phase, closed by close()
 
     def write(self, reason: str, detail: str, source: str, row: int | None, original: Any) -> None:
         line = orjson.dumps(

@@ -33,6 +33,13 @@ def _is_ignored(name: str) -> bool:
     return base in IGNORED_NAMES or base.startswith(IGNORED_PREFIXES) or base.endswith(IGNORED_ENDINGS)
 
 
+def _is_ignored_below(folder: str, path: str) -> bool:
+    """Ignored file, or a file inside a hidden/underscore sub-folder of ``folder`` (``.git``,
+    ``.ipynb_checkpoints`` copies, Spark's in-progress ``_temporary``)."""
+    relative = path[len(folder):].strip("/") if path.startswith(folder) else path.rsplit("/", 1)[-1]
+    return _is_ignored(path) or any(part.startswith(IGNORED_PREFIXES) for part in relative.split("/")[:-1])
+
+
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         try:
@@ -68,7 +75,7 @@ def expand_sources(arguments: Iterable[str], explicit_format: bool) -> list[Sour
             if info.type == pafs.FileType.Directory:
                 infos = [
                     i for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-                    if i.type == pafs.FileType.File and not _is_ignored(i.path)
+                    if i.type == pafs.FileType.File and not _is_ignored_below(path, i.path)
                     and (explicit_format or detect_format(i.path) is not None)
                 ]
                 if not infos:

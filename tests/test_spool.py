@@ -33,8 +33,8 @@ def test_tiebreak_round_trips_file_row_and_sub_event():
 def test_sort_across_many_runs_larger_than_the_budget_comes_out_in_order(tmp_path):
     rng = random.Random(1)
     events = [(rng.randrange(10_000), make_tiebreak(rng.randrange(3), n), rng.getrandbits(63)) for n in range(20_000)]
-    # ~200 bytes budget per event: forces dozens of runs
-    run_paths = _spill(tmp_path, events, run_bytes=100_000)
+    # ~60 bytes per buffered event: a 30 kB budget forces dozens of runs
+    run_paths = _spill(tmp_path, events, run_bytes=30_000)
     assert len(run_paths) > 20
     merged = _keys(merge_runs(run_paths))
     assert merged == sorted((ts, tb) for ts, tb, _ in events)
