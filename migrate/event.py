@@ -8,8 +8,10 @@ place that turns an event into bytes, so two runs over the same input send byte-
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import time
 import uuid as uuid_module
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -33,6 +35,7 @@ INSERT_ID_NAMESPACE = uuid_module.UUID("8f0c2b7e-5a43-5d6e-9b1f-6d2a4c3e7f10")
 CONTENT_NAMESPACE = uuid_module.UUID("3d5e6f70-8192-5a3b-8c4d-5e6f708192a3")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 TIMESTAMP_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
 
@@ -138,9 +141,18 @@ def utc_now_us() -> int:
 
 # --- uuids -----------------------------------------------------------------------------------------
 
+def uuid5_text(namespace: uuid_module.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))`` without building UUID objects (about 3x faster)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode("utf-8", "surrogatepass")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def uuid_from_id(source_id: Any, namespace: uuid_module.UUID = INSERT_ID_NAMESPACE) -> str:
     """UUIDv5 of a source's own event or insert id: the same id always gives the same uuid."""
-    return str(uuid_module.uuid5(namespace, str(source_id)))
+    return uuid5_text(namespace, str(source_id))
 
 
 def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: str, properties: dict) -> str:
@@ -156,7 +168,7 @@ def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: s
         )
     except (TypeError, orjson.JSONEncodeError) as error:
         raise Rejection("unserialisable", f"event cannot be serialised as JSON: {error}") from None
-    return str(uuid_module.uuid5(CONTENT_NAMESPACE, key.decode()))
+    return uuid5_text(CONTENT_NAMESPACE, key.decode())
 
 
 def normalise_uuid(value: Any) -> str:
@@ -270,7 +282,9 @@ def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> byt
         )
     if not isinstance(event.properties, dict):
         raise Rejection("properties_not_object", "properties must be a JSON object")
-    normalise_uuid(event.uuid)
+    if not isinstance(event.uuid, str) or not _CANONICAL_UUID.fullmatch(event.uuid):
+        normalise_uuid(event.uuid)  # raises for junk; a valid but non-canonical form is refused below
+        raise Rejection("bad_uuid", f"uuid {event.uuid!r} is not in canonical form (lower-case, hyphenated)")
     _validate_special_event(event)
     payload = event.to_json()
     if len(payload) > max_bytes:
