@@ -121,13 +121,21 @@ def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) ->
 
 
 def format_timestamp(epoch_us: int) -> str:
-    """RFC 3339 in UTC with microseconds, the one form we send: fixed width, so re-sends are identical."""
-    moment = _EPOCH + timedelta(microseconds=epoch_us)
-    # Not strftime: glibc's %Y does not zero-pad years below 1000 ("999-01-01"), which capture cannot parse.
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
-    )
+    """RFC 3339 in UTC with microseconds, the one form we send: fixed width, so re-sends are identical.
+
+    Not strftime: glibc's %Y does not zero-pad years below 1000 ("999-01-01"), which capture cannot parse.
+    ``time.gmtime`` is ~3x faster than datetime arithmetic on this hot path.
+    """
+    seconds, micros = divmod(epoch_us, 1_000_000)
+    try:
+        t = time.gmtime(seconds)
+        year, month, day, hour, minute, second = t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
+    except (OverflowError, OSError, ValueError):  # outside the platform's time_t range
+        moment = _EPOCH + timedelta(microseconds=epoch_us)
+        year, month, day, hour, minute, second = (
+            moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second
+        )
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
 
 
 # PostHog keeps years 0..9999; we keep what Python's datetime can represent from year 1.

@@ -28,6 +28,10 @@ HLL_PRECISION = 14
 MICROSECONDS_PER_DAY = 86_400 * 1_000_000
 
 
+def _day_name(day_number: int) -> str:
+    return format_timestamp(day_number * MICROSECONDS_PER_DAY)[:10]
+
+
 def _day_number(day: str) -> int:
     return (date.fromisoformat(day) - date(1970, 1, 1)).days
 
@@ -106,7 +110,8 @@ class PrepareStats:
         return {
             "rows_read": self.rows_read, "rows_kept": self.rows_kept, "events": self.events,
             "added_events": self.added_events, "rejected": dict(self.rejected), "filtered": dict(self.filtered),
-            "event_names": dict(self.event_names), "per_day": {format_timestamp(day * MICROSECONDS_PER_DAY)[:10]: n for day, n in sorted(self.per_day.items())},
+            "event_names": dict(self.event_names),
+            "per_day": {_day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
             "people_registers": self.people.registers.hex(), "files": self.files,
         }
@@ -117,7 +122,8 @@ class PrepareStats:
             rows_read=data["rows_read"], rows_kept=data["rows_kept"], events=data["events"],
             added_events=data["added_events"], rejected=Counter(data["rejected"]),
             filtered=Counter(data["filtered"]), event_names=Counter(data["event_names"]),
-            per_day=Counter({_day_number(day): n for day, n in data["per_day"].items()}), first_us=data["first_us"], last_us=data["last_us"],
+            per_day=Counter({_day_number(day): n for day, n in data["per_day"].items()}),
+            first_us=data["first_us"], last_us=data["last_us"],
             recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
             files=data["files"],
         )
@@ -214,7 +220,7 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
         lines += format_counter(stats.event_names, limit=15)
     if stats.per_day:
         lines.append("Events per day:")
-        days = [(format_timestamp(day * MICROSECONDS_PER_DAY)[:10], n) for day, n in sorted(stats.per_day.items())]
+        days = [(_day_name(day), n) for day, n in sorted(stats.per_day.items())]
         shown = days if len(days) <= 31 else days[:15] + [("…", 0)] + days[-15:]
         lines += [f"    {day}  {count:>12,}" if day != "…" else "    …" for day, count in shown]
     if stats.rejected:
