@@ -1,0 +1,199 @@
+"""End-to-end throughput and peak memory: posthog-migrate against the posthog-python baseline.
+
+One run on one machine:
+  1. generates N Amplitude-shaped events (seeded; gzip'd JSON lines, as Amplitude exports them),
+  2. starts the local capture server (`posthog-migrate serve`) in its own process,
+  3. runs `posthog-migrate run` against it with no rate limit,
+  4. runs the baseline a user would otherwise write: posthog-python's `capture()` in a loop over the
+     events sorted in memory, gzip on, `historical_migration=True`, a queue big enough to drop nothing,
+  5. prints events/second for both, their ratio, each one's peak resident memory, and checks that the
+     server received every event from each.
+
+    python benchmarks/bench.py                 # N = 1,000,000
+    python benchmarks/bench.py -n 200000       # quicker
+    python benchmarks/bench.py --scaling       # the tool alone at N and 4N: peak-memory ratio
+    python benchmarks/bench.py --skip-baseline # the tool alone
+
+The baseline needs `pip install posthog`. Generated data and outputs go to benchmarks/out/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+MAPPING = """\
+[columns]
+event = "event_type"
+distinct_id = ["user_id", "device_id"]
+timestamp = "event_time"
+insert_id = "$insert_id"
+
+[properties]
+json_column = "event_properties"
+include = ["platform", "os_name", "country", "city"]
+"""
+EVENT_TYPES = ["[Amplitude] Page Viewed", "note_created", "note_shared", "search_performed", "signed_up",
+               "plan_upgraded", "[Amplitude] Element Clicked"]
+
+
+def generate(path: Path, count: int, seed: int) -> None:
+    """Amplitude export rows (the fields of source-formats.md), in server-upload rather than time order."""
+    rng = random.Random(seed)
+    start = datetime(2023, 1, 1, tzinfo=UTC)
+    people = max(100, count // 50)
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for n in range(count):
+            person = rng.randrange(people)
+            moment = start + timedelta(seconds=rng.randrange(365 * 86_400), microseconds=rng.randrange(1_000_000))
+            row = {
+                "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "$insert_id": f"ins-{seed}-{n}",
+                "event_id": n, "event_type": rng.choice(EVENT_TYPES),
+                "event_time": moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                "user_id": f"user-{person}" if person % 3 else None, "device_id": f"device-{person}",
+                "session_id": int(moment.timestamp() * 1000), "platform": "Web", "os_name": "Chrome",
+                "os_version": "120", "country": "Canada", "city": "Toronto", "ip_address": "203.0.113.7",
+                "event_properties": {"[Amplitude] Page URL": f"https://ex.com/p/{n % 500}", "plan": "pro",
+                                     "note_length": rng.randrange(5000)},
+                "user_properties": {"plan": "pro", "initial_utm_source": "news"},
+            }
+            out.write(orjson.dumps(row) + b"\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_measured(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str]:
+    """Run a process; return (seconds, peak RSS in MiB, stderr tail)."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    stdout, stderr = process.stdout.read().decode(), process.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) not in (0, 3):
+        raise SystemExit(f"{command[:4]} failed:\n{stdout}\n{stderr}")
+    return elapsed, usage.ru_maxrss // 1024, stdout
+
+
+class Server:
+    """`posthog-migrate serve` in its own process, so it does not share a core's GIL with the client."""
+
+    def __init__(self, out_file: Path):
+        self.port = free_port()
+        self.out_file = out_file
+        out_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "migrate", "serve", "--port", str(self.port), "--out", str(out_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("the capture server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def received(self) -> int:
+        with open(self.out_file, "rb") as handle:
+            return sum(1 for _ in handle)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def run_tool(data: Path, count: int, label: str) -> dict:
+    work = OUT / f"job-{label}"
+    mapping = OUT / "amplitude-mapping.toml"
+    mapping.write_text(MAPPING)
+    server = Server(OUT / f"received-{label}.jsonl")
+    try:
+        env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
+        seconds, rss, summary = run_measured(
+            [sys.executable, "-m", "migrate", "run", str(data), "--format", "jsonl", "--mapping", str(mapping),
+             "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q"], OUT, env)
+        received = server.received()
+    finally:
+        server.stop()
+    return {"name": "posthog-migrate", "seconds": seconds, "rss": rss, "received": received, "count": count,
+            "summary": summary}
+
+
+def run_baseline(data: Path, count: int) -> dict:
+    server = Server(OUT / "received-baseline.jsonl")
+    try:
+        seconds, rss, _ = run_measured(
+            [sys.executable, str(HERE / "baseline_posthog_python.py"), str(data), server.url, str(count)], OUT)
+        received = server.received()
+    finally:
+        server.stop()
+    return {"name": "posthog-python", "seconds": seconds, "rss": rss, "received": received, "count": count}
+
+
+def report(result: dict) -> str:
+    rate = result["count"] / result["seconds"]
+    lost = result["count"] - result["received"]
+    return (f"{result['name']:<16} {result['count']:>11,} events  {result['seconds']:>8.1f} s  {rate:>10,.0f} ev/s"
+            f"  peak RSS {result['rss']:>6,} MiB  received {result['received']:,}"
+            + (f"  ({lost:,} LOST)" if lost > 0 else ""))
+
+
+def dataset(count: int, seed: int) -> Path:
+    path = OUT / f"amplitude-{count}-{seed}.jsonl.gz"
+    if not path.exists():
+        print(f"generating {count:,} events → {path}", flush=True)
+        generate(path.with_suffix(".tmp"), count, seed)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--events", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scaling", action="store_true", help="run the tool at N and 4N; print the memory ratio")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
+    if args.scaling:
+        small = run_tool(dataset(args.events, args.seed), args.events, "n")
+        print(report(small), flush=True)
+        large = run_tool(dataset(4 * args.events, args.seed), 4 * args.events, "4n")
+        print(report(large))
+        print(f"peak memory ratio 4N/N: {large['rss'] / small['rss']:.2f}")
+        return
+    data = dataset(args.events, args.seed)
+    tool = run_tool(data, args.events, "n")
+    print(report(tool), flush=True)
+    if args.skip_baseline:
+        return
+    baseline = run_baseline(data, args.events)
+    print(report(baseline))
+    print(f"speed-up: {baseline['seconds'] / tool['seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
