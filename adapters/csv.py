@@ -28,6 +28,9 @@ MAX_FIELD_CHARS = 16 * 1024 * 1024
 _CANONICAL_INT = re.compile(r"0|-?[1-9]\d{0,17}")
 _CANONICAL_FLOAT = re.compile(r"-?(0|[1-9]\d{0,17})\.(\d{1,15})")
 csv.field_size_limit(MAX_FIELD_CHARS)
+# No text header holds these; a binary file (Parquet: "PAR1\x15\x04...") whose first line happens to be
+# valid UTF-8 does.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def infer_scalar(text: str) -> Any:
@@ -79,7 +82,7 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
             return
         except csv.Error as error:
             raise ConfigError(f"{source.uri}: cannot read the CSV header ({error}). Is --format right?") from None
-        if _has_bad_encoding(header) or any("\x00" in cell for cell in header):
+        if _has_bad_encoding(header) or any(_CONTROL_CHARS.search(cell) for cell in header):
             raise ConfigError(
                 f"{source.uri}: the first line is not a UTF-8 CSV header. Is --format right for this file?"
             )

@@ -74,6 +74,14 @@ class Filtered(Exception):
         self.rule = rule
 
 
+def parse_bound(value: str, zone: ZoneInfo) -> int:
+    """A since/until bound: a date or ISO time first ("20230101" is a date here, not epoch seconds)."""
+    try:
+        return parse_timestamp(value, "iso", zone)
+    except Rejection:
+        return parse_timestamp(value, "auto", zone)
+
+
 def _as_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -175,7 +183,7 @@ class ColumnMapping:
             value = getattr(self, bound)
             if value is not None:
                 try:
-                    parse_timestamp(value, "auto", ZoneInfo(self.timezone))
+                    parse_bound(value, ZoneInfo(self.timezone))
                 except Rejection:
                     raise ConfigError(f"filter {bound} = {value!r} is not a date or timestamp") from None
         return self
@@ -236,8 +244,8 @@ class RowMapper:
         self.insert_id_columns = mapping.insert_id or DEFAULT_INSERT_ID_COLUMNS
         self.json_columns = mapping.properties_json or DEFAULT_PROPERTIES_COLUMNS
         self.drop_events = frozenset(mapping.drop_events)
-        self.since_us = parse_timestamp(mapping.since, "auto", self.zone) if mapping.since else None
-        self.until_us = parse_timestamp(mapping.until, "auto", self.zone) if mapping.until else None
+        self.since_us = parse_bound(mapping.since, self.zone) if mapping.since else None
+        self.until_us = parse_bound(mapping.until, self.zone) if mapping.until else None
         # Columns that feed $set, $set_once or $groups, or that the user excluded, are never plain properties.
         self.always_consumed = frozenset(
             (*mapping.set, *mapping.set_once, *(column for _, column in mapping.groups), *mapping.exclude)

@@ -1,0 +1,101 @@
+"""Crash safety with real processes: crash points, SIGKILL at random moments, then resume.
+
+Every test asserts the promises of a resumed job: every valid event received at least once, every
+duplicate byte-identical to its first copy, re-sends within (requests in flight × batch size) per crash
+(plus what the server's own faults made us re-send), and a final summary that balances.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from migrate.capture_server import CaptureServer, FaultPlan
+from migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
+
+from .conftest import TEST_API_KEY, cli_environment, make_rows, write_jsonl
+
+BATCH_SIZE = 100
+CONCURRENCY = 3
+EVENTS = 2_000
+RESENDING_FAULTS = ("drop-after-accept", "413-partial")
+
+
+def _command(server: CaptureServer, rate: int = 0) -> list[str]:
+    return [sys.executable, "-m", "migrate", "run", "events.jsonl", "--host", server.url, "--workdir", "job",
+            "--batch-size", str(BATCH_SIZE), "--concurrency", str(CONCURRENCY), "--rate", str(rate),
+            "--retry-delay", "0.01", "--max-retries", "30", "-q"]
+
+
+def _input(tmp_path: Path) -> None:
+    rows = make_rows(EVENTS, seed=21)
+    rows[5]["event"] = ""  # one reject, so the accounting has all three terms
+    write_jsonl(tmp_path / "events.jsonl", rows)
+
+
+def _finish(tmp_path: Path, server: CaptureServer) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(server), cwd=tmp_path, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr  # done, with the one rejected row
+    assert f"{EVENTS:,} = {EVENTS - 1:,} + 1 + 0  ✓ balanced" in result.stdout
+    return result
+
+
+def _assert_delivered(server: CaptureServer, crashes: int) -> None:
+    lines_by_uuid: dict[str, bytes] = {}
+    copies = Counter()
+    for event in server.events:
+        line = orjson.dumps(event)
+        first = lines_by_uuid.setdefault(event["uuid"], line)
+        assert line == first, "a re-sent event differs from its first copy"
+        copies[event["uuid"]] += 1
+    assert len(lines_by_uuid) == EVENTS - 1  # every valid event arrived
+    resent = sum(copies.values()) - len(copies)
+    caused_by_faults = sum(r.n_accepted for r in server.requests if r.fault in RESENDING_FAULTS)
+    assert resent <= crashes * CONCURRENCY * BATCH_SIZE + caused_by_faults
+
+
+@pytest.mark.parametrize("point", [
+    "before-manifest", "after-prepare", "after-send-before-checkpoint@3", "after-checkpoint@4",
+    "mid-state-write@5",
+])
+def test_crash_at_a_named_point_then_resume_loses_and_doubles_nothing(tmp_path, point):
+    _input(tmp_path)
+    with CaptureServer() as server:
+        crashed = subprocess.run(_command(server), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                 env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY, **{CRASH_POINT_VARIABLE: point}))
+        assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+        state = tmp_path / "job" / "state.json"
+        if state.exists():  # a crash mid-write leaves the previous state whole
+            orjson.loads(state.read_bytes())
+        _finish(tmp_path, server)
+        _assert_delivered(server, crashes=1)
+
+
+def test_sigkill_at_random_moments_under_server_faults_loses_and_doubles_nothing(tmp_path):
+    _input(tmp_path)
+    rng = random.Random(2024)
+    plan = FaultPlan.parse([], rate=0.25, kinds=["429", "503", "drop", "drop-after-accept", "slow:0.05"], seed=5)
+    kills = 0
+    with CaptureServer(faults=plan) as server:
+        for _ in range(6):
+            # paced at 1,000 events/s so that each process is killed mid-send
+            process = subprocess.Popen(_command(server, rate=1_000), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY))
+            time.sleep(rng.uniform(0.3, 1.2))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            process.wait()
+        result = _finish(tmp_path, server)
+        _assert_delivered(server, crashes=kills)
+    assert kills >= 3, "the run finished before it could be killed: make the job bigger"
+    assert "already sent by an earlier run" in result.stdout or kills == 0
