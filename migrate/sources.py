@@ -95,7 +95,8 @@ def expand_sources(arguments: Iterable[str], explicit_format: bool) -> list[Sour
 def _glob(filesystem: pafs.FileSystem, argument: str, path: str) -> list[pafs.FileInfo]:
     if isinstance(filesystem, pafs.LocalFileSystem):
         matches = sorted(glob.glob(path, recursive=True))
-        return [i for i in filesystem.get_file_info(matches) if i.type == pafs.FileType.File and not _is_ignored(i.path)]
+        infos = filesystem.get_file_info(matches)
+        return [i for i in infos if i.type == pafs.FileType.File and not _is_ignored(i.path)]
     # Object stores: list below the pattern's fixed prefix, then match the whole key.
     prefix = path
     while _GLOB_CHARS & set(prefix):
