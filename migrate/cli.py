@@ -287,8 +287,14 @@ def describe_status(root: Path) -> str:
 
     manifest = read_json(root / "manifest.json")
     if manifest is None:
-        return (f"Job {root}: not prepared (never run, or stopped while reading the sources).\n"
-                "A resume reads and sorts the sources from the start; nothing has been sent.")
+        partial = read_json(root / "prepare.json")
+        if partial is None:
+            return (f"Job {root}: not prepared (never run, or stopped before its first spill).\n"
+                    "A resume reads and sorts the sources from the start; nothing has been sent.")
+        position = partial["position"]
+        return (f"Job {root}: preparing, stopped after {partial['stats']['rows_read']:,} rows "
+                f"({len(partial['runs'])} sorted runs written); nothing has been sent.\n"
+                f"A resume continues reading at input file #{position['file'] + 1}, after row {position['row']:,}.")
     stats = PrepareStats.from_dict(manifest["stats"])
     progress = JobState(root / "state.json").send
     total = stats.events

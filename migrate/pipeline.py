@@ -3,14 +3,16 @@
 A job lives in its work directory::
 
     manifest.json   written once when prepare completes: inputs' fingerprints, runs, counts
+    prepare.json    while preparing: the last spill's position in the inputs (resume point)
     runs/           sorted run files (Arrow IPC, LZ4): each event's sort key, person hash and JSON
     state.json      the send watermark, replaced atomically after every acknowledged batch
     rejects.jsonl   every rejected row: reason, detail, file, row, original
     dry-run/        request bodies written by --dry-run
     local-capture/  what the built-in capture server received (--host local)
 
-Prepare is all-or-nothing: it writes ``manifest.json`` last, and a job without one starts prepare
-over. Send resumes from ``state.json`` without reading the sources again.
+Prepare checkpoints after each spilled run and writes ``manifest.json`` last; a job without a
+manifest continues preparing from its last spill. Send resumes from ``state.json`` without reading
+the sources again.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class Job:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def prepare_progress_path(self) -> Path:
+        return self.root / "prepare.json"
 
     @property
     def rejects_path(self) -> Path:
@@ -179,22 +185,30 @@ def describe_fingerprint_change(old: dict, new: dict) -> str:
     return "; ".join(lines) or "settings changed"
 
 
-def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareStats, quiet: bool) -> None:
+def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareStats, quiet: bool,
+             start: tuple[int, int] = (0, 0), after_chunk: Callable[[SourceFile, int], None] | None = None) -> None:
     """Read every source, map and validate every row; hand events and rejects to the callbacks.
 
     Shared by ``prepare`` (which spills events to runs) and ``inspect`` (which only counts).
+    ``start`` = (file index, rows already done in it) resumes an interrupted prepare; ``after_chunk``
+    is called after each chunk of rows with the chunk's file and last row number: a clean point to
+    spill and checkpoint, since no row is ever half-handled there.
     """
     now_us = utc_now_us()
     adapter = job.adapter
+    start_file, rows_done = start
     bar = progress_bar(None, "rows", "reading", quiet)
+    bar.update(stats.rows_read)
     try:
-        for source in job.sources:
-            stats.files += 1
-            bar.set_description(f"reading {stats.files}/{len(job.sources)}")
+        for source in job.sources[start_file:]:
+            bar.set_description(f"reading {source.index + 1}/{len(job.sources)}")
+            skip = rows_done if source.index == start_file else 0
             for chunk in adapter.read(source):
                 if job.stop.is_set():
                     raise Interrupted
                 for row_number, record in chunk:
+                    if row_number <= skip:
+                        continue
                     stats.rows_read += 1
                     if isinstance(record, BadRow):
                         on_reject(record.reason, record.detail, source, row_number, record.raw)
@@ -217,12 +231,37 @@ def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareSt
                         stats.add_event(event.event, event.timestamp_us, person, now_us, event.added)
                         on_event(event, payload, make_tiebreak(source.index, row_number, sub_event), person)
                 bar.update(len(chunk))
+                if after_chunk is not None and chunk:
+                    after_chunk(source, chunk[-1][0])
+        stats.files = len(job.sources)
     finally:
         bar.close()
 
 
+def _start_or_resume_prepare(job: Job, fingerprint_now: dict) -> tuple[dict | None, PrepareStats]:
+    """The progress of an interrupted prepare of the same inputs, or a clean slate."""
+    progress = read_json(job.prepare_progress_path)
+    if progress is not None and progress.get("fingerprint") == fingerprint_now:
+        keep = {run["file"] for run in progress["runs"]}
+        for path in job.runs_dir.glob("run-*.arrow"):
+            if path.name not in keep:  # written after the last prepare checkpoint: its rows are redone
+                path.unlink()
+        return progress, PrepareStats.from_dict(progress["stats"])
+    # Nothing usable: nothing was sent yet, so whatever a killed prepare left is redone from scratch.
+    shutil.rmtree(job.runs_dir, ignore_errors=True)
+    job.runs_dir.mkdir(parents=True)
+    for leftover in (job.rejects_path, job.state_path, job.prepare_progress_path):
+        leftover.unlink(missing_ok=True)
+    return None, PrepareStats()
+
+
 def prepare(job: Job) -> dict:
-    """Run (or reuse) the prepare phase; return the manifest."""
+    """Run (or reuse, or resume) the prepare phase; return the manifest.
+
+    While it runs, every spilled run is followed by a prepare checkpoint (the runs so far, the position
+    in the inputs, the counts, the rejects file's size), so a killed prepare redoes only the rows after
+    its last spill.
+    """
     new_fingerprint = job_fingerprint(job)
     manifest = read_json(job.manifest_path)
     if manifest is not None:
@@ -234,14 +273,14 @@ def prepare(job: Job) -> dict:
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
         return manifest
-    # No manifest: nothing was sent yet; whatever a killed prepare left is redone from scratch.
-    shutil.rmtree(job.runs_dir, ignore_errors=True)
-    job.runs_dir.mkdir(parents=True)
-    for leftover in (job.rejects_path, job.state_path):
-        leftover.unlink(missing_ok=True)
-    stats = PrepareStats()
+    progress, stats = _start_or_resume_prepare(job, new_fingerprint)
     writer = RunWriter(job.runs_dir, max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY))
-    rejects = RejectsWriter(job.rejects_path)
+    start = (0, 0)
+    if progress is not None:
+        runs = progress["runs"]
+        writer.adopt([job.runs_dir / run["file"] for run in runs], [run["rows"] for run in runs])
+        start = (progress["position"]["file"], progress["position"]["row"])
+    rejects = RejectsWriter(job.rejects_path, truncate_to=progress["rejects_bytes"] if progress else 0)
 
     def on_event(event, payload, tiebreak, person) -> None:
         writer.add(event.timestamp_us, tiebreak, person, EVENT_ADDED if event.added else EVENT_FROM_ROW, payload)
@@ -250,9 +289,19 @@ def prepare(job: Job) -> dict:
         stats.rejected[reason] += 1
         rejects.write(reason, detail, source.uri, row, original)
 
+    def after_chunk(source: SourceFile, last_row: int) -> None:
+        if not writer.full:
+            return
+        writer.spill()
+        atomic_write_json(job.prepare_progress_path, {
+            "fingerprint": new_fingerprint, "position": {"file": source.index, "row": last_row},
+            "runs": _runs_list(writer), "stats": stats.to_dict(), "rejects_bytes": rejects.sync(),
+        })
+        crash_point("after-prepare-checkpoint")
+
     try:
-        map_rows(job, on_event, on_reject, stats, job.settings.quiet)
-        run_paths = writer.close()
+        map_rows(job, on_event, on_reject, stats, job.settings.quiet, start, after_chunk)
+        writer.spill()
         rejects_bytes = rejects.sync()
     finally:
         rejects.close()
@@ -260,15 +309,20 @@ def prepare(job: Job) -> dict:
         "version": MANIFEST_VERSION,
         "fingerprint": new_fingerprint,
         "sources": [s.uri for s in job.sources],
-        "runs": [{"file": p.name, "rows": n} for p, n in zip(run_paths, writer.run_rows, strict=True)],
+        "runs": _runs_list(writer),
         "stats": stats.to_dict(),
         "rejects_bytes": rejects_bytes,
         "prepared_at": time.time(),
     }
     crash_point("before-manifest")
     atomic_write_json(job.manifest_path, manifest)
+    job.prepare_progress_path.unlink(missing_ok=True)
     crash_point("after-prepare")
     return manifest
+
+
+def _runs_list(writer: RunWriter) -> list[dict]:
+    return [{"file": p.name, "rows": n} for p, n in zip(writer.run_paths, writer.run_rows, strict=True)]
 
 
 def inspect_sources(job: Job, quiet: bool) -> tuple[PrepareStats, list[dict]]:

@@ -99,8 +99,15 @@ class RunWriter:
         self._kind.append(kind)
         self._data += payload
         self._offsets.append(len(self._data))
-        if self.buffered_bytes >= self.run_bytes:
-            self.spill()
+
+    @property
+    def full(self) -> bool:
+        """The buffer reached its share of the memory budget: the caller spills at its next clean point."""
+        return self.buffered_bytes >= self.run_bytes
+
+    def adopt(self, run_paths: list[Path], run_rows: list[int]) -> None:
+        """Continue after runs written by an earlier, interrupted process."""
+        self.run_paths, self.run_rows = list(run_paths), list(run_rows)
 
     def spill(self) -> None:
         """Sort the buffer and write it as one run file (fsync'd: a later phase trusts it)."""

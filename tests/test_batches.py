@@ -19,6 +19,8 @@ def _prepared_runs(tmp_path, count, seed=5, people=30, max_payload=400):
         person = rng.randrange(people)
         payload = orjson.dumps({"distinct_id": f"p{person}", "row": row, "pad": "x" * rng.randrange(max_payload)})
         writer.add(rng.randrange(100_000), make_tiebreak(0, row), person * 7919, 0, payload)
+        if writer.full:
+            writer.spill()
     return writer.close()
 
 

@@ -99,3 +99,36 @@ def test_sigkill_at_random_moments_under_server_faults_loses_and_doubles_nothing
         _assert_delivered(server, crashes=kills)
     assert kills >= 3, "the run finished before it could be killed: make the job bigger"
     assert "already sent by an earlier run" in result.stdout or kills == 0
+
+
+def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for part in range(2):  # rows are spilled per chunk of 5,000: 12,000 rows make a resume inside a file
+        rows = make_rows(12_000, seed=30 + part)
+        for row in (100, 7_000):
+            rows[row + part]["timestamp"] = "garbage"  # rejects before and after the spill: none written twice
+        write_jsonl(folder / f"part-{part}.jsonl", rows)
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--memory", "1MiB", "-q"]
+    reference = subprocess.run([*base, "--workdir", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert reference.returncode == 3, reference.stderr
+    crashed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, CRASH_POINT_VARIABLE: "after-prepare-checkpoint@1"})
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    progress = orjson.loads((tmp_path / "job" / "prepare.json").read_bytes())
+    assert progress["position"] == {"file": 0, "row": 5_000} and len(progress["runs"]) == 1
+    resumed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 3, resumed.stderr
+    assert "24,000 = 23,996 + 4 + 0  ✓ balanced" in resumed.stdout
+    assert not (tmp_path / "job" / "prepare.json").exists()
+
+    def bodies(job: str) -> list[bytes]:
+        return [e for path in sorted((tmp_path / job / "dry-run").glob("batch-*.json"))
+                for e in orjson.loads(path.read_bytes())["batch"]]
+
+    assert bodies("job") == bodies("clean")  # same events, same order, same bytes
+    assert (tmp_path / "job" / "rejects.jsonl").read_bytes() == (tmp_path / "clean" / "rejects.jsonl").read_bytes()
+    clean_stats = orjson.loads((tmp_path / "clean" / "manifest.json").read_bytes())["stats"]
+    resumed_stats = orjson.loads((tmp_path / "job" / "manifest.json").read_bytes())["stats"]
+    assert resumed_stats == clean_stats

@@ -15,6 +15,8 @@ def _spill(tmp_path, events, run_bytes):
     writer = RunWriter(tmp_path, run_bytes)
     for ts, tiebreak, person in events:
         writer.add(ts, tiebreak, person, 0, f'{{"ts":{ts},"tb":{tiebreak}}}'.encode())
+        if writer.full:
+            writer.spill()
     return writer.close()
 
 
