@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from migrate.checkpoint import JobState, read_json
 from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
 from migrate.errors import ConfigError, MigrateError
 from migrate.pipeline import (
+    Job,
     JobLock,
     dry_run,
     inspect_sources,
     open_job,
+    open_retry_job,
     prepare,
     reset_job,
     send,
@@ -53,33 +56,77 @@ NO_HOST_MESSAGE = (
 
 # --- shared options ------------------------------------------------------------------------------
 
-def source_options(command):
-    """Options that say how to read the sources: shared by run and inspect."""
-    options = [
-        click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
-        click.option("--format", "format_", default=None, metavar="NAME",
-                     help="auto (from the file ending), csv, jsonl, parquet or posthog. [default: auto]"),
-        click.option("--mapping", "mapping_path", type=click.Path(dir_okay=False), default=None,
-                     help="TOML file saying which columns make the event (see the README)."),
-        click.option("--event-column", default=None, help="Column holding the event name."),
-        click.option("--event-name", default=None, help="One event name for every row."),
-        click.option("--distinct-id-column", multiple=True,
-                     help="Column holding the distinct_id; repeat to give fallbacks (first non-empty wins)."),
-        click.option("--timestamp-column", default=None, help="Column holding the event time."),
-        click.option("--timestamp-unit", default=None,
-                     type=click.Choice(["auto", "s", "ms", "us", "ns", "iso"]),
-                     help="Unit of numeric timestamps (auto guesses from the size). [default: auto]"),
-        click.option("--source-timezone", default=None, metavar="TZ",
-                     help="IANA timezone for timestamps without an offset, e.g. Europe/Berlin. [default: UTC]"),
-        click.option("--uuid-column", default=None, help="Column holding each event's UUID."),
-        click.option("--insert-id-column", default=None,
-                     help="Column holding a unique event id; the uuid is derived from it."),
-        click.option("--properties-column", default=None, help="Column holding a JSON object of properties."),
-        click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
-    ]
+def _apply(command, options):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+MAPPING_OPTIONS = [
+    click.option("--mapping", "mapping_path", type=click.Path(dir_okay=False), default=None,
+                 help="TOML file saying which columns make the event (see the README)."),
+    click.option("--event-column", default=None, help="Column holding the event name."),
+    click.option("--event-name", default=None, help="One event name for every row."),
+    click.option("--distinct-id-column", multiple=True,
+                 help="Column holding the distinct_id; repeat to give fallbacks (first non-empty wins)."),
+    click.option("--timestamp-column", default=None, help="Column holding the event time."),
+    click.option("--timestamp-unit", default=None,
+                 type=click.Choice(["auto", "s", "ms", "us", "ns", "iso"]),
+                 help="Unit of numeric timestamps (auto guesses from the size). [default: auto]"),
+    click.option("--source-timezone", default=None, metavar="TZ",
+                 help="IANA timezone for timestamps without an offset, e.g. Europe/Berlin. [default: UTC]"),
+    click.option("--uuid-column", default=None, help="Column holding each event's UUID."),
+    click.option("--insert-id-column", default=None,
+                 help="Column holding a unique event id; the uuid is derived from it."),
+    click.option("--properties-column", default=None, help="Column holding a JSON object of properties."),
+    click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
+]
+
+SEND_OPTIONS = [
+    click.option("--host", default=None, metavar="URL",
+                 help="PostHog host, e.g. https://us.i.posthog.com; 'local' for the built-in capture server. "
+                      "[env: POSTHOG_HOST]"),
+    click.option("--api-key", default=None, metavar="KEY",
+                 help="The project API key (phc_…). Prefer the POSTHOG_API_KEY environment variable."),
+    click.option("--dry-run", is_flag=True, default=None,
+                 help="Do everything but the network: write each request body to a folder."),
+    click.option("--out", type=click.Path(file_okay=False), default=None,
+                 help="Folder for --dry-run request bodies. [default: WORKDIR/dry-run]"),
+    click.option("--batch-bytes", default=None, metavar="SIZE",
+                 help="Cap on a request's uncompressed size, e.g. 5MiB; at most 20MiB. [default: 5MiB]"),
+    click.option("--batch-size", type=int, default=None, metavar="N",
+                 help="Cap on events per request. [default: 2000]"),
+    click.option("--concurrency", type=int, default=None, metavar="N",
+                 help="Requests in flight; one person's events never overtake each other. [default: 4]"),
+    click.option("--rate", type=float, default=None, metavar="EVENTS_PER_SEC",
+                 help="Send at most this many events per second in total; 0 = unlimited. [default: 3000]"),
+    click.option("--memory", default=None, metavar="SIZE",
+                 help="Memory budget for sorting, e.g. 512MiB; more is spilled to the work directory. [default: 1GiB]"),
+    click.option("--max-retries", type=int, default=None, metavar="N",
+                 help="Retries of one request before the run stops (resumable). [default: 10]"),
+    click.option("--retry-delay", type=float, default=None, metavar="SECONDS",
+                 help="First retry's backoff; doubles each time, with jitter, up to 60 s. [default: 1]"),
+    click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                 help="How long to wait for an answer to a request. [default: 60]"),
+]
+
+
+def source_options(command):
+    """SOURCE... and how to read them: shared by run and inspect."""
+    return _apply(command, [
+        click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
+        click.option("--format", "format_", default=None, metavar="NAME",
+                     help="auto (from the file ending), csv, jsonl, parquet or posthog. [default: auto]"),
+        *MAPPING_OPTIONS,
+    ])
+
+
+def _mapping_options(command):
+    return _apply(command, MAPPING_OPTIONS)
+
+
+def send_options(command):
+    return _apply(command, SEND_OPTIONS)
 
 
 def mapping_overrides(kwargs: dict) -> dict:
@@ -144,43 +191,33 @@ def main() -> None:
 
 @main.command()
 @source_options
-@click.option("--host", default=None, metavar="URL",
-              help="PostHog host, e.g. https://us.i.posthog.com; 'local' for the built-in capture server. "
-                   "[env: POSTHOG_HOST]")
-@click.option("--api-key", default=None, metavar="KEY",
-              help="The project API key (phc_…). Prefer the POSTHOG_API_KEY environment variable.")
 @click.option("--job", default=None, metavar="NAME",
               help="Job name; its work directory is .posthog-migrate/NAME. [default: from the sources]")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
 @click.option("--restart", is_flag=True, default=None, help="Forget the job's progress and start over.")
-@click.option("--dry-run", is_flag=True, default=None,
-              help="Do everything but the network: write each request body to a folder.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for --dry-run request bodies. [default: WORKDIR/dry-run]")
-@click.option("--batch-bytes", default=None, metavar="SIZE",
-              help="Cap on a request's uncompressed size, e.g. 5MiB; at most 20MiB. [default: 5MiB]")
-@click.option("--batch-size", type=int, default=None, metavar="N", help="Cap on events per request. [default: 2000]")
-@click.option("--concurrency", type=int, default=None, metavar="N",
-              help="Requests in flight; one person's events never overtake each other. [default: 4]")
-@click.option("--rate", type=float, default=None, metavar="EVENTS_PER_SEC",
-              help="Send at most this many events per second in total; 0 = unlimited. [default: 3000]")
-@click.option("--memory", default=None, metavar="SIZE",
-              help="Memory budget for sorting, e.g. 512MiB; more is spilled to the work directory. [default: 1GiB]")
-@click.option("--max-retries", type=int, default=None, metavar="N",
-              help="Retries of one request before the run stops (resumable). [default: 10]")
-@click.option("--retry-delay", type=float, default=None, metavar="SECONDS",
-              help="First retry's backoff; doubles each time, with jitter, up to 60 s. [default: 1]")
-@click.option("--timeout", type=float, default=None, metavar="SECONDS",
-              help="How long to wait for an answer to a request. [default: 60]")
+@send_options
 def run(**kwargs: Any) -> None:
     """Migrate SOURCE... (files, folders, globs, s3:// URIs) into PostHog.
 
     Running the same command again resumes the job; --restart starts it over.
     """
     overrides = mapping_overrides(kwargs)
+    settings = _settings_or_fail(kwargs)
+    _migrate(settings, lambda: open_job(settings, overrides))
+
+
+def _settings_or_fail(kwargs: dict) -> Settings:
+    try:
+        return settings_from(kwargs)
+    except MigrateError as error:
+        fail(error)
+        raise  # unreachable: fail() exits
+
+
+def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | None = None) -> None:
+    """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
     catcher = None
     try:
-        settings = settings_from(kwargs)
         if not settings.host and not settings.dry_run:
             raise ConfigError(NO_HOST_MESSAGE)
         api_key = settings.api_key or (LOCAL_API_KEY if settings.is_local or settings.dry_run else None)
@@ -189,11 +226,11 @@ def run(**kwargs: Any) -> None:
                 "no project API key: set POSTHOG_API_KEY (or --api-key) to the project's token, "
                 "found in PostHog under Project settings → Project API key (starts with phc_)"
             )
-        job = open_job(settings, overrides)
+        job = make_job()
         catcher = SignalCatcher(job.stop)
         catcher.install()
         with JobLock(job.root):
-            if settings.restart:
+            if settings.restart if restart is None else restart:
                 reset_job(job.root)
             status = _run_job(job, api_key)
     except Interrupted:
@@ -237,6 +274,41 @@ def _run_job(job, api_key: str) -> ExitStatus:
     ))
     rejected = stats.rejected_total + outcome.progress.server_rejected_rows
     return ExitStatus.DONE_WITH_REJECTS if rejected else ExitStatus.DONE
+
+
+# --- retry-rejects -----------------------------------------------------------------------------------
+
+@main.command("retry-rejects")
+@click.argument("job", required=False)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
+@_mapping_options
+@send_options
+def retry_rejects(job: str | None, workdir: str | None, **kwargs: Any) -> None:
+    """Send a job's rejected rows again, after fixing the mapping (--mapping fixed.toml) or the server.
+
+    Rows are mapped again by the job's adapter, with the new mapping if one is given (else the job's
+    own); events the server refused are re-sent as they were. Nothing already accepted is sent again.
+    The retry is a job of its own in JOB's work directory: run the same command again to resume it.
+    """
+    original = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
+    if original is None or not original.is_dir():
+        fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"))
+    overrides = mapping_overrides(kwargs)
+    kwargs["format_"] = None
+    settings = _settings_or_fail(kwargs)
+
+    def make_job() -> Job:
+        plan = open_retry_job(settings, original, overrides)
+        if plan.unreadable:
+            kinds = ", ".join(f"{n:,} {reason}" for reason, n in plan.unreadable.most_common())
+            click.echo(f"Not retriable ({kinds}): those rows could not be read; fix the source file and migrate "
+                       "them as a new job.", err=True)
+        if not plan.retriable:
+            raise ConfigError(f"{original / 'rejects.jsonl'} holds no retriable rows")
+        click.echo(f"Retrying {plan.retriable:,} rejected rows as job {plan.job.root}", err=True)
+        return plan.job
+
+    _migrate(settings, make_job, restart=False)
 
 
 # --- inspect -----------------------------------------------------------------------------------------

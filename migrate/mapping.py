@@ -196,6 +196,22 @@ class ColumnMapping:
             out[f.name] = sorted(value) if isinstance(value, frozenset) else value
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ColumnMapping:
+        """The inverse of :meth:`to_dict` (as read back from a job's manifest)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            if f.name == "explicit":
+                value = frozenset(value or ())
+            elif f.name == "groups":
+                value = tuple((str(t), str(c)) for t, c in value or ())
+            elif isinstance(value, list):
+                value = tuple(value)
+            if value is not None or f.name in ("event_name", "include", "since", "until"):
+                values[f.name] = value
+        return cls(**values)
+
     # -- checking against the data -----------------------------------------------------------
 
     def check_columns(self, available: Iterable[str], where: str) -> None:

@@ -23,16 +23,18 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
 
 from adapters import adapter_class, detect_format
 from adapters.base import Adapter, BadRow, SourceFile
+from adapters.rejects import RejectsAdapter, is_retriable
 from migrate.batches import BatchLayout, Window, build_body, cut_windows
-from migrate.checkpoint import JobState, SendProgress, atomic_write_json, crash_point, read_json
+from migrate.checkpoint import JobState, SendProgress, atomic_write_json, crash_point, digest, read_json
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
@@ -474,3 +476,50 @@ def job_size_on_disk(root: Path) -> int:
 
 def environment_has_key() -> bool:
     return bool(os.environ.get("POSTHOG_API_KEY"))
+
+
+# --- retrying rejected rows --------------------------------------------------------------------------
+
+@dataclass
+class RetryPlan:
+    job: Job
+    retriable: int
+    unreadable: Counter
+
+
+def open_retry_job(settings: Settings, original_root: Path, cli_overrides: dict) -> RetryPlan:
+    """A job of its own, under the original's work directory, whose input is the retriable rejects.
+
+    The mapping is the original job's unless ``--mapping`` or mapping options are given; each mapping
+    gets its own retry job (``retry-<hash>``), so a retry with a fixed mapping never mixes with an earlier one.
+    """
+    manifest = read_json(original_root / "manifest.json")
+    if manifest is None:
+        raise ConfigError(f"{original_root} is not a prepared job (no manifest.json): run it first")
+    original_format = manifest["fingerprint"]["format"]
+    if settings.mapping_path:
+        mapping = ColumnMapping.from_toml(settings.mapping_path)
+    else:
+        mapping = ColumnMapping.from_dict(manifest["fingerprint"]["mapping"])
+    mapping = mapping.override(**cli_overrides).validated()
+    rejects_path = original_root / "rejects.jsonl"
+    lines: list[bytes] = []
+    unreadable: Counter = Counter()
+    if rejects_path.exists():
+        for line in rejects_path.read_bytes().splitlines():
+            reject = orjson.loads(line)
+            if is_retriable(reject):
+                lines.append(line)
+            else:
+                unreadable[reject["reason"]] += 1
+    root = original_root / f"retry-{digest(mapping.to_dict())[:8]}"
+    root.mkdir(parents=True, exist_ok=True)
+    input_path = root / "rejected-rows.jsonl"
+    content = b"".join(line + b"\n" for line in lines)
+    if not input_path.exists() or input_path.read_bytes() != content:
+        input_path.write_bytes(content)  # rewritten only when it changes, so a resumed retry matches its fingerprint
+    sources = expand_sources([str(input_path)], explicit_format=True)
+    adapter = RejectsAdapter(mapping, adapter_class(original_format))
+    job = Job(replace(settings, sources=(str(input_path),)), root, sources, adapter, f"rejects of {original_format}",
+              mapping)
+    return RetryPlan(job, len(lines), unreadable)
