@@ -6,6 +6,7 @@ Ours are listed in ``BUILTIN_ADAPTERS``; third parties add theirs through the
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
 
 from adapters.base import Adapter, BadRow, SourceFile
@@ -19,13 +20,31 @@ ENTRY_POINT_GROUP = "posthog_migrate.adapters"
 BUILTIN_ADAPTERS: dict[str, type[Adapter]] = {
     adapter.name: adapter for adapter in (CsvAdapter, JsonLinesAdapter, ParquetAdapter, PostHogAdapter)
 }
+# Platform adapters, imported only when asked for: each reads one analytics platform's export.
+PLATFORM_ADAPTERS = {
+    "amplitude": "adapters.amplitude:AmplitudeAdapter",
+    "mixpanel": "adapters.mixpanel:MixpanelAdapter",
+    "segment": "adapters.segment:SegmentAdapter",
+    "ga4": "adapters.ga4:Ga4Adapter",
+    "heap": "adapters.heap:HeapAdapter",
+}
 COMPRESSION_ENDINGS = (".gz", ".gzip")
 
 __all__ = ["Adapter", "BadRow", "SourceFile", "available_adapters", "adapter_class", "detect_format"]
 
 
+def _load(target: str) -> type[Adapter]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def available_adapters() -> dict[str, type[Adapter]]:
     adapters = dict(BUILTIN_ADAPTERS)
+    for name, target in PLATFORM_ADAPTERS.items():
+        try:
+            adapters[name] = _load(target)
+        except ImportError:  # not written yet in this checkout, or an optional dependency missing
+            continue
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name not in adapters:  # ours win: a plugin cannot silently replace a built-in format
             adapters[entry.name] = entry.load()

@@ -211,9 +211,14 @@ class Event:
     timestamp_us: int
     uuid: str
     properties: dict = field(default_factory=dict)
-    # True for events an adapter adds beside a row's own event (e.g. an $identify before it):
+    # True for events an adapter adds beside a row's own event (e.g. a $groupidentify before it):
     # they are sent like any other, but the summary counts rows by their own events.
     added: bool = False
+    # The source's own name for the event (e.g. "[Amplitude] Page Viewed"), for inspect's mapping table.
+    source_event: str | None = None
+    # (user id, device id) when the row links an anonymous device to a known user: the pipeline sends one
+    # $identify per pair per job, just before the first event that shows the pair (see migrate.identity).
+    link: tuple[str, str] | None = None
 
     def to_json(self) -> bytes:
         """The exact bytes sent in a batch. Key order is fixed; no ``sent_at``, no ``offset``."""

@@ -25,6 +25,9 @@ work on their own. The file, with every key optional::
     [groups]
     company = "company_id"            # → properties.$groups = {"company": <company_id>}
 
+    [source]
+    group_type = "company"            # settings of a platform adapter (see its module)
+
     [filter]
     drop_events = ["session_start"]   # counted as filtered in the summary, never silently
     since = "2023-01-01"              # keep events at or after this time
@@ -111,7 +114,12 @@ class ColumnMapping:
     drop_events: tuple[str, ...] = ()
     since: str | None = None
     until: str | None = None
+    # The [source] table: settings of a platform adapter (e.g. Segment's group_type), as given.
+    source_options: tuple[tuple[str, Any], ...] = ()
     explicit: frozenset[str] = field(default_factory=frozenset)
+
+    def source_option(self, name: str, default: Any = None) -> Any:
+        return dict(self.source_options).get(name, default)
 
     # -- building -----------------------------------------------------------------------------
 
@@ -123,7 +131,7 @@ class ColumnMapping:
             raise ConfigError(f"mapping file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"mapping file {path} is not valid TOML: {error}") from None
-        known = {"columns", "properties", "person", "groups", "filter", "run"}
+        known = {"columns", "properties", "person", "groups", "filter", "run", "source"}
         unknown = set(document) - known
         if unknown:
             raise ConfigError(
@@ -152,6 +160,7 @@ class ColumnMapping:
             "drop_events": _as_list(rules.get("drop_events")),
             "since": str(rules["since"]) if "since" in rules else None,
             "until": str(rules["until"]) if "until" in rules else None,
+            "source_options": tuple(sorted((str(k), v) for k, v in document.get("source", {}).items())),
         }
         mapping = cls(**values)
         return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
@@ -206,6 +215,8 @@ class ColumnMapping:
                 value = frozenset(value or ())
             elif f.name == "groups":
                 value = tuple((str(t), str(c)) for t, c in value or ())
+            elif f.name == "source_options":
+                value = tuple((str(k), v) for k, v in value or ())
             elif isinstance(value, list):
                 value = tuple(value)
             if value is not None or f.name in ("event_name", "include", "since", "until"):
