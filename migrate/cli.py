@@ -79,6 +79,11 @@ MAPPING_OPTIONS = [
     click.option("--insert-id-column", default=None,
                  help="Column holding a unique event id; the uuid is derived from it."),
     click.option("--properties-column", default=None, help="Column holding a JSON object of properties."),
+    click.option("--rename-event", multiple=True, metavar="OLD=NEW", help="Rename an event (repeatable)."),
+    click.option("--drop-event", multiple=True, metavar="NAME",
+                 help="Drop an event by name, counted as filtered (repeatable)."),
+    click.option("--rename-property", multiple=True, metavar="OLD=NEW", help="Rename a property (repeatable)."),
+    click.option("--drop-property", multiple=True, metavar="NAME", help="Drop a property (repeatable)."),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
 ]
 
@@ -136,6 +141,8 @@ def mapping_overrides(kwargs: dict) -> dict:
         "timestamp_unit": kwargs.pop("timestamp_unit"), "timezone": kwargs.pop("source_timezone"),
         "uuid": kwargs.pop("uuid_column"), "insert_id": kwargs.pop("insert_id_column"),
         "properties_json": kwargs.pop("properties_column"),
+        "rename_events": kwargs.pop("rename_event"), "drop_events": kwargs.pop("drop_event"),
+        "rename_properties": kwargs.pop("rename_property"), "drop_properties": kwargs.pop("drop_property"),
     }
 
 

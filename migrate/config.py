@@ -81,6 +81,14 @@ class Settings:
             return Path(self.workdir)
         return Path(WORKDIR_ROOT) / (self.job or default_job_name(self.sources))
 
+    def job_id(self) -> str:
+        """The name events are tagged with ($import_job_id): the job's name, or its folder's."""
+        if self.job:
+            return self.job
+        if self.workdir is not None:
+            return Path(self.workdir).resolve().name
+        return default_job_name(self.sources)
+
     def check(self) -> Settings:
         if not 1 <= self.batch_size <= 1_000_000:
             raise ConfigError(f"--batch-size {self.batch_size}: choose between 1 and 1,000,000 events")

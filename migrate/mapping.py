@@ -28,6 +28,11 @@ work on their own. The file, with every key optional::
     [source]
     group_type = "company"            # settings of a platform adapter (see its module)
 
+    [transform]                       # applied to every event, whatever the format
+    rename_events = { "Signed Up" = "signed_up" }
+    drop_properties = ["internal_id"]
+    rename_properties = { "plan_name" = "plan" }
+
     [filter]
     drop_events = ["session_start"]   # counted as filtered in the summary, never silently
     since = "2023-01-01"              # keep events at or after this time
@@ -85,6 +90,21 @@ def parse_bound(value: str, zone: ZoneInfo) -> int:
         return parse_timestamp(value, "auto", zone)
 
 
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """A TOML table {old = "new"} (or CLI "OLD=NEW" strings) as sorted (old, new) pairs."""
+    if not value:
+        return ()
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+    pairs = []
+    for item in value:
+        old, sep, new = str(item).partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"{item!r}: write renames as OLD=NEW")
+        pairs.append((old, new))
+    return tuple(sorted(pairs))
+
+
 def _as_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -114,6 +134,9 @@ class ColumnMapping:
     drop_events: tuple[str, ...] = ()
     since: str | None = None
     until: str | None = None
+    rename_events: tuple[tuple[str, str], ...] = ()
+    drop_properties: tuple[str, ...] = ()
+    rename_properties: tuple[tuple[str, str], ...] = ()
     # The [source] table: settings of a platform adapter (e.g. Segment's group_type), as given.
     source_options: tuple[tuple[str, Any], ...] = ()
     explicit: frozenset[str] = field(default_factory=frozenset)
@@ -131,7 +154,7 @@ class ColumnMapping:
             raise ConfigError(f"mapping file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"mapping file {path} is not valid TOML: {error}") from None
-        known = {"columns", "properties", "person", "groups", "filter", "run", "source"}
+        known = {"columns", "properties", "person", "groups", "filter", "run", "source", "transform"}
         unknown = set(document) - known
         if unknown:
             raise ConfigError(
@@ -161,6 +184,9 @@ class ColumnMapping:
             "since": str(rules["since"]) if "since" in rules else None,
             "until": str(rules["until"]) if "until" in rules else None,
             "source_options": tuple(sorted((str(k), v) for k, v in document.get("source", {}).items())),
+            "rename_events": _pairs(document.get("transform", {}).get("rename_events")),
+            "drop_properties": _as_list(document.get("transform", {}).get("drop_properties")),
+            "rename_properties": _pairs(document.get("transform", {}).get("rename_properties")),
         }
         mapping = cls(**values)
         return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
@@ -171,9 +197,14 @@ class ColumnMapping:
     def override(self, **options: Any) -> ColumnMapping:
         """Command-line options win over the file; ``None`` or empty means "not given"."""
         given = {k: v for k, v in options.items() if v not in (None, (), [])}
-        for key in ("event", "distinct_id", "timestamp", "uuid", "insert_id", "properties_json"):
+        for key in ("event", "distinct_id", "timestamp", "uuid", "insert_id", "properties_json", "drop_properties"):
             if key in given:
                 given[key] = _as_list(given[key])
+        for key in ("rename_events", "rename_properties"):
+            if key in given:
+                given[key] = tuple(sorted({**dict(getattr(self, key)), **dict(_pairs(given[key]))}.items()))
+        if "drop_events" in given:
+            given["drop_events"] = tuple(sorted({*self.drop_events, *_as_list(given["drop_events"])}))
         return replace(self, **given).with_explicit(given)
 
     def validated(self) -> ColumnMapping:
@@ -215,7 +246,7 @@ class ColumnMapping:
                 value = frozenset(value or ())
             elif f.name == "groups":
                 value = tuple((str(t), str(c)) for t, c in value or ())
-            elif f.name == "source_options":
+            elif f.name in ("source_options", "rename_events", "rename_properties"):
                 value = tuple((str(k), v) for k, v in value or ())
             elif isinstance(value, list):
                 value = tuple(value)

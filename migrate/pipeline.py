@@ -38,6 +38,7 @@ from migrate.checkpoint import JobState, SendProgress, atomic_write_json, crash_
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
+from migrate.identity import IdentityCollector, identify_event
 from migrate.mapping import ColumnMapping, Filtered
 from migrate.report import PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import BatchResult, Dispatcher, Interrupted, SendCounters, Sender, SendSettings
@@ -45,12 +46,14 @@ from migrate.sources import describe_changes, expand_sources, fingerprint
 from migrate.spool import (
     EVENT_ADDED,
     EVENT_FROM_ROW,
+    MAX_EVENTS_PER_ROW,
     MergeCursor,
     RunWriter,
     make_tiebreak,
     merge_runs,
     split_tiebreak,
 )
+from migrate.transform import EventFinisher
 
 MANIFEST_VERSION = 1
 # The sorted runs take this share of the memory budget; the rest is for reading, mapping and merging.
@@ -76,7 +79,12 @@ class Job:
     adapter: Adapter
     format_name: str
     mapping: ColumnMapping
+    job_id: str = ""
+    import_source: str = ""  # what $import_source says: the format the rows came in (csv, amplitude, ...)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
 
     @property
     def manifest_path(self) -> Path:
@@ -93,6 +101,10 @@ class Job:
     @property
     def prepare_progress_path(self) -> Path:
         return self.root / "prepare.json"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "identity"
 
     @property
     def rejects_path(self) -> Path:
@@ -134,7 +146,7 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Jo
     root = settings.job_directory()
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    return Job(settings, root, sources, adapter, format_name, mapping)
+    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id())
 
 
 class JobLock:
@@ -197,7 +209,7 @@ def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareSt
     spill and checkpoint, since no row is ever half-handled there.
     """
     now_us = utc_now_us()
-    adapter = job.adapter
+    adapter, finisher = job.adapter, job.finisher
     start_file, rows_done = start
     bar = progress_bar(None, "rows", "reading", quiet)
     bar.update(stats.rows_read)
@@ -216,7 +228,7 @@ def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareSt
                         on_reject(record.reason, record.detail, source, row_number, record.raw)
                         continue
                     try:
-                        events = adapter.to_events(record)
+                        events = finisher.finish(adapter.to_events(record))
                         payloads = [validate(event, now_us, MAX_EVENT_BYTES) for event in events]
                     except Rejection as rejection:
                         on_reject(rejection.reason, rejection.detail, source, row_number, record)
@@ -228,9 +240,11 @@ def map_rows(job: Job, on_event: Callable, on_reject: Callable, stats: PrepareSt
                         on_reject("mapping_error", f"{type(error).__name__}: {error}", source, row_number, record)
                         continue
                     stats.rows_kept += 1
-                    for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True)):
+                    # Sub-event 0 of every row is kept free for the $identify the identity pass may add.
+                    for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
                         person = person_hash(event.distinct_id)
-                        stats.add_event(event.event, event.timestamp_us, person, now_us, event.added)
+                        stats.add_event(event.event, event.timestamp_us, person, now_us, event.added,
+                                        event.source_event)
                         on_event(event, payload, make_tiebreak(source.index, row_number, sub_event), person)
                 bar.update(len(chunk))
                 if after_chunk is not None and chunk:
@@ -244,14 +258,15 @@ def _start_or_resume_prepare(job: Job, fingerprint_now: dict) -> tuple[dict | No
     """The progress of an interrupted prepare of the same inputs, or a clean slate."""
     progress = read_json(job.prepare_progress_path)
     if progress is not None and progress.get("fingerprint") == fingerprint_now:
-        keep = {run["file"] for run in progress["runs"]}
-        for path in job.runs_dir.glob("run-*.arrow"):
+        keep = {run["file"] for run in progress["runs"]} | set(progress.get("identity_runs", []))
+        for path in [*job.runs_dir.glob("run-*.arrow"), *job.identity_dir.glob("pairs-*.arrow")]:
             if path.name not in keep:  # written after the last prepare checkpoint: its rows are redone
                 path.unlink()
         return progress, PrepareStats.from_dict(progress["stats"])
     # Nothing usable: nothing was sent yet, so whatever a killed prepare left is redone from scratch.
-    shutil.rmtree(job.runs_dir, ignore_errors=True)
-    job.runs_dir.mkdir(parents=True)
+    for directory in (job.runs_dir, job.identity_dir):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
     for leftover in (job.rejects_path, job.state_path, job.prepare_progress_path):
         leftover.unlink(missing_ok=True)
     return None, PrepareStats()
@@ -276,7 +291,9 @@ def prepare(job: Job) -> dict:
             )
         return manifest
     progress, stats = _start_or_resume_prepare(job, new_fingerprint)
-    writer = RunWriter(job.runs_dir, max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY))
+    share = max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY)
+    writer = RunWriter(job.runs_dir, share)
+    identities = IdentityCollector(job.identity_dir, share // 2, progress.get("identity_runs") if progress else None)
     start = (0, 0)
     if progress is not None:
         runs = progress["runs"]
@@ -286,30 +303,36 @@ def prepare(job: Job) -> dict:
 
     def on_event(event, payload, tiebreak, person) -> None:
         writer.add(event.timestamp_us, tiebreak, person, EVENT_ADDED if event.added else EVENT_FROM_ROW, payload)
+        if event.link is not None:
+            identities.see(*event.link, event.timestamp_us, tiebreak)
 
     def on_reject(reason, detail, source, row, original) -> None:
         stats.rejected[reason] += 1
         rejects.write(reason, detail, source.uri, row, original)
 
     def after_chunk(source: SourceFile, last_row: int) -> None:
-        if not writer.full:
+        if not (writer.full or identities.full):
             return
         writer.spill()
+        identities.spill()
         atomic_write_json(job.prepare_progress_path, {
             "fingerprint": new_fingerprint, "position": {"file": source.index, "row": last_row},
-            "runs": _runs_list(writer), "stats": stats.to_dict(), "rejects_bytes": rejects.sync(),
+            "runs": _runs_list(writer), "identity_runs": identities.run_names, "stats": stats.to_dict(),
+            "rejects_bytes": rejects.sync(),
         })
         crash_point("after-prepare-checkpoint")
 
     try:
         map_rows(job, on_event, on_reject, stats, job.settings.quiet, start, after_chunk)
         writer.spill()
+        _add_identify_events(job, identities, writer, stats)
         rejects_bytes = rejects.sync()
     finally:
         rejects.close()
     manifest = {
         "version": MANIFEST_VERSION,
         "fingerprint": new_fingerprint,
+        "job_id": job.job_id,
         "sources": [s.uri for s in job.sources],
         "runs": _runs_list(writer),
         "stats": stats.to_dict(),
@@ -321,6 +344,27 @@ def prepare(job: Job) -> dict:
     job.prepare_progress_path.unlink(missing_ok=True)
     crash_point("after-prepare")
     return manifest
+
+
+def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWriter, stats: PrepareStats) -> None:
+    """The identity pass: one $identify per (user, device) pair, at the pair's first event.
+
+    Each goes at sub-event 0 of the row where the pair first appears (that row's own events are 1, 2, …),
+    with the same timestamp, so the merge sorts it just before that event.
+    """
+    now_us = utc_now_us()
+    for user, device, ts, tiebreak in identities.first_sightings():
+        try:
+            events = job.finisher.finish([identify_event(user, device, ts)])
+            payload = validate(events[0], now_us, MAX_EVENT_BYTES)
+        except (Rejection, Filtered):
+            continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
+        person = person_hash(user)
+        writer.add(ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, EVENT_ADDED, payload)
+        stats.add_event(events[0].event, ts, person, now_us, True, events[0].source_event)
+        if writer.full:
+            writer.spill()
+    writer.spill()
 
 
 def _runs_list(writer: RunWriter) -> list[dict]:
@@ -521,5 +565,5 @@ def open_retry_job(settings: Settings, original_root: Path, cli_overrides: dict)
     sources = expand_sources([str(input_path)], explicit_format=True)
     adapter = RejectsAdapter(mapping, adapter_class(original_format))
     job = Job(replace(settings, sources=(str(input_path),)), root, sources, adapter, f"rejects of {original_format}",
-              mapping)
+              mapping, job_id=manifest.get("job_id", original_root.name), import_source=original_format)
     return RetryPlan(job, len(lines), unreadable)

@@ -81,14 +81,21 @@ class PrepareStats:
     recent_events: int = 0
     people: DistinctCounter = field(default_factory=DistinctCounter)
     files: int = 0
+    # "source name → PostHog name" for events the adapter renamed: inspect's mapping table.
+    renamed: Counter = field(default_factory=Counter)
 
-    def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool) -> None:
+    def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool,
+                  source_name: str | None = None) -> None:
         self.events += 1
         self.added_events += added
         if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
             self.event_names[name] += 1
         else:
             self.event_names[OTHER_EVENTS] += 1
+        if source_name is not None and source_name != name:
+            pair = f"{source_name} → {name}"
+            if pair in self.renamed or len(self.renamed) < MAX_TRACKED_EVENT_NAMES:
+                self.renamed[pair] += 1
         self.per_day[timestamp_us // MICROSECONDS_PER_DAY] += 1  # day numbers: cheap; named in to_dict
         if self.first_us is None or timestamp_us < self.first_us:
             self.first_us = timestamp_us
@@ -113,7 +120,7 @@ class PrepareStats:
             "event_names": dict(self.event_names),
             "per_day": {_day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
-            "people_registers": self.people.registers.hex(), "files": self.files,
+            "people_registers": self.people.registers.hex(), "files": self.files, "renamed": dict(self.renamed),
         }
 
     @classmethod
@@ -125,7 +132,7 @@ class PrepareStats:
             per_day=Counter({_day_number(day): n for day, n in data["per_day"].items()}),
             first_us=data["first_us"], last_us=data["last_us"],
             recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
-            files=data["files"],
+            files=data["files"], renamed=Counter(data.get("renamed", {})),
         )
 
 
@@ -218,6 +225,9 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
     if stats.event_names:
         lines.append("Top event names:")
         lines += format_counter(stats.event_names, limit=15)
+    if stats.renamed:
+        lines.append("Mapped from the source's names (source → PostHog):")
+        lines += format_counter(stats.renamed, limit=30)
     if stats.per_day:
         lines.append("Events per day:")
         days = [(_day_name(day), n) for day, n in sorted(stats.per_day.items())]

@@ -59,6 +59,7 @@ def test_every_format_round_trips_into_the_capture_server(tmp_path, make_server,
     assert len(by_insert_id) > 1_000
     for event in received:
         assert set(event) == {"uuid", "event", "distinct_id", "timestamp", "properties"}
+        assert event["properties"]["$import_source"] == name.split(".")[1]
         assert event["timestamp"].endswith("Z") and len(event["timestamp"]) == 27
         assert isinstance(event["properties"]["note_length"], int)
     assert all(r.historical_migration is True and not r.has_sent_at for r in server.requests)
@@ -95,7 +96,9 @@ def test_two_runs_on_the_same_input_send_byte_identical_events(tmp_path, make_se
     outputs = []
     for attempt in range(2):
         server = make_server(out_path=tmp_path / f"received-{attempt}.jsonl")
-        result = _run(tmp_path, server, "events.csv", "--job", f"attempt-{attempt}", "--concurrency", "1")
+        # two separate work directories, one job name (events carry it as $import_job_id)
+        result = _run(tmp_path, server, "events.csv", "--job", "backfill", "--workdir", f"attempt-{attempt}",
+                      "--concurrency", "1")
         assert result.returncode == 0, result.stderr
         outputs.append((tmp_path / f"received-{attempt}.jsonl").read_bytes())
     assert outputs[0] == outputs[1]
@@ -278,3 +281,18 @@ def test_a_signal_stops_gracefully_and_the_rerun_finishes_the_job(tmp_path, sign
     assert len(set(uuids)) == 3_000  # nothing lost
     assert len(uuids) - 3_000 <= 2 * 100  # at most concurrency × batch size sent twice
     assert "already sent by an earlier run" in result.stdout
+
+
+def test_rename_and_drop_options_apply_to_every_event_and_count_as_filtered(tmp_path, capture_server):
+    rows = make_rows(100, seed=14)
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    (tmp_path / "mapping.toml").write_text('[transform]\nrename_properties = { plan = "plan_name" }\n')
+    result = _run(tmp_path, capture_server, "events.jsonl", "--mapping", "mapping.toml",
+                  "--rename-event", "signed_up=Signed Up", "--drop-event", "note_created",
+                  "--drop-property", "note_length")
+    assert result.returncode == 0, result.stderr
+    dropped = sum(1 for r in rows if r["event"] == "note_created")
+    assert f"100 = {100 - dropped} + 0 + {dropped}" in result.stdout and "dropped by the mapping" in result.stdout
+    names = {e["event"] for e in capture_server.events}
+    assert "Signed Up" in names and "signed_up" not in names and "note_created" not in names
+    assert all("note_length" not in e["properties"] and "plan_name" in e["properties"] for e in capture_server.events)

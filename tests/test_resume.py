@@ -110,7 +110,7 @@ def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path
             rows[row + part]["timestamp"] = "garbage"  # rejects before and after the spill: none written twice
         write_jsonl(folder / f"part-{part}.jsonl", rows)
     env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
-    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--memory", "1MiB", "-q"]
+    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--memory", "1MiB", "--job", "same", "-q"]
     reference = subprocess.run([*base, "--workdir", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert reference.returncode == 3, reference.stderr
     crashed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, capture_output=True, text=True,

@@ -1,0 +1,106 @@
+"""One ``$identify`` per (user id, device id) pair per job, just before the first event that shows it.
+
+Platform exports tell us, row by row, that an anonymous device belongs to a known user (Amplitude's
+``device_id`` + ``user_id``, Segment's ``anonymousId`` + ``userId``...). PostHog learns it from an
+``$identify`` event with ``distinct_id = user`` and ``$anon_distinct_id = device``; sending it once, at the
+pair's first appearance in time, merges the device's earlier events into the person without flooding
+ingestion with merges.
+
+"First appearance" is a property of the whole job, and a job may hold more pairs than fit in memory, so
+this is an external "group by pair, keep the minimum" in bounded memory: pairs are kept in a dict with
+their earliest (timestamp, tie-breaker) until it reaches its budget, then spilled as a run sorted by
+pair; at the end the runs are merged pair by pair and each pair's minimum wins.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import uuid as uuid_module
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from migrate.event import Event, uuid5_text
+
+IDENTIFY_NAMESPACE = uuid_module.UUID("6f1c2d3e-4a5b-5c6d-8e7f-8091a2b3c4d5")
+# What one remembered pair costs in the dict: two short strings, a tuple and two ints.
+BYTES_PER_PAIR = 200
+PAIR_SCHEMA = pa.schema([("user", pa.string()), ("device", pa.string()), ("ts", pa.int64()),
+                         ("tiebreak", pa.int64())])
+# Rows read from each pair run at a time during the final merge.
+PAIR_READ_ROWS = 8_192
+
+
+class IdentityCollector:
+    """Remembers the earliest sighting of each (user, device) pair, spilling sorted runs to disk."""
+
+    def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None):
+        self.directory = directory
+        self.max_pairs = max(1_000, budget_bytes // BYTES_PER_PAIR)
+        self.run_names: list[str] = list(run_names or [])
+        self._first: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def see(self, user: str, device: str, ts: int, tiebreak: int) -> None:
+        key = (user, device)
+        seen = self._first.get(key)
+        if seen is None or (ts, tiebreak) < seen:
+            self._first[key] = (ts, tiebreak)
+
+    @property
+    def full(self) -> bool:
+        return len(self._first) >= self.max_pairs
+
+    def spill(self) -> None:
+        """Write the remembered pairs as a run sorted by pair (fsync'd), and forget them."""
+        if not self._first:
+            return
+        pairs = sorted(self._first.items())
+        self._first = {}
+        table = pa.table([
+            pa.array([user for (user, _), _ in pairs], pa.string()),
+            pa.array([device for (_, device), _ in pairs], pa.string()),
+            pa.array([ts for _, (ts, _) in pairs], pa.int64()),
+            pa.array([tiebreak for _, (_, tiebreak) in pairs], pa.int64()),
+        ], schema=PAIR_SCHEMA)
+        name = f"pairs-{len(self.run_names):05d}.arrow"
+        path = self.directory / name
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, PAIR_SCHEMA) as writer:
+            writer.write_table(table, max_chunksize=PAIR_READ_ROWS)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        self.run_names.append(name)
+
+    def first_sightings(self) -> Iterator[tuple[str, str, int, int]]:
+        """Every pair once, with its earliest (ts, tiebreak); pairs in sorted order."""
+        if not self.run_names:
+            for (user, device), (ts, tiebreak) in sorted(self._first.items()):
+                yield user, device, ts, tiebreak
+            return
+        self.spill()
+        merged = heapq.merge(*(self._read_run(name) for name in self.run_names))
+        current: tuple[str, str, int, int] | None = None
+        for user, device, ts, tiebreak in merged:
+            if current is not None and (user, device) == current[:2]:
+                continue  # merged in (pair, ts, tiebreak) order: the first of a pair is its earliest
+            if current is not None:
+                yield current
+            current = (user, device, ts, tiebreak)
+        if current is not None:
+            yield current
+
+    def _read_run(self, name: str) -> Iterator[tuple[str, str, int, int]]:
+        reader = pa.ipc.open_file(pa.OSFile(str(self.directory / name), "rb"))
+        for index in range(reader.num_record_batches):
+            batch = reader.get_batch(index)
+            yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+
+
+def identify_event(user: str, device: str, timestamp_us: int) -> Event:
+    """The ``$identify`` merging ``device`` into ``user``; its uuid depends on the pair only (once per job)."""
+    return Event(
+        event="$identify", distinct_id=user, timestamp_us=timestamp_us,
+        uuid=uuid5_text(IDENTIFY_NAMESPACE, f"{user}\x00{device}"),
+        properties={"$anon_distinct_id": device}, added=True, source_event="(device linked to user)",
+    )

@@ -1,0 +1,90 @@
+"""The identity pass: one $identify per (user, device) pair per job, just before the pair's first event."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.jsonl import JsonLinesAdapter
+from migrate.config import resolve_settings
+from migrate.identity import IdentityCollector
+from migrate.pipeline import dry_run, open_job, prepare
+
+from .conftest import write_jsonl
+
+
+class LinkingAdapter(JsonLinesAdapter):
+    """Generic JSON lines whose rows may say which device a user was on (like Amplitude's)."""
+
+    def to_events(self, record):
+        events = super().to_events(record)
+        events[-1].properties.pop("device", None)
+        if record.get("device"):
+            events[-1].link = (events[-1].distinct_id, record["device"])
+        return events
+
+
+def _prepared_bodies(tmp_path, rows, workdir="job", memory="1MiB"):
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    job_settings = resolve_settings({"sources": (str(tmp_path / "events.jsonl"),), "dry_run": True,
+                                     "workdir": str(tmp_path / workdir), "memory": memory, "quiet": True,
+                                     "concurrency": 1})
+    job = open_job(job_settings, {})
+    job.adapter = LinkingAdapter(job.mapping)
+    manifest = prepare(job)
+    outcome = dry_run(job, manifest, tmp_path / workdir / "bodies")
+    events = [e for path in sorted(outcome.dry_run_dir.glob("batch-*.json"))
+              for e in orjson.loads(path.read_bytes())["batch"]]
+    return manifest, events
+
+
+def _row(n, user, device, second):
+    return {"event": "clicked", "distinct_id": user, "device": device, "insert_id": f"r{n}",
+            "timestamp": f"2024-03-01T10:{second // 60:02d}:{second % 60:02d}Z"}
+
+
+def test_one_identify_per_pair_just_before_its_first_event(tmp_path):
+    rows = [_row(0, "u1", "d1", 50), _row(1, "u1", "d1", 10), _row(2, "u2", "d2", 30), _row(3, "u1", "d9", 40),
+            _row(4, "u2", None, 5), _row(5, "u1", "d1", 10)]
+    manifest, events = _prepared_bodies(tmp_path, rows)
+    names = [(e["event"], e["distinct_id"], e["properties"].get("$anon_distinct_id"), e["timestamp"][11:19])
+             for e in events]
+    assert names == [
+        ("clicked", "u2", None, "10:00:05"),
+        ("$identify", "u1", "d1", "10:00:10"), ("clicked", "u1", None, "10:00:10"), ("clicked", "u1", None, "10:00:10"),
+        ("$identify", "u2", "d2", "10:00:30"), ("clicked", "u2", None, "10:00:30"),
+        ("$identify", "u1", "d9", "10:00:40"), ("clicked", "u1", None, "10:00:40"),
+        ("clicked", "u1", None, "10:00:50"),
+    ]
+    assert manifest["stats"]["added_events"] == 3 and manifest["stats"]["rows_read"] == 6
+    identifies = [e for e in events if e["event"] == "$identify"]
+    assert all(e["properties"]["$import_job_id"] == "job" for e in identifies)
+    _, again = _prepared_bodies(tmp_path, rows, workdir="again")
+    assert [e["uuid"] for e in again if e["event"] == "$identify"] == [e["uuid"] for e in identifies]
+
+
+def test_identity_pass_is_the_same_when_pairs_spill_to_disk(tmp_path):
+    rng = random.Random(4)
+    rows = [_row(n, f"u{rng.randrange(300)}", f"d{rng.randrange(3)}", rng.randrange(3_000)) for n in range(6_000)]
+    _, in_memory = _prepared_bodies(tmp_path, rows, workdir="big", memory="1GiB")
+    _, spilled = _prepared_bodies(tmp_path, rows, workdir="small", memory="1MiB")
+    identify = [e for e in in_memory if e["event"] == "$identify"]
+    assert len(identify) == len({(r["distinct_id"], r["device"]) for r in rows})
+    assert [e["uuid"] for e in spilled] == [e["uuid"] for e in in_memory]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xyz"), st.integers(0, 50), st.integers(0, 9)),
+                max_size=200), st.integers(1, 20))
+def test_collector_keeps_each_pairs_earliest_sighting_across_spills(tmp_path_factory, sightings, spill_every):
+    collector = IdentityCollector(tmp_path_factory.mktemp("pairs"), budget_bytes=0)
+    expected: dict = {}
+    for n, (user, device, ts, tiebreak) in enumerate(sightings):
+        collector.see(user, device, ts, tiebreak)
+        expected[(user, device)] = min(expected.get((user, device), (ts, tiebreak)), (ts, tiebreak))
+        if n % spill_every == 0:
+            collector.spill()
+    assert list(collector.first_sightings()) == [(u, d, *first) for (u, d), first in sorted(expected.items())]
