@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
+from urllib.parse import urlsplit
 
+import pyarrow as pa
 from pyarrow import fs as pafs
 
 from migrate.errors import ConfigError
@@ -59,12 +62,38 @@ class BadRow:
 RowChunk = list[tuple[int, "dict | BadRow"]]
 
 
+# Where the AWS SDKs look for a custom S3 endpoint (MinIO, a local test server...); pyarrow's URI parser
+# does not read them, so we pass them on.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and in-filesystem path of a local path or a ``s3://``/``gs://`` URI.
+
+    For ``s3://`` an endpoint from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` is honoured (unless the URI
+    names one itself with ``?endpoint_override=``); credentials come from the usual AWS environment.
+    """
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        endpoint = next((os.environ[v] for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
+        if uri.startswith("s3://") and endpoint and "endpoint_override" not in uri:
+            parts = urlsplit(endpoint)
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            filesystem = pafs.S3FileSystem(endpoint_override=parts.netloc or parts.path,
+                                           scheme=parts.scheme or "https", region=region)
+            return filesystem, urlsplit(uri).netloc + urlsplit(uri).path
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as error:
+        raise ConfigError(f"cannot open {uri}: {error}") from None
+
+
 def open_binary(uri: str) -> IO[bytes]:
     """Open a local path or ``s3://``/``gs://`` URI for reading, transparently gunzipping.
 
     Gzip is recognised by its magic bytes, not the file name: exports are often renamed.
     """
-    filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    filesystem, path = filesystem_for(uri)
     # compression=None: pyarrow would otherwise gunzip by the name alone, failing on a renamed plain file
     # and bypassing the magic-byte check (and isal) below.
     stream = filesystem.open_input_stream(path, compression=None)

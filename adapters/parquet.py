@@ -7,16 +7,13 @@ from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
-from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile
+from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile, filesystem_for
 from migrate.errors import ConfigError
 
 
 def open_parquet(source: SourceFile) -> pq.ParquetFile:
-    filesystem, path = (
-        pafs.FileSystem.from_uri(source.uri) if "://" in source.uri else (pafs.LocalFileSystem(), source.uri)
-    )
+    filesystem, path = filesystem_for(source.uri)
     try:
         return pq.ParquetFile(filesystem.open_input_file(path))
     except (pa.ArrowInvalid, OSError) as error:

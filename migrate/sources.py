@@ -9,14 +9,13 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from pyarrow import fs as pafs
 
 from adapters import detect_format
-from adapters.base import SourceFile
+from adapters.base import SourceFile, filesystem_for
 from migrate.errors import ConfigError
 
 # Files that export tools leave beside the data and that are never rows.
@@ -41,17 +40,15 @@ def _is_ignored_below(folder: str, path: str) -> bool:
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except Exception as error:  # pyarrow raises several types for unknown schemes and bad credentials
-            raise ConfigError(f"cannot open {uri}: {error}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return filesystem_for(uri)
 
 
 def _to_uri(original: str, path: str) -> str:
+    """The URI of ``path`` found under ``original``, keeping its scheme and any ``?query`` settings."""
     if "://" in original:
-        return original.split("://", 1)[0] + "://" + path
+        scheme = original.split("://", 1)[0]
+        query = original.split("?", 1)[1] if "?" in original else ""
+        return f"{scheme}://{path}" + (f"?{query}" if query else "")
     return path
 
 
