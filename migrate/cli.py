@@ -21,17 +21,9 @@ from migrate import __version__
 from migrate.checkpoint import JobState, read_json
 from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
 from migrate.errors import ConfigError, MigrateError
-from migrate.pipeline import (
-    Job,
-    JobLock,
-    dry_run,
-    inspect_sources,
-    open_job,
-    open_retry_job,
-    prepare,
-    reset_job,
-    send,
-)
+from migrate.job import Job, JobLock, open_job, open_retry_job, reset_job
+from migrate.pipeline import dry_run, send
+from migrate.prepare import inspect_sources, prepare
 from migrate.report import PrepareStats, day_of, human_duration, preflight_report, run_summary
 from migrate.sender import Interrupted
 
@@ -105,6 +97,8 @@ SEND_OPTIONS = [
                  help="Requests in flight; one person's events never overtake each other. [default: 4]"),
     click.option("--rate", type=float, default=None, metavar="EVENTS_PER_SEC",
                  help="Send at most this many events per second in total; 0 = unlimited. [default: 3000]"),
+    click.option("--workers", type=int, default=None, metavar="N",
+                 help="Processes reading the input files in parallel (0 = one per core). [default: 0]"),
     click.option("--memory", default=None, metavar="SIZE",
                  help="Memory budget for sorting, e.g. 512MiB; more is spilled to the work directory. [default: 1GiB]"),
     click.option("--max-retries", type=int, default=None, metavar="N",
@@ -328,7 +322,7 @@ def inspect(**kwargs: Any) -> None:
     try:
         settings = settings_from(kwargs)
         job = open_job(settings, overrides, create=False)
-        stats, examples = inspect_sources(job, bool(settings.quiet))
+        stats, examples = inspect_sources(job)
     except MigrateError as error:
         fail(error)
         return

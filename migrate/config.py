@@ -67,6 +67,7 @@ class Settings:
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float = DEFAULT_RATE
     memory: int = DEFAULT_MEMORY_BYTES
+    workers: int = 0                        # processes reading input files; 0 = one per core
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_delay: float = DEFAULT_RETRY_BASE_SECONDS
     timeout: float = DEFAULT_READ_TIMEOUT_SECONDS
@@ -101,6 +102,8 @@ class Settings:
             raise ConfigError(f"--concurrency {self.concurrency}: choose between 1 and 64")
         if self.rate < 0:
             raise ConfigError("--rate must be 0 (unlimited) or a positive number of events per second")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
         if self.memory < MIN_MEMORY_BYTES:
             raise ConfigError(f"--memory {self.memory:,}: at least {MIN_MEMORY_BYTES:,} bytes")
         if self.host and self.host != LOCAL_HOST and not re.match(r"https?://", self.host):

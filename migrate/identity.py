@@ -36,8 +36,10 @@ PAIR_READ_ROWS = 8_192
 class IdentityCollector:
     """Remembers the earliest sighting of each (user, device) pair, spilling sorted runs to disk."""
 
-    def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None):
+    def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None,
+                 prefix: str = "pairs-"):
         self.directory = directory
+        self.prefix = prefix
         self.max_pairs = max(1_000, budget_bytes // BYTES_PER_PAIR)
         self.run_names: list[str] = list(run_names or [])
         self._first: dict[tuple[str, str], tuple[int, int]] = {}
@@ -64,7 +66,7 @@ class IdentityCollector:
             pa.array([ts for _, (ts, _) in pairs], pa.int64()),
             pa.array([tiebreak for _, (_, tiebreak) in pairs], pa.int64()),
         ], schema=PAIR_SCHEMA)
-        name = f"pairs-{len(self.run_names):05d}.arrow"
+        name = f"{self.prefix}{len(self.run_names):04d}.arrow"
         path = self.directory / name
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, PAIR_SCHEMA) as writer:
             writer.write_table(table, max_chunksize=PAIR_READ_ROWS)

@@ -105,6 +105,23 @@ class PrepareStats:
             self.recent_events += 1
         self.people.add(person)
 
+    def merge(self, other: PrepareStats) -> None:
+        """Add another file's counts to these (prepare counts each input file on its own)."""
+        for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("rejected", "filtered", "per_day", "renamed"):
+            getattr(self, name).update(getattr(other, name))
+        for name, count in other.event_names.items():
+            if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
+                self.event_names[name] += count
+            else:
+                self.event_names[OTHER_EVENTS] += count
+        known = [t for t in (self.first_us, other.first_us) if t is not None]
+        self.first_us = min(known) if known else None
+        known = [t for t in (self.last_us, other.last_us) if t is not None]
+        self.last_us = max(known) if known else None
+        self.people.merge(other.people)
+
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

@@ -73,9 +73,10 @@ class RunWriter:
     spare capacity), keeps the budget honest, and hands the buffers to Arrow without copying.
     """
 
-    def __init__(self, directory: Path, run_bytes: int):
+    def __init__(self, directory: Path, run_bytes: int, prefix: str = "run-"):
         self.directory = directory
         self.run_bytes = min(run_bytes, MAX_RUN_BYTES)
+        self.prefix = prefix
         self.run_paths: list[Path] = []
         self.run_rows: list[int] = []
         self._reset()
@@ -128,7 +129,7 @@ class RunWriter:
         self._reset()
         average_row = max(1, table.nbytes // max(1, table.num_rows))
         rows_per_batch = max(256, RUN_RECORD_BATCH_BYTES // average_row)
-        path = self.directory / f"run-{len(self.run_paths):05d}.arrow"
+        path = self.directory / f"{self.prefix}{len(self.run_paths):04d}.arrow"
         options = pa.ipc.IpcWriteOptions(compression="lz4")
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPOOL_SCHEMA, options=options) as writer:
             writer.write_table(table, max_chunksize=rows_per_batch)

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from adapters.jsonl import JsonLinesAdapter
 from migrate.config import resolve_settings
 from migrate.identity import IdentityCollector
-from migrate.pipeline import dry_run, open_job, prepare
+from migrate.job import open_job
+from migrate.pipeline import dry_run
+from migrate.prepare import prepare
 
 from .conftest import write_jsonl
 

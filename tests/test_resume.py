@@ -116,12 +116,12 @@ def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path
     crashed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, capture_output=True, text=True,
                              env={**env, CRASH_POINT_VARIABLE: "after-prepare-checkpoint@1"})
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
-    progress = orjson.loads((tmp_path / "job" / "prepare.json").read_bytes())
-    assert progress["position"] == {"file": 0, "row": 5_000} and len(progress["runs"]) == 1
+    progress = orjson.loads((tmp_path / "job" / "parts" / "progress-00000.json").read_bytes())
+    assert progress["row"] == 5_000 and len(progress["runs"]) == 1
     resumed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert resumed.returncode == 3, resumed.stderr
     assert "24,000 = 23,996 + 4 + 0  ✓ balanced" in resumed.stdout
-    assert not (tmp_path / "job" / "prepare.json").exists()
+    assert not (tmp_path / "job" / "prepare.json").exists() and not (tmp_path / "job" / "parts").exists()
 
     def bodies(job: str) -> list[bytes]:
         return [e for path in sorted((tmp_path / job / "dry-run").glob("batch-*.json"))
@@ -132,3 +132,34 @@ def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path
     clean_stats = orjson.loads((tmp_path / "clean" / "manifest.json").read_bytes())["stats"]
     resumed_stats = orjson.loads((tmp_path / "job" / "manifest.json").read_bytes())["stats"]
     assert resumed_stats == clean_stats
+
+
+def _dry_run_output(tmp_path: Path, job: str) -> tuple[list, bytes, dict]:
+    bodies = [e for path in sorted((tmp_path / job / "dry-run").glob("batch-*.json"))
+              for e in orjson.loads(path.read_bytes())["batch"]]
+    stats = orjson.loads((tmp_path / job / "manifest.json").read_bytes())["stats"]
+    return bodies, (tmp_path / job / "rejects.jsonl").read_bytes(), stats
+
+
+def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after_a_kill(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for part in range(5):
+        rows = make_rows(3_000, seed=50 + part)
+        rows[7]["distinct_id"] = ""  # a reject in every file: the joined rejects keep file order
+        write_jsonl(folder / f"part-{part}.jsonl", rows)
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--job", "same", "-q"]
+    single = subprocess.run([*base, "--workdir", "one", "--workers", "1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 3, single.stderr
+    crashed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, capture_output=True,
+                             text=True, env={**env, CRASH_POINT_VARIABLE: "after-prepare-file@2"})
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    assert len(orjson.loads((tmp_path / "two" / "prepare.json").read_bytes())["finished"]) == 2
+    time.sleep(1)  # the orphaned workers notice their coordinator is gone and exit
+    resumed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 3, resumed.stderr
+    assert "15,000 = 14,995 + 5 + 0  ✓ balanced" in resumed.stdout
+    assert _dry_run_output(tmp_path, "two") == _dry_run_output(tmp_path, "one")

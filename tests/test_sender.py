@@ -10,6 +10,7 @@ import pytest
 
 from migrate.batches import Batch, BatchLayout, cut_windows
 from migrate.errors import SendFailed
+from migrate.job import person_hash
 from migrate.sender import (
     MAX_RETRY_AFTER_SECONDS,
     Dispatcher,
@@ -177,8 +178,6 @@ def _windows(tmp_path, people: int, events: int, lanes: int, max_events: int):
     writer = RunWriter(tmp_path, 1 << 20)
     for n in range(events):
         person = f"p{n % people}"
-        from migrate.pipeline import person_hash
-
         writer.add(n, make_tiebreak(0, n + 1), person_hash(person), 0, _event(n, person))
     runs = writer.close()
     cursor = MergeCursor.start(len(runs))

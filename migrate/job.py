@@ -1,0 +1,225 @@
+"""A migration job: its inputs, adapter, mapping, work directory and fingerprint.
+
+Everything here happens before any work: finding the inputs, choosing the adapter, checking the mapping
+against the files, and locking the work directory so that one process at a time runs a job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import shutil
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
+
+from adapters import adapter_class, detect_format
+from adapters.base import Adapter, SourceFile
+from adapters.rejects import RejectsAdapter, is_retriable
+from migrate.checkpoint import digest, read_json
+from migrate.config import Settings
+from migrate.errors import ConfigError
+from migrate.mapping import ColumnMapping
+from migrate.sources import describe_changes, expand_sources, fingerprint
+from migrate.transform import EventFinisher
+
+
+def person_hash(distinct_id: str) -> int:
+    """A stable 64-bit hash of a distinct_id: picks the send lane (and the shard) of a person."""
+    return int.from_bytes(hashlib.blake2b(distinct_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little")
+
+
+@dataclass
+class Job:
+    """A migration job: its settings, inputs, adapter and work directory."""
+
+    settings: Settings
+    root: Path
+    sources: list[SourceFile]
+    adapter: Adapter
+    format_name: str
+    mapping: ColumnMapping
+    job_id: str = ""
+    import_source: str = ""  # what $import_source says: the format the rows came in (csv, amplitude, ...)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def prepare_progress_path(self) -> Path:
+        return self.root / "prepare.json"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "identity"
+
+    @property
+    def parts_dir(self) -> Path:
+        """Per-input-file work of an unfinished prepare: its checkpoint and its rejects."""
+        return self.root / "parts"
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.root / "rejects.jsonl"
+
+    def source_name(self, index: int) -> str:
+        return self.sources[index].uri if index < len(self.sources) else f"input #{index}"
+
+
+def load_mapping(settings: Settings, cli_overrides: dict) -> ColumnMapping:
+    mapping = ColumnMapping.from_toml(settings.mapping_path) if settings.mapping_path else ColumnMapping()
+    return mapping.override(**cli_overrides).validated()
+
+
+def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
+    if settings.format != "auto":
+        adapter_class(settings.format)  # unknown names fail here, with the list of known ones
+        return settings.format
+    formats = {detect_format(s.uri) for s in sources}
+    if None in formats:
+        unknown = next(s.uri for s in sources if detect_format(s.uri) is None)
+        raise ConfigError(f"{unknown}: cannot tell its format from the name; give --format")
+    if len(formats) > 1:
+        raise ConfigError(
+            f"the inputs mix formats ({', '.join(sorted(formats))}); run one job per format, or give --format"
+        )
+    return formats.pop()
+
+
+def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Job:
+    """Find the inputs, pick the adapter and check the mapping against the files: all before any work."""
+    sources = expand_sources(settings.sources, explicit_format=settings.format != "auto")
+    format_name = choose_format(settings, sources)
+    mapping = load_mapping(settings, cli_overrides)
+    adapter = adapter_class(format_name)(mapping)
+    columns = adapter.columns(sources[0])
+    if columns is not None and format_name in ("csv", "jsonl", "parquet"):
+        mapping.check_columns(columns, sources[0].uri)
+    root = settings.job_directory()
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id())
+
+
+class JobLock:
+    """One process per job at a time: two would send the same batches and race on state.json."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+        self._handle = None
+
+    def __enter__(self) -> JobLock:
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise ConfigError(
+                f"another posthog-migrate process is running this job ({self.path.parent}); wait for it, "
+                "or stop it (Ctrl-C saves its checkpoint)"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+# --- prepare -----------------------------------------------------------------------------------------
+
+def job_fingerprint(job: Job) -> dict:
+    """What a prepared job depends on; a resume refuses when any of it changed.
+
+    Round-tripped through JSON so it compares equal to the copy read back from the manifest.
+    """
+    return orjson.loads(orjson.dumps({
+        "format": job.format_name,
+        "mapping": job.mapping.to_dict(),
+        "inputs": [fingerprint(source) for source in job.sources],
+    }))
+
+
+def describe_fingerprint_change(old: dict, new: dict) -> str:
+    lines = []
+    if old.get("format") != new["format"]:
+        lines.append(f"format: {old.get('format')} → {new['format']}")
+    if old.get("mapping") != new["mapping"]:
+        changed = sorted(k for k in new["mapping"] if old.get("mapping", {}).get(k) != new["mapping"][k])
+        lines.append(f"mapping changed ({', '.join(changed)})")
+    lines += describe_changes(old.get("inputs", []), new["inputs"])
+    return "; ".join(lines) or "settings changed"
+
+
+PREPARED_FILES = ("manifest.json", "prepare.json", "state.json", "rejects.jsonl")
+PREPARED_FOLDERS = ("runs", "identity", "parts")
+
+
+def reset_job(root: Path) -> None:
+    """--restart: forget everything about the job (the local capture server's output is kept)."""
+    for name in PREPARED_FILES:
+        (root / name).unlink(missing_ok=True)
+    for name in PREPARED_FOLDERS:
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+@dataclass
+class RetryPlan:
+    job: Job
+    retriable: int
+    unreadable: Counter
+
+
+def open_retry_job(settings: Settings, original_root: Path, cli_overrides: dict) -> RetryPlan:
+    """A job of its own, under the original's work directory, whose input is the retriable rejects.
+
+    The mapping is the original job's unless ``--mapping`` or mapping options are given; each mapping
+    gets its own retry job (``retry-<hash>``), so a retry with a fixed mapping never mixes with an earlier one.
+    """
+    manifest = read_json(original_root / "manifest.json")
+    if manifest is None:
+        raise ConfigError(f"{original_root} is not a prepared job (no manifest.json): run it first")
+    original_format = manifest["fingerprint"]["format"]
+    if settings.mapping_path:
+        mapping = ColumnMapping.from_toml(settings.mapping_path)
+    else:
+        mapping = ColumnMapping.from_dict(manifest["fingerprint"]["mapping"])
+    mapping = mapping.override(**cli_overrides).validated()
+    rejects_path = original_root / "rejects.jsonl"
+    lines: list[bytes] = []
+    unreadable: Counter = Counter()
+    if rejects_path.exists():
+        for line in rejects_path.read_bytes().splitlines():
+            reject = orjson.loads(line)
+            if is_retriable(reject):
+                lines.append(line)
+            else:
+                unreadable[reject["reason"]] += 1
+    root = original_root / f"retry-{digest(mapping.to_dict())[:8]}"
+    root.mkdir(parents=True, exist_ok=True)
+    input_path = root / "rejected-rows.jsonl"
+    content = b"".join(line + b"\n" for line in lines)
+    if not input_path.exists() or input_path.read_bytes() != content:
+        input_path.write_bytes(content)  # rewritten only when it changes, so a resumed retry matches its fingerprint
+    sources = expand_sources([str(input_path)], explicit_format=True)
+    adapter = RejectsAdapter(mapping, adapter_class(original_format))
+    job = Job(replace(settings, sources=(str(input_path),)), root, sources, adapter, f"rejects of {original_format}",
+              mapping, job_id=manifest.get("job_id", original_root.name), import_source=original_format)
+    return RetryPlan(job, len(lines), unreadable)

@@ -1,0 +1,387 @@
+"""The prepare phase: read → map → validate → sorted runs, one input file at a time, on every core.
+
+Each input file is a unit of work (:func:`prepare_file`), run in a pool of worker processes when the
+job is big enough to pay for them. A file's unit writes its own sorted runs, its own rejects part and
+its own pairs for the identity pass, and checkpoints itself after every spill, so a killed prepare
+redoes only the rows after each unfinished file's last spill. The coordinator (:func:`prepare`)
+records every finished file in ``prepare.json``; when all are done it runs the identity pass, joins
+the rejects parts in file order, and writes ``manifest.json``: from then on the sources are never
+read again.
+
+Work directory while preparing::
+
+    prepare.json               fingerprint + the results of finished files
+    parts/progress-NNNNN.json  an unfinished file's last spill: row, runs, counts, rejects length
+    parts/rejects-NNNNN.jsonl  a file's rejected rows (joined into rejects.jsonl at the end)
+    runs/run-NNNNN-MMMM.arrow  sorted runs, named by input file
+    identity/pairs-NNNNN-MMMM.arrow   (user, device) pairs seen, for the identity pass
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from adapters import adapter_class
+from adapters.base import BadRow, SourceFile
+from migrate.checkpoint import atomic_write_json, crash_point, read_json
+from migrate.errors import ConfigError
+from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
+from migrate.identity import IdentityCollector, identify_event
+from migrate.job import Job, describe_fingerprint_change, job_fingerprint, person_hash
+from migrate.mapping import Filtered
+from migrate.report import PrepareStats, RejectsWriter, progress_bar
+from migrate.sender import Interrupted
+from migrate.spool import EVENT_ADDED, EVENT_FROM_ROW, MAX_EVENTS_PER_ROW, RunWriter, make_tiebreak
+
+MANIFEST_VERSION = 1
+# The sorted runs take this share of the memory budget (split between workers); the rest is for
+# reading, mapping and, later, merging.
+RUN_SHARE_OF_MEMORY = 4
+MIN_RUN_BYTES = 256 * 1024
+# Below this much input, worker processes cost more to start than they save.
+MIN_BYTES_FOR_WORKERS = 16 * 1024 * 1024
+# How often a worker checks that its coordinator is still alive.
+PARENT_CHECK_SECONDS = 0.2
+
+
+# --- reading and mapping rows ------------------------------------------------------------------------
+
+def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callable, stats: PrepareStats,
+             skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
+             on_progress: Callable[[int], None] | None = None) -> None:
+    """Read one source, map and validate every row; hand events and rejects to the callbacks.
+
+    Shared by :func:`prepare_file` (which spills events to runs) and :func:`inspect_sources` (which
+    only counts). ``skip_rows`` resumes after a checkpoint; ``after_chunk(last_row)`` is called after
+    each chunk of rows: a clean point to spill and checkpoint, since no row is ever half-handled there.
+    """
+    now_us = utc_now_us()
+    adapter, finisher = job.adapter, job.finisher
+    for chunk in adapter.read(source):
+        if job.stop.is_set():
+            raise Interrupted
+        for row_number, record in chunk:
+            if row_number <= skip_rows:
+                continue
+            stats.rows_read += 1
+            if isinstance(record, BadRow):
+                on_reject(record.reason, record.detail, source, row_number, record.raw)
+                continue
+            try:
+                events = finisher.finish(adapter.to_events(record))
+                payloads = [validate(event, now_us, MAX_EVENT_BYTES) for event in events]
+            except Rejection as rejection:
+                on_reject(rejection.reason, rejection.detail, source, row_number, record)
+                continue
+            except Filtered as rule:
+                stats.filtered[rule.rule] += 1
+                continue
+            except Exception as error:  # an adapter bug must cost one row, not the migration
+                on_reject("mapping_error", f"{type(error).__name__}: {error}", source, row_number, record)
+                continue
+            stats.rows_kept += 1
+            # Sub-event 0 of every row is kept free for the $identify the identity pass may add.
+            for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
+                person = person_hash(event.distinct_id)
+                stats.add_event(event.event, event.timestamp_us, person, now_us, event.added, event.source_event)
+                on_event(event, payload, make_tiebreak(source.index, row_number, sub_event), person)
+        if on_progress is not None:
+            on_progress(len(chunk))
+        if after_chunk is not None and chunk:
+            after_chunk(chunk[-1][0])
+    stats.files += 1
+
+
+# --- one input file ----------------------------------------------------------------------------------
+
+def _progress_path(job: Job, index: int) -> Path:
+    return job.parts_dir / f"progress-{index:05d}.json"
+
+
+def _rejects_part(job: Job, index: int) -> Path:
+    return job.parts_dir / f"rejects-{index:05d}.jsonl"
+
+
+def prepare_file(job: Job, source: SourceFile, run_bytes: int,
+                 on_progress: Callable[[int], None] | None = None) -> dict:
+    """Read, map and spill one input file, resuming from its own last spill; return its result."""
+    index = source.index
+    progress = read_json(_progress_path(job, index))
+    writer = RunWriter(job.runs_dir, run_bytes, prefix=f"run-{index:05d}-")
+    identities = IdentityCollector(job.identity_dir, run_bytes // 2, prefix=f"pairs-{index:05d}-")
+    stats, skip_rows = PrepareStats(), 0
+    if progress is not None:
+        runs = progress["runs"]
+        writer.adopt([job.runs_dir / run["file"] for run in runs], [run["rows"] for run in runs])
+        identities.run_names = list(progress["identity_runs"])
+        stats, skip_rows = PrepareStats.from_dict(progress["stats"]), progress["row"]
+    keep = {run["file"] for run in progress["runs"]} | set(progress["identity_runs"]) if progress else set()
+    for stale in [*job.runs_dir.glob(f"run-{index:05d}-*"), *job.identity_dir.glob(f"pairs-{index:05d}-*")]:
+        if stale.name not in keep:  # written after the last checkpoint: those rows are redone
+            stale.unlink()
+    rejects = RejectsWriter(_rejects_part(job, index), truncate_to=progress["rejects_bytes"] if progress else 0)
+
+    def on_event(event, payload, tiebreak, person) -> None:
+        writer.add(event.timestamp_us, tiebreak, person, EVENT_ADDED if event.added else EVENT_FROM_ROW, payload)
+        if event.link is not None:
+            identities.see(*event.link, event.timestamp_us, tiebreak)
+
+    def on_reject(reason, detail, source, row, original) -> None:
+        stats.rejected[reason] += 1
+        rejects.write(reason, detail, source.uri, row, original)
+
+    def checkpoint(last_row: int) -> None:
+        writer.spill()
+        identities.spill()
+        atomic_write_json(_progress_path(job, index), {
+            "row": last_row, "runs": _runs_list(writer), "identity_runs": identities.run_names,
+            "stats": stats.to_dict(), "rejects_bytes": rejects.sync(),
+        })
+        crash_point("after-prepare-checkpoint")
+
+    def after_chunk(last_row: int) -> None:
+        if writer.full or identities.full:
+            checkpoint(last_row)
+
+    try:
+        map_rows(job, source, on_event, on_reject, stats, skip_rows, after_chunk, on_progress)
+        writer.spill()
+        identities.spill()
+        rejects_bytes = rejects.sync()
+    finally:
+        rejects.close()
+    return {"runs": _runs_list(writer), "identity_runs": identities.run_names, "stats": stats.to_dict(),
+            "rejects_bytes": rejects_bytes}
+
+
+def _runs_list(writer: RunWriter) -> list[dict]:
+    return [{"file": p.name, "rows": n} for p, n in zip(writer.run_paths, writer.run_rows, strict=True)]
+
+
+# --- worker processes --------------------------------------------------------------------------------
+
+_rows_counter = None
+
+
+def _worker_init(counter) -> None:
+    """Workers leave Ctrl-C to the coordinator, which stops them; they report rows read through ``counter``;
+    and they die with the coordinator (kill -9 included), so no orphan keeps writing into the job."""
+    global _rows_counter
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _rows_counter = counter
+    parent = os.getppid()
+
+    def exit_when_orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=exit_when_orphaned, daemon=True).start()
+
+
+def _count_rows(rows: int) -> None:
+    with _rows_counter.get_lock():
+        _rows_counter.value += rows
+
+
+def _prepare_file_in_worker(job_parts: tuple, source: SourceFile, run_bytes: int) -> tuple[int, dict]:
+    settings, root, sources, format_name, mapping, job_id, import_source = job_parts
+    job = Job(settings, root, sources, adapter_class(format_name)(mapping), format_name, mapping,
+              job_id=job_id, import_source=import_source)
+    return source.index, prepare_file(job, source, run_bytes, _count_rows)
+
+
+def _worker_count(job: Job, pending: list[SourceFile]) -> int:
+    """Worker processes pay when there are several files and enough data (or --workers asks for them);
+    otherwise the work is done in-process."""
+    wanted = job.settings.workers or os.cpu_count() or 1
+    small = sum(s.size for s in pending) < MIN_BYTES_FOR_WORKERS and not job.settings.workers
+    if len(pending) < 2 or small:
+        return 1
+    try:
+        adapter_class(job.format_name)  # only registered formats can be rebuilt in a worker
+    except ConfigError:
+        return 1
+    if type(job.adapter) is not adapter_class(job.format_name):
+        return 1
+    return max(1, min(wanted, len(pending)))
+
+
+# --- the coordinator ---------------------------------------------------------------------------------
+
+def _start_or_resume(job: Job, fingerprint_now: dict) -> dict:
+    """The record of an interrupted prepare of the same inputs, or a clean slate (nothing was sent yet)."""
+    state = read_json(job.prepare_progress_path)
+    if state is not None and state.get("fingerprint") == fingerprint_now:
+        return state
+    for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
+        shutil.rmtree(directory, ignore_errors=True)
+    for leftover in (job.rejects_path, job.state_path):
+        leftover.unlink(missing_ok=True)
+    state = {"fingerprint": fingerprint_now, "finished": {}}
+    for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
+        directory.mkdir(parents=True)
+    atomic_write_json(job.prepare_progress_path, state)
+    return state
+
+
+def prepare(job: Job) -> dict:
+    """Run (or reuse, or resume) the prepare phase; return the manifest."""
+    fingerprint_now = job_fingerprint(job)
+    manifest = read_json(job.manifest_path)
+    if manifest is not None:
+        if manifest.get("fingerprint") != fingerprint_now:
+            raise ConfigError(
+                f"job {job.root} was prepared from different inputs or mapping: "
+                f"{describe_fingerprint_change(manifest.get('fingerprint', {}), fingerprint_now)}. "
+                "To migrate the new inputs as a new job, give --job NAME; to start this job over "
+                "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
+            )
+        return manifest
+    state = _start_or_resume(job, fingerprint_now)
+    pending = [s for s in job.sources if str(s.index) not in state["finished"]]
+    workers = _worker_count(job, pending)
+    run_bytes = max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY // workers)
+    bar = progress_bar(None, "rows", f"reading ({workers} worker{'s' * (workers > 1)})", job.settings.quiet)
+    bar.update(sum(result["stats"]["rows_read"] for result in state["finished"].values()))
+
+    def finished(index: int, result: dict) -> None:
+        state["finished"][str(index)] = result
+        atomic_write_json(job.prepare_progress_path, state)
+        _progress_path(job, index).unlink(missing_ok=True)
+        crash_point("after-prepare-file")
+
+    try:
+        if workers == 1:
+            for source in pending:
+                finished(source.index, prepare_file(job, source, run_bytes, bar.update))
+        else:
+            _prepare_in_workers(job, pending, workers, run_bytes, bar, finished)
+    finally:
+        bar.close()
+    return _finish(job, state, fingerprint_now, run_bytes)
+
+
+def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_bytes: int, bar,
+                        finished: Callable[[int, dict], None]) -> None:
+    context = multiprocessing.get_context("spawn")  # no fork: the parent has threads (progress, signals)
+    counter = context.Value("q", 0)
+    parts = (job.settings, job.root, job.sources, job.format_name, job.mapping, job.job_id, job.import_source)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(counter,))
+    futures = {pool.submit(_prepare_file_in_worker, parts, source, run_bytes) for source in pending}
+    shown = 0
+    try:
+        while futures:
+            done, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished(*future.result())
+            if job.stop.is_set():
+                raise Interrupted
+            bar.update(counter.value - shown)
+            shown = counter.value
+    except BaseException:
+        # Ctrl-C, a crash in a worker: stop them all. Unfinished files resume from their last spill.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dict:
+    """All files done: the identity pass, the rejects joined in file order, then the manifest."""
+    results = [state["finished"][str(source.index)] for source in job.sources]
+    stats = PrepareStats()
+    for result in results:
+        stats.merge(PrepareStats.from_dict(result["stats"]))
+    runs = [run for result in results for run in result["runs"]]
+    identities = IdentityCollector(job.identity_dir, run_bytes // 2,
+                                   [name for result in results for name in result["identity_runs"]])
+    writer = RunWriter(job.runs_dir, run_bytes, prefix="run-identify-")
+    for stale in job.runs_dir.glob("run-identify-*"):
+        stale.unlink()  # from an identity pass that was interrupted: redone
+    _add_identify_events(job, identities, writer, stats)
+    runs += _runs_list(writer)
+    rejects_bytes = _join_rejects(job)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "fingerprint": fingerprint_now,
+        "job_id": job.job_id,
+        "sources": [s.uri for s in job.sources],
+        "runs": runs,
+        "stats": stats.to_dict(),
+        "rejects_bytes": rejects_bytes,
+        "prepared_at": time.time(),
+    }
+    crash_point("before-manifest")
+    atomic_write_json(job.manifest_path, manifest)
+    job.prepare_progress_path.unlink(missing_ok=True)
+    shutil.rmtree(job.parts_dir, ignore_errors=True)
+    crash_point("after-prepare")
+    return manifest
+
+
+def _join_rejects(job: Job) -> int:
+    """The per-file rejects parts, in file order, as the job's one rejects file (written atomically)."""
+    temporary = job.rejects_path.with_name(".rejects.jsonl.tmp")
+    with open(temporary, "wb") as out:
+        for source in job.sources:
+            part = _rejects_part(job, source.index)
+            if part.exists():
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out)
+        out.flush()
+        os.fsync(out.fileno())
+        size = out.tell()
+    os.replace(temporary, job.rejects_path)
+    return size
+
+
+def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWriter, stats: PrepareStats) -> None:
+    """The identity pass: one $identify per (user, device) pair, at the pair's first event.
+
+    Each goes at sub-event 0 of the row where the pair first appears (that row's own events are 1, 2, …),
+    with the same timestamp, so the merge sorts it just before that event.
+    """
+    now_us = utc_now_us()
+    for user, device, ts, tiebreak in identities.first_sightings():
+        try:
+            events = job.finisher.finish([identify_event(user, device, ts)])
+            payload = validate(events[0], now_us, MAX_EVENT_BYTES)
+        except (Rejection, Filtered):
+            continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
+        person = person_hash(user)
+        writer.add(ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, EVENT_ADDED, payload)
+        stats.add_event(events[0].event, ts, person, now_us, True, events[0].source_event)
+        if writer.full:
+            writer.spill()
+    writer.spill()
+
+
+# --- inspect -----------------------------------------------------------------------------------------
+
+def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
+    """Read and map everything, keep only counts and a few example rejects: the preflight report."""
+    stats = PrepareStats()
+    examples: list[dict] = []
+
+    def on_reject(reason, detail, source, row, original) -> None:
+        stats.rejected[reason] += 1
+        if len(examples) < 10:
+            examples.append({"reason": reason, "detail": detail, "file": source.uri, "row": row})
+
+    bar = progress_bar(None, "rows", "reading", job.settings.quiet)
+    try:
+        for source in job.sources:
+            map_rows(job, source, lambda *_: None, on_reject, stats, on_progress=bar.update)
+    finally:
+        bar.close()
+    return stats, examples
