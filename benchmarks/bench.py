@@ -23,6 +23,7 @@ import argparse
 import gzip
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,27 +51,38 @@ EVENT_TYPES = ["[Amplitude] Page Viewed", "note_created", "note_shared", "search
                "plan_upgraded", "[Amplitude] Element Clicked"]
 
 
-def generate(path: Path, count: int, seed: int) -> None:
-    """Amplitude export rows (the fields of source-formats.md), in server-upload rather than time order."""
+# Amplitude exports one gzip'd file per hour of upload time; ours hold this many events each.
+EVENTS_PER_FILE = 100_000
+
+
+def generate(folder: Path, count: int, seed: int) -> None:
+    """Amplitude export rows (the fields of source-formats.md), in server-upload rather than time order,
+    as gzip'd JSON lines files of EVENTS_PER_FILE events."""
     rng = random.Random(seed)
     start = datetime(2023, 1, 1, tzinfo=UTC)
     people = max(100, count // 50)
-    with gzip.open(path, "wb", compresslevel=1) as out:
-        for n in range(count):
-            person = rng.randrange(people)
-            moment = start + timedelta(seconds=rng.randrange(365 * 86_400), microseconds=rng.randrange(1_000_000))
-            row = {
-                "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "$insert_id": f"ins-{seed}-{n}",
-                "event_id": n, "event_type": rng.choice(EVENT_TYPES),
-                "event_time": moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
-                "user_id": f"user-{person}" if person % 3 else None, "device_id": f"device-{person}",
-                "session_id": int(moment.timestamp() * 1000), "platform": "Web", "os_name": "Chrome",
-                "os_version": "120", "country": "Canada", "city": "Toronto", "ip_address": "203.0.113.7",
-                "event_properties": {"[Amplitude] Page URL": f"https://ex.com/p/{n % 500}", "plan": "pro",
-                                     "note_length": rng.randrange(5000)},
-                "user_properties": {"plan": "pro", "initial_utm_source": "news"},
-            }
-            out.write(orjson.dumps(row) + b"\n")
+    folder.mkdir(parents=True)
+    for first in range(0, count, EVENTS_PER_FILE):
+        name = f"{seed}_2023-01-01_{first // EVENTS_PER_FILE}#0.json.gz"
+        with gzip.open(folder / name, "wb", compresslevel=1) as out:
+            for n in range(first, min(count, first + EVENTS_PER_FILE)):
+                out.write(orjson.dumps(amplitude_row(rng, n, seed, start, people)) + b"\n")
+
+
+def amplitude_row(rng: random.Random, n: int, seed: int, start: datetime, people: int) -> dict:
+    person = rng.randrange(people)
+    moment = start + timedelta(seconds=rng.randrange(365 * 86_400), microseconds=rng.randrange(1_000_000))
+    return {
+        "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "$insert_id": f"ins-{seed}-{n}",
+        "event_id": n, "event_type": rng.choice(EVENT_TYPES),
+        "event_time": moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        "user_id": f"user-{person}" if person % 3 else None, "device_id": f"device-{person}",
+        "session_id": int(moment.timestamp() * 1000), "platform": "Web", "os_name": "Chrome",
+        "os_version": "120", "country": "Canada", "city": "Toronto", "ip_address": "203.0.113.7",
+        "event_properties": {"[Amplitude] Page URL": f"https://ex.com/p/{n % 500}", "plan": "pro",
+                             "note_length": rng.randrange(5000)},
+        "user_properties": {"plan": "pro", "initial_utm_source": "news"},
+    }
 
 
 def free_port() -> int:
@@ -161,11 +173,14 @@ def report(result: dict) -> str:
 
 
 def dataset(count: int, seed: int) -> Path:
-    path = OUT / f"amplitude-{count}-{seed}.jsonl.gz"
+    path = OUT / f"amplitude-{count}-{seed}"
     if not path.exists():
-        print(f"generating {count:,} events → {path}", flush=True)
-        generate(path.with_suffix(".tmp"), count, seed)
-        path.with_suffix(".tmp").rename(path)
+        print(f"generating {count:,} events → {path}/", flush=True)
+        temporary = path.with_name(path.name + ".tmp")
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        generate(temporary, count, seed)
+        temporary.rename(path)
     return path
 
 

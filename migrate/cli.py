@@ -97,6 +97,9 @@ SEND_OPTIONS = [
                  help="Requests in flight; one person's events never overtake each other. [default: 4]"),
     click.option("--rate", type=float, default=None, metavar="EVENTS_PER_SEC",
                  help="Send at most this many events per second in total; 0 = unlimited. [default: 3000]"),
+    click.option("--shard", default=None, metavar="K/N",
+                 help="Migrate only the K-th of N shards of people (by distinct_id hash): run N machines or "
+                      "pods, one shard each, each with its own work directory."),
     click.option("--workers", type=int, default=None, metavar="N",
                  help="Processes reading the input files in parallel (0 = one per core). [default: 0]"),
     click.option("--memory", default=None, metavar="SIZE",

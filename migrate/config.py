@@ -68,6 +68,7 @@ class Settings:
     rate: float = DEFAULT_RATE
     memory: int = DEFAULT_MEMORY_BYTES
     workers: int = 0                        # processes reading input files; 0 = one per core
+    shard: str | None = None                # "K/N": this process migrates the K-th of N shards of people
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_delay: float = DEFAULT_RETRY_BASE_SECONDS
     timeout: float = DEFAULT_READ_TIMEOUT_SECONDS
@@ -78,9 +79,13 @@ class Settings:
         return self.host == LOCAL_HOST
 
     def job_directory(self) -> Path:
+        """``--workdir``, else ``.posthog-migrate/<job>`` (with ``-shard-K-of-N`` for a sharded run, so the
+        shards of one migration can share a machine)."""
         if self.workdir is not None:
             return Path(self.workdir)
-        return Path(WORKDIR_ROOT) / (self.job or default_job_name(self.sources))
+        shard = self.shard_pair()
+        suffix = f"-shard-{shard[0] + 1}-of-{shard[1]}" if shard else ""
+        return Path(WORKDIR_ROOT) / ((self.job or default_job_name(self.sources)) + suffix)
 
     def job_id(self) -> str:
         """The name events are tagged with ($import_job_id): the job's name, or its folder's."""
@@ -89,6 +94,15 @@ class Settings:
         if self.workdir is not None:
             return Path(self.workdir).resolve().name
         return default_job_name(self.sources)
+
+    def shard_pair(self) -> tuple[int, int] | None:
+        """--shard K/N as (K-1, N): 0-based, or None when the job is not sharded."""
+        if not self.shard:
+            return None
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.shard))
+        if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+            raise ConfigError(f"--shard {self.shard!r}: write K/N with 1 <= K <= N, e.g. --shard 2/8")
+        return int(match.group(1)) - 1, int(match.group(2))
 
     def check(self) -> Settings:
         if not 1 <= self.batch_size <= 1_000_000:
@@ -102,6 +116,7 @@ class Settings:
             raise ConfigError(f"--concurrency {self.concurrency}: choose between 1 and 64")
         if self.rate < 0:
             raise ConfigError("--rate must be 0 (unlimited) or a positive number of events per second")
+        self.shard_pair()
         if not 0 <= self.workers <= 64:
             raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
         if self.memory < MIN_MEMORY_BYTES:

@@ -181,6 +181,8 @@ def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: s
 
 def normalise_uuid(value: Any) -> str:
     """A source uuid in PostHog's canonical lower-case hyphenated form, or a Rejection."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value  # already canonical, as almost every exported uuid is: skip the UUID object
     try:
         return str(uuid_module.UUID(str(value).strip()))
     except ValueError:

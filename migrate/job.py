@@ -153,6 +153,7 @@ def job_fingerprint(job: Job) -> dict:
     return orjson.loads(orjson.dumps({
         "format": job.format_name,
         "mapping": job.mapping.to_dict(),
+        "shard": job.settings.shard_pair(),
         "inputs": [fingerprint(source) for source in job.sources],
     }))
 
@@ -161,6 +162,8 @@ def describe_fingerprint_change(old: dict, new: dict) -> str:
     lines = []
     if old.get("format") != new["format"]:
         lines.append(f"format: {old.get('format')} → {new['format']}")
+    if old.get("shard") != new.get("shard"):
+        lines.append(f"shard: {old.get('shard')} → {new.get('shard')}")
     if old.get("mapping") != new["mapping"]:
         changed = sorted(k for k in new["mapping"] if old.get("mapping", {}).get(k) != new["mapping"][k])
         lines.append(f"mapping changed ({', '.join(changed)})")

@@ -304,6 +304,7 @@ class RowMapper:
         self.drop_events = frozenset(mapping.drop_events)
         self.since_us = parse_bound(mapping.since, self.zone) if mapping.since else None
         self.until_us = parse_bound(mapping.until, self.zone) if mapping.until else None
+        self.has_person_or_groups = bool(mapping.set or mapping.set_once or mapping.groups)
         # Columns that feed $set, $set_once or $groups, or that the user excluded, are never plain properties.
         self.always_consumed = frozenset(
             (*mapping.set, *mapping.set_once, *(column for _, column in mapping.groups), *mapping.exclude)
@@ -387,7 +388,8 @@ class RowMapper:
             raise Rejection(
                 "missing_distinct_id", f"no distinct_id in column(s) {', '.join(self.distinct_id_columns)}"
             )
-        self._person_and_groups(record, properties)
+        if self.has_person_or_groups:
+            self._person_and_groups(record, properties)
         if source_uuid is not None:
             event_uuid = normalise_uuid(source_uuid)
         elif insert_id is not None:

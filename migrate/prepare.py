@@ -54,6 +54,16 @@ PARENT_CHECK_SECONDS = 0.2
 
 # --- reading and mapping rows ------------------------------------------------------------------------
 
+def person_shard(person: int, shards: int) -> int:
+    """The shard (0-based) of a person: the hash's high half, so lanes (its low bits) stay balanced."""
+    return (person >> 32) % shards
+
+
+def position_shard(file_index: int, row_number: int, shards: int) -> int:
+    """The shard that reports a row that has no usable person (a rejected row)."""
+    return person_hash(f"{file_index}:{row_number}") % shards
+
+
 def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callable, stats: PrepareStats,
              skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
              on_progress: Callable[[int], None] | None = None) -> None:
@@ -64,7 +74,16 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     each chunk of rows: a clean point to spill and checkpoint, since no row is ever half-handled there.
     """
     now_us = utc_now_us()
-    adapter, finisher = job.adapter, job.finisher
+    adapter, finisher, shard = job.adapter, job.finisher, job.settings.shard_pair()
+    other_shard = f"belongs to another shard than {job.settings.shard}"
+
+    def reject(reason: str, detail: str, row_number: int, original: object) -> None:
+        # With --shard, each rejected row is reported by one shard only (chosen by its position).
+        if shard is None or position_shard(source.index, row_number, shard[1]) == shard[0]:
+            on_reject(reason, detail, source, row_number, original)
+        else:
+            stats.filtered[other_shard] += 1
+
     for chunk in adapter.read(source):
         if job.stop.is_set():
             raise Interrupted
@@ -73,19 +92,22 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 continue
             stats.rows_read += 1
             if isinstance(record, BadRow):
-                on_reject(record.reason, record.detail, source, row_number, record.raw)
+                reject(record.reason, record.detail, row_number, record.raw)
                 continue
             try:
                 events = finisher.finish(adapter.to_events(record))
+                if shard is not None and person_shard(person_hash(events[-1].distinct_id), shard[1]) != shard[0]:
+                    stats.filtered[other_shard] += 1  # a row goes with its own event's person
+                    continue
                 payloads = [validate(event, now_us, MAX_EVENT_BYTES) for event in events]
             except Rejection as rejection:
-                on_reject(rejection.reason, rejection.detail, source, row_number, record)
+                reject(rejection.reason, rejection.detail, row_number, record)
                 continue
             except Filtered as rule:
                 stats.filtered[rule.rule] += 1
                 continue
             except Exception as error:  # an adapter bug must cost one row, not the migration
-                on_reject("mapping_error", f"{type(error).__name__}: {error}", source, row_number, record)
+                reject("mapping_error", f"{type(error).__name__}: {error}", row_number, record)
                 continue
             stats.rows_kept += 1
             # Sub-event 0 of every row is kept free for the $identify the identity pass may add.

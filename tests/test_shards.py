@@ -1,0 +1,52 @@
+"""--shard K/N: N processes (machines, pods) each migrate one shard of the people, together all of them once."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import orjson
+
+from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
+
+
+def test_shards_together_send_every_event_once_each_person_in_one_shard(tmp_path, capture_server):
+    rows = make_rows(3_000, people=200, seed=41)
+    for bad in (5, 500, 2_500):
+        rows[bad]["event"] = ""
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    rejected = 0
+    shard_of_person: dict[str, set[int]] = defaultdict(set)
+    for k in (1, 2, 3):
+        before = len(capture_server.events)
+        result = run_cli(["run", "events.jsonl", "--shard", f"{k}/3", "--job", "backfill", "--host", capture_server.url,
+                          "--rate", "0", "-q"], tmp_path, env)
+        assert result.returncode in (0, 3), result.stderr
+        assert "✓ balanced" in result.stdout
+        for event in capture_server.events[before:]:
+            shard_of_person[event["distinct_id"]].add(k)
+        rejects = tmp_path / ".posthog-migrate" / f"backfill-shard-{k}-of-3" / "rejects.jsonl"
+        rejected += len(rejects.read_bytes().splitlines())
+    uuids = [e["uuid"] for e in capture_server.events]
+    assert len(uuids) == len(set(uuids)) == 2_997  # every valid event exactly once
+    assert all(len(shards) == 1 for shards in shard_of_person.values())
+    assert len({next(iter(s)) for s in shard_of_person.values()}) == 3  # all three shards had people
+    assert rejected == 3  # each rejected row reported by exactly one shard
+    assert {e["properties"]["$import_job_id"] for e in capture_server.events} == {"backfill"}
+
+
+def test_a_bad_shard_spec_is_a_usage_error(tmp_path):
+    write_jsonl(tmp_path / "events.jsonl", make_rows(3))
+    result = run_cli(["run", "events.jsonl", "--shard", "4/3", "--dry-run"], tmp_path)
+    assert result.returncode == 2 and "K/N" in result.stderr
+
+
+def test_a_shard_cannot_resume_as_another(tmp_path):
+    write_jsonl(tmp_path / "events.jsonl", make_rows(30))
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    assert run_cli(["run", "events.jsonl", "--shard", "1/2", "--workdir", "w", "--dry-run", "-q"], tmp_path,
+                   env).returncode == 0
+    again = run_cli(["run", "events.jsonl", "--shard", "2/2", "--workdir", "w", "--dry-run", "-q"], tmp_path, env)
+    assert again.returncode == 2 and "shard" in again.stderr
+    manifest = orjson.loads((tmp_path / "w" / "manifest.json").read_bytes())
+    assert manifest["fingerprint"]["shard"] == [0, 2]
