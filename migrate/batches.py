@@ -84,21 +84,28 @@ class BatchLayout:
         return self.max_bytes - ENVELOPE_BYTES
 
 
-def _cut_lane(payloads: list[bytes], layout: BatchLayout) -> list[list[int]]:
-    """Split one lane's events into batches of even size under both caps; returns index ranges."""
-    total_bytes = sum(len(p) + 1 for p in payloads)
-    pieces = max(math.ceil(len(payloads) / layout.max_events), math.ceil(total_bytes / layout.max_payload_bytes))
-    target = math.ceil(len(payloads) / pieces)
-    cuts: list[list[int]] = []
-    start, size = 0, 0
-    for index, payload in enumerate(payloads):
-        grown = size + len(payload) + (1 if index > start else 0)
-        if index > start and (index - start >= target or grown > layout.max_payload_bytes):
-            cuts.append([start, index])
-            start, grown = index, len(payload)
-        size = grown
-    if payloads:
-        cuts.append([start, len(payloads)])
+def _cut_lane(sizes: np.ndarray, layout: BatchLayout) -> list[tuple[int, int]]:
+    """Split one lane's events (their serialised ``sizes``) into batches of even size under both caps.
+
+    Returns index ranges. Works a batch at a time on cumulative sizes, not an event at a time.
+    """
+    count = len(sizes)
+    if count == 0:
+        return []
+    # Each event costs its size plus a comma; a batch's payload is that sum minus the last comma.
+    ends = np.cumsum(sizes.astype(np.int64) + 1)
+    limit = layout.max_payload_bytes
+    pieces = max(math.ceil(count / layout.max_events), math.ceil(int(ends[-1]) / limit))
+    target = math.ceil(count / pieces)
+    cuts: list[tuple[int, int]] = []
+    start = 0
+    while start < count:
+        before = int(ends[start - 1]) if start else 0
+        # the furthest end whose payload (minus its trailing comma) still fits, at least one event
+        fits = int(np.searchsorted(ends, before + limit + 1, side="right"))
+        end = max(start + 1, min(start + target, fits, count))
+        cuts.append((start, end))
+        start = end
     return cuts
 
 
@@ -110,10 +117,11 @@ def _window_batches(table: pa.Table, first_seq: int, layout: BatchLayout) -> lis
         if len(indices) == 0:
             continue
         part = table.take(pa.array(indices))
+        sizes = pc.binary_length(part.column("payload")).to_numpy()
         payloads = part.column("payload").to_pylist()
         tiebreaks = part.column("tiebreak").to_pylist()
         kinds = part.column("kind").to_pylist()
-        for start, end in _cut_lane(payloads, layout):
+        for start, end in _cut_lane(sizes, layout):
             batches.append(Batch(first_seq + len(batches), lane, payloads[start:end],
                                  tiebreaks[start:end], kinds[start:end]))
     return batches

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from migrate.batches import BatchLayout, Window, build_body, cut_windows
-from migrate.checkpoint import JobState, SendProgress, crash_point
+from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.job import Job
@@ -85,8 +85,8 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
             file_index, row, _ = split_tiebreak(batch.tiebreaks[index])
             rejects.write("server_rejected", message, job.source_name(file_index), row,
                           orjson.loads(batch.payloads[index]))
-        accepted_rows = sum(1 for i, k in enumerate(batch.kinds) if k == EVENT_FROM_ROW and i not in result.rejected)
         rejected_rows = sum(1 for i in result.rejected if batch.kinds[i] == EVENT_FROM_ROW)
+        accepted_rows = batch.kinds.count(EVENT_FROM_ROW) - rejected_rows
         progress.events_sent += batch.n_events - len(result.rejected)
         progress.rows_sent += accepted_rows
         progress.server_rejected_events += len(result.rejected)
@@ -99,18 +99,19 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         progress.window_first_seq = window.end_seq if at_window_end else window.first_seq
         progress.cursor = list((window.end if at_window_end else window.start).taken)
         progress.rejects_bytes = rejects.sync() if result.rejected else progress.rejects_bytes
-        crash_point("after-send-before-checkpoint")
-        state.save_send(progress)
-        crash_point("after-checkpoint")
+        checkpoints.submit(progress)
         bar.update(batch.n_events)
 
+    dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.persisted_seq)
+    checkpoints = CheckpointWriter(state, progress.next_seq, on_persisted=dispatcher.wake)
     try:
         windows = _windows(job, manifest, MergeCursor(tuple(progress.cursor)), progress.window_first_seq, layout)
-        Dispatcher(sender, settings.concurrency, stop).run(windows, progress.next_seq, on_acknowledged)
+        dispatcher.run(windows, progress.next_seq, on_acknowledged)
         progress.finished = True
-        state.save_send(progress)
+        checkpoints.submit(progress)
     finally:
         bar.close()
+        checkpoints.close()
         rejects.close()
     return SendOutcome(progress, counters, time.monotonic() - started, total, resumed_from=resumed_from)
 

@@ -275,12 +275,15 @@ class Dispatcher:
 
     A batch may start when (1) fewer than ``concurrency`` requests are in flight, (2) no earlier batch
     of its lane is unacknowledged (a person's events never overtake each other), and (3) it is fewer
-    than ``concurrency`` batches ahead of the oldest unacknowledged batch, which bounds what a crash
-    can make us re-send to ``concurrency`` batches.
+    than ``concurrency`` batches ahead of the oldest batch not yet acknowledged *and saved*, which
+    bounds what a crash can make us re-send to ``concurrency`` batches.
     """
 
-    def __init__(self, sender: Sender, concurrency: int, stop: threading.Event, grace_seconds: float = 10.0):
+    def __init__(self, sender: Sender, concurrency: int, stop: threading.Event, grace_seconds: float = 10.0,
+                 persisted: Callable[[], int] | None = None):
         self.sender = sender
+        # The watermark as saved on disk (it may trail the reported one while a write is in progress).
+        self._persisted = persisted
         self.concurrency = concurrency
         self.stop = stop
         self.grace_seconds = grace_seconds
@@ -321,11 +324,17 @@ class Dispatcher:
                     raise self._error
                 if self.stop.is_set():
                     raise Interrupted
+                durable = self._next if self._persisted is None else min(self._next, self._persisted())
                 if (len(self._busy_lanes) < self.concurrency and batch.lane not in self._busy_lanes
-                        and batch.seq < self._next + self.concurrency):
+                        and batch.seq < durable + self.concurrency):
                     self._busy_lanes.add(batch.lane)
                     return
                 self._condition.wait(0.5)
+
+    def wake(self) -> None:
+        """Something the dispatcher waits for changed (e.g. the checkpoint was saved)."""
+        with self._condition:
+            self._condition.notify_all()
 
     def _drain(self, on_acknowledged: Acknowledge, deadline: float | None) -> None:
         """Wait for the threads in flight (until ``deadline``, if given), reporting as they finish."""

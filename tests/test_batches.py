@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -78,15 +79,16 @@ def test_layout_is_deterministic_and_resumable_from_any_window(tmp_path):
 
 
 def test_a_lane_over_the_cap_is_cut_evenly_not_into_full_plus_crumbs():
-    cuts = _cut_lane([b"x" * 10] * 130, BatchLayout(lanes=2, max_events=100, max_bytes=1 << 20))
+    cuts = _cut_lane(np.full(130, 10), BatchLayout(lanes=2, max_events=100, max_bytes=1 << 20))
     assert [end - start for start, end in cuts] == [65, 65]
 
 
 def test_a_lane_is_cut_by_bytes_when_events_are_large():
     layout = BatchLayout(lanes=1, max_events=1_000, max_bytes=ENVELOPE_BYTES + 10_000)
-    cuts = _cut_lane([b"y" * 999] * 25, layout)
-    assert all(sum(1000 for _ in range(start, end)) - 1 <= 10_000 for start, end in cuts)
-    assert sum(end - start for start, end in cuts) == 25
+    cuts = _cut_lane(np.full(25, 999), layout)
+    assert all(1000 * (end - start) - 1 <= 10_000 for start, end in cuts)
+    assert [end - start for start, end in cuts] == [9, 9, 7]  # even pieces, each under the byte cap
+    assert cuts[0][0] == 0 and all(a[1] == b[0] for a, b in zip(cuts, cuts[1:], strict=False)) and cuts[-1][1] == 25
 
 
 def test_body_is_the_batch_shape_with_historical_flag_and_no_sent_at():
