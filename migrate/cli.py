@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,10 @@ def _run_job(job, api_key: str) -> ExitStatus:
     settings = job.settings
     if not settings.quiet:
         click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}", err=True)
+    started = time.monotonic()
+    already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
+    prepare_seconds = None if already_prepared else time.monotonic() - started
     stats = PrepareStats.from_dict(manifest["stats"])
     received_path = None
     if settings.dry_run:
@@ -274,7 +278,7 @@ def _run_job(job, api_key: str) -> ExitStatus:
     click.echo(run_summary(
         stats, outcome.progress, outcome.counters, outcome.elapsed, target=target,
         rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
-        resumed_from=outcome.resumed_from,
+        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds,
     ))
     rejected = stats.rejected_total + outcome.progress.server_rejected_rows
     return ExitStatus.DONE_WITH_REJECTS if rejected else ExitStatus.DONE

@@ -261,7 +261,7 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
 
 def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
                 rejects_path: Path, dry_run_dir: Path | None = None, received_path: Path | None = None,
-                resumed_from: int = 0) -> str:
+                resumed_from: int = 0, prepare_seconds: float | None = None) -> str:
     """The closing summary of ``run``: the accounting equation first, then the effort and the files.
 
     ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters.
@@ -282,11 +282,15 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
     ]
     if resumed_from:
         lines.append(f"Resumed:           {resumed_from:,} events were already sent by an earlier run")
+    if prepare_seconds is not None:
+        rows_rate = stats.rows_read / prepare_seconds if prepare_seconds > 0 else 0.0
+        lines.append(f"Prepared:          {human_duration(prepare_seconds)} (read, mapped, sorted; "
+                     f"{rows_rate:,.0f} rows/s)")
     if not dry_run_dir:
         rate = (sent.events_sent - resumed_from) / elapsed if elapsed > 0 else 0.0
         lines.append(
-            f"Requests:          {counters.requests:,} ({counters.retries:,} retries, {counters.splits:,} splits); "
-            f"{human_duration(elapsed)}, {rate:,.0f} events/s"
+            f"Sent:              {human_duration(elapsed)}, {rate:,.0f} events/s; {counters.requests:,} requests "
+            f"({counters.retries:,} retries, {counters.splits:,} splits)"
         )
         if counters.statuses:
             answers = ", ".join(f"{status}×{n:,}" for status, n in sorted(counters.statuses.items()))
