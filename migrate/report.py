@@ -277,7 +277,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
         f"  filtered         {stats.filtered_total:,}",
         f"  check            {stats.rows_read:,} = {sent.rows_sent:,} + {rejected_total:,} + "
         f"{stats.filtered_total:,}  {'✓ balanced' if balanced else '✗ NOT balanced: please report this'}",
-        f"Events {verb + ':':<11}{sent.events_sent:,} in {sent.batches_sent:,} batches"
+        f"{'Events ' + verb + ':':<19}{sent.events_sent:,} in {sent.batches_sent:,} batches"
         + (f" (including {stats.added_events:,} added by the adapter)" if stats.added_events else ""),
     ]
     if resumed_from:
