@@ -104,5 +104,7 @@ def identify_event(user: str, device: str, timestamp_us: int) -> Event:
     return Event(
         event="$identify", distinct_id=user, timestamp_us=timestamp_us,
         uuid=uuid5_text(IDENTIFY_NAMESPACE, f"{user}\x00{device}"),
-        properties={"$anon_distinct_id": device}, added=True, source_event="(device linked to user)",
+        # $geoip_disable: without it PostHog would geolocate the migration machine's IP onto the person.
+        properties={"$anon_distinct_id": device, "$geoip_disable": True}, added=True,
+        source_event="(device linked to user)",
     )

@@ -96,6 +96,9 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 continue
             try:
                 events = finisher.finish(adapter.to_events(record))
+                if len(events) >= MAX_EVENTS_PER_ROW:  # sub-event numbers are 8 bits of the sort key
+                    raise Rejection("too_many_events", f"the row maps to {len(events)} events; at most "
+                                    f"{MAX_EVENTS_PER_ROW - 1} per row")
                 if shard is not None and person_shard(person_hash(events[-1].distinct_id), shard[1]) != shard[0]:
                     stats.filtered[other_shard] += 1  # a row goes with its own event's person
                     continue

@@ -90,3 +90,26 @@ def test_collector_keeps_each_pairs_earliest_sighting_across_spills(tmp_path_fac
         if n % spill_every == 0:
             collector.spill()
     assert list(collector.first_sightings()) == [(u, d, *first) for (u, d), first in sorted(expected.items())]
+
+
+class ExplodingAdapter(JsonLinesAdapter):
+    """Maps a row to as many events as its "copies" column says (an adapter gone wrong)."""
+
+    def to_events(self, record):
+        event = super().to_events(record)[-1]
+        copies = []
+        for n in range(record.get("copies", 1) - 1):
+            extra = type(event)(event.event, event.distinct_id, event.timestamp_us, event.uuid[:-4] + f"{n:04x}",
+                                dict(event.properties), added=True)
+            copies.append(extra)
+        return [*copies, event]
+
+
+def test_a_row_mapping_to_more_events_than_the_sort_key_holds_is_rejected(tmp_path):
+    rows = [{**_row(0, "u1", None, 1), "copies": 255}, {**_row(1, "u1", None, 2), "copies": 256}]
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    job = open_job(resolve_settings({"sources": (str(tmp_path / "events.jsonl"),), "dry_run": True,
+                                     "workdir": str(tmp_path / "job"), "quiet": True}), {})
+    job.adapter = ExplodingAdapter(job.mapping)
+    manifest = prepare(job)
+    assert manifest["stats"]["events"] == 255 and manifest["stats"]["rejected"] == {"too_many_events": 1}

@@ -1,0 +1,471 @@
+"""Amplitude exports: the Export API's zip, a folder of its ``.json.gz`` files, or plain JSON lines.
+
+The Export API answers with a zip of ``{projectId}/{projectId}_{yyyy-MM-dd}_{H}#{n}.json.gz`` members,
+each gzip'd JSON lines (S3/GCS exports use the same member names, as loose files). A zip is one
+SourceFile: its members are read in sorted name order and its rows numbered from 1 across all of them.
+A loose ``.json.gz`` (or plain JSON lines) file is read like any JSON lines file.
+
+Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices where it is silent:
+
+- ``$groupidentify``: the reference says "when a group's properties change". Knowing that needs state
+  across rows, and state across rows would make the output depend on where a resumed prepare restarts.
+  So every row that carries a group's (non-empty) properties gets one ``$groupidentify`` per group
+  (every key of ``groups``, not only the first one ``$groups`` can hold), before its own event, with a
+  uuid derived from the row's uuid, the group type and key: re-runs send the same events, and PostHog
+  applies the properties in time order, so the last one wins as it did in Amplitude.
+- Amplitude's own ``$groupidentify`` rows become those events (the last one is the row's own event);
+  with no group properties they are filtered. Amplitude ``$identify`` rows pass through: with ``$set``
+  they update the person in PostHog too.
+- uuid without a ``uuid`` field: Amplitude deduplicates ``$insert_id`` per device, so the UUIDv5 name is
+  ``amplitude:insert_id:{device_id}:{$insert_id}``; ``event_id`` is a per-device counter:
+  ``amplitude:event_id:{device_id}:{event_id}`` (device required); else the whole row's content.
+  A ``uuid`` that is present but not a UUID rejects the row (``bad_uuid``): the export is damaged.
+- A row naming more than 254 groups with properties is rejected (``too_many_events``): the pipeline's
+  sort key has room for 255 events per row.
+- Added events (``$groupidentify``) carry ``$geoip_disable``: without an ``$ip`` PostHog would locate
+  them, and the group's person, at the migration machine's address.
+- ``library`` ``"amplitude-ts/2.1.0"`` → ``$lib`` ``amplitude-ts`` and ``$lib_version`` ``2.1.0``;
+  ``carrier`` → ``$network_carrier`` (PostHog's mobile SDKs' name). Other device fields the reference
+  does not map (``device_brand``, ``device_family``, ``language``, ``amplitude_id``...) are not sent.
+- ``[Amplitude] Page *`` properties are mapped on every event that has them (autocapture clicks carry
+  them too), and removed; ``[Amplitude] Screen Name`` → ``$screen_name`` likewise. Element
+  Clicked/Changed also get ``$event_type`` ``click``/``change``, as PostHog's own autocapture has.
+- Event properties named like PostHog's reserved objects (``$set``, ``$set_once``, ``$group_set``,
+  ``$groups``) but of the wrong shape are dropped: PostHog would refuse the whole event for them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import uuid as uuid_module
+import zipfile
+import zlib
+from collections.abc import Iterator
+from datetime import UTC
+from typing import IO, Any, ClassVar
+
+import orjson
+from pyarrow import fs as pafs
+
+from adapters.base import (
+    GZIP_MAGIC,
+    MAX_RAW_CHARS_IN_REJECT,
+    ROWS_PER_CHUNK,
+    Adapter,
+    BadRow,
+    RowChunk,
+    SourceFile,
+    open_binary,
+)
+from adapters.common import geo_properties, is_empty, session_uuid7, url_properties, without_empty
+from adapters.jsonl import read_json_lines
+from migrate.errors import ConfigError
+from migrate.event import (
+    MAX_TIMESTAMP_US,
+    MIN_TIMESTAMP_US,
+    Event,
+    Rejection,
+    normalise_uuid,
+    parse_timestamp,
+    uuid5_text,
+    uuid_from_content,
+    uuid_from_id,
+)
+from migrate.mapping import Filtered
+from migrate.spool import MAX_EVENTS_PER_ROW
+
+# Fixed forever: the uuids of added $groupidentify events derive from it.
+GROUP_NAMESPACE = uuid_module.UUID("b1d6a0e2-7c3f-5e4a-9d8b-2f1e0c3a4b5d")
+
+SESSION_RULE = "amplitude session_start/session_end"
+SESSION_EVENTS = frozenset({"session_start", "session_end"})
+EVENT_NAMES = {
+    "[Amplitude] Page Viewed": "$pageview",
+    "[Amplitude] Screen Viewed": "$screen",
+    "[Amplitude] Element Clicked": "$autocapture",
+    "[Amplitude] Element Changed": "$autocapture",
+}
+AUTOCAPTURE_TYPES = {"[Amplitude] Element Clicked": "click", "[Amplitude] Element Changed": "change"}
+PAGE_LOCATION = "[Amplitude] Page Location"
+PAGE_URL = "[Amplitude] Page URL"
+PAGE_DOMAIN = "[Amplitude] Page Domain"
+PAGE_PATH = "[Amplitude] Page Path"
+PAGE_TITLE = "[Amplitude] Page Title"
+SCREEN_NAME = "[Amplitude] Screen Name"
+MAPPED_EVENT_PROPERTIES = (PAGE_LOCATION, PAGE_URL, PAGE_DOMAIN, PAGE_PATH, PAGE_TITLE, SCREEN_NAME)
+# Row field → PostHog property, by kind of row: on the web Amplitude's "OS" is the browser.
+WEB_FIELDS = (("os_name", "$browser"), ("os_version", "$browser_version"), ("device_type", "$os"))
+MOBILE_FIELDS = (
+    ("os_name", "$os"), ("os_version", "$os_version"), ("device_model", "$device_model"),
+    ("device_manufacturer", "$device_manufacturer"), ("version_name", "$app_version"),
+    ("carrier", "$network_carrier"),
+)
+INITIAL_PREFIX = "initial_"
+# Property names PostHog reads as objects: a value of another shape makes capture refuse the event.
+RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+MEMBER_ENDINGS = (".json.gz", ".json")
+UTF8_BOM = b"\xef\xbb\xbf"
+# Rows looked at before deciding that a file is not an Amplitude export at all.
+FORMAT_PROBE_ROWS = 20
+MIN_PROBE_ROWS = 3
+SIGNATURE_FIELDS = ("event_time", "user_id", "device_id", "amplitude_id", "uuid")
+
+
+class AmplitudeAdapter(Adapter):
+    name: ClassVar[str] = "amplitude"
+    extensions: ClassVar[tuple[str, ...]] = ()  # .json.gz / .zip say nothing about the platform: --format only
+    source_tag: ClassVar[str] = "amplitude"
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def read(self, source: SourceFile) -> Iterator[RowChunk]:
+        chunks = _read_zip(source) if _is_zip(source.uri) else read_json_lines(source)
+        return _require_amplitude(source, chunks)
+
+    # -- mapping ------------------------------------------------------------------------------------
+
+    def to_events(self, record: dict) -> list[Event]:
+        source_name = _event_name(record.get("event_type"))
+        if source_name in SESSION_EVENTS:
+            raise Filtered(SESSION_RULE)
+        name = EVENT_NAMES.get(source_name, source_name)
+        if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
+            raise Filtered(f"event {source_name!r} dropped by the mapping")
+        user_id = _identifier(record, "user_id")
+        device_id = _identifier(record, "device_id")
+        distinct_id = user_id or device_id
+        if distinct_id is None:
+            raise Rejection("missing_distinct_id", "the row has neither a user_id nor a device_id")
+        timestamp_us = _timestamp(record.get("event_time"))
+        self.mapper.apply_time_filters(timestamp_us)
+        event_properties = _object(record, "event_properties")
+        user_properties = _object(record, "user_properties")
+        groups = _groups(_object(record, "groups"))
+        group_properties = _object(record, "group_properties")
+        event_uuid = self._uuid(record, device_id, distinct_id, timestamp_us, source_name)
+        link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
+
+        properties = _event_properties(event_properties, source_name)
+        properties.update(_device_properties(record))
+        properties.update(_geo(record))
+        session = _session_id(record.get("session_id"), device_id)
+        if session is not None:
+            properties["$session_id"] = session
+        initial = {k for k in user_properties if isinstance(k, str) and k.startswith(INITIAL_PREFIX)}
+        user_set = without_empty({k: v for k, v in user_properties.items() if k not in initial})
+        set_once = without_empty({f"${k}": v for k, v in user_properties.items() if k in initial})
+        if user_set:
+            properties["$set"] = {**properties.get("$set", {}), **user_set}
+        if set_once:
+            properties["$set_once"] = {**properties.get("$set_once", {}), **set_once}
+        if groups:
+            properties["$groups"] = {group_type: keys[0] for group_type, keys in groups.items()}
+
+        added = [
+            Event("$groupidentify", distinct_id, timestamp_us,
+                  uuid5_text(GROUP_NAMESPACE, f"groupidentify:{event_uuid}:{group_type}:{key}"),
+                  {"$group_type": group_type, "$group_key": key, "$group_set": group_set, "$geoip_disable": True},
+                  added=True, source_event="(amplitude group_properties)", link=link)
+            for group_type, key, group_set in _group_sets(groups, group_properties)
+        ]
+        if len(added) >= MAX_EVENTS_PER_ROW - 1:
+            raise Rejection("too_many_events", f"the row names {len(added)} groups with properties; at most "
+                            f"{MAX_EVENTS_PER_ROW - 2} fit beside its own event")
+        if name == "$groupidentify":  # Amplitude's own: its group events are the row
+            if not added:
+                raise Filtered("amplitude $groupidentify without group properties")
+            own = added.pop()
+            own.uuid, own.added, own.source_event = event_uuid, False, source_name
+            return [*added, own]
+        own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)
+        return [*added, own]
+
+    def _uuid(self, record: dict, device_id: str | None, distinct_id: str, timestamp_us: int, name: str) -> str:
+        source_uuid = record.get("uuid")
+        if not is_empty(source_uuid):
+            return normalise_uuid(source_uuid)
+        insert_id = _identifier(record, "$insert_id", reject=False)
+        if insert_id is not None:
+            return uuid_from_id(f"amplitude:insert_id:{device_id or ''}:{insert_id}")
+        event_id = _identifier(record, "event_id", reject=False)
+        if event_id is not None and device_id is not None:
+            return uuid_from_id(f"amplitude:event_id:{device_id}:{event_id}")
+        return uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, record)
+
+
+# --- field helpers ---------------------------------------------------------------------------------
+
+def _event_name(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise Rejection("missing_event_name", "the row has no event_type")
+    return value
+
+
+def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
+    """An id as text; None when absent or an empty marker. Other shapes reject the row (or count as absent)."""
+    value = record.get(key)
+    if is_empty(value):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        return text if text.strip() else None
+    if reject:
+        raise Rejection("missing_distinct_id", f"{key} is a {type(value).__name__}, not text or a number")
+    return None
+
+
+def _timestamp(value: Any) -> int:
+    """``event_time`` is UTC whatever --source-timezone says: Amplitude writes it so."""
+    if is_empty(value):
+        raise Rejection("bad_timestamp", "the row has no event_time")
+    timestamp_us = parse_timestamp(value, "auto", UTC)
+    if not MIN_TIMESTAMP_US <= timestamp_us <= MAX_TIMESTAMP_US:
+        raise Rejection("bad_timestamp", f"event_time {str(value)[:40]!r} is outside the years 1 to 9999")
+    return timestamp_us
+
+
+def _object(record: dict, key: str) -> dict:
+    """A JSON object field (or a string holding one); absent or null is empty; another shape rejects."""
+    value = record.get(key)
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise Rejection("properties_not_object", f"{key} is text that is not JSON") from None
+    if not isinstance(value, dict):
+        raise Rejection("properties_not_object", f"{key} is a {type(value).__name__}, expected an object")
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """A value fit for a descriptive property (text or number), or None."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or is_empty(value):
+        return None
+    return value
+
+
+def _key_text(value: Any) -> str | None:
+    value = _scalar(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return None if value is None else str(value)
+
+
+def _event_properties(event_properties: dict, source_name: str) -> dict:
+    """The row's own properties, with Amplitude's page and screen properties in PostHog's names."""
+    properties = {k: v for k, v in event_properties.items() if k not in MAPPED_EVENT_PROPERTIES}
+    for key in RESERVED_OBJECTS:
+        if key in properties and not isinstance(properties[key], dict):
+            del properties[key]
+    if "$groups" in properties and not _valid_groups(properties["$groups"]):
+        del properties["$groups"]
+    url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
+    properties.update(url_properties(url))
+    for field, target in ((PAGE_DOMAIN, "$host"), (PAGE_PATH, "$pathname"), (PAGE_TITLE, "title"),
+                          (SCREEN_NAME, "$screen_name")):
+        value = _scalar(event_properties.get(field))
+        if value is not None:
+            properties[target] = value
+    if source_name in AUTOCAPTURE_TYPES:
+        properties["$event_type"] = AUTOCAPTURE_TYPES[source_name]
+    return properties
+
+
+def _valid_groups(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())
+
+
+def _device_properties(record: dict) -> dict:
+    platform = record.get("platform")
+    web = isinstance(platform, str) and platform.strip().lower() == "web"
+    properties = {}
+    for field, target in WEB_FIELDS if web else MOBILE_FIELDS:
+        value = _scalar(record.get(field))
+        if value is not None:
+            properties[target] = value
+    library = _key_text(record.get("library"))
+    if library is not None:
+        lib, _, version = library.partition("/")
+        properties["$lib"] = lib or library
+        if lib and version:
+            properties["$lib_version"] = version
+    insert_id = _key_text(record.get("$insert_id"))
+    if insert_id is not None:
+        properties["$insert_id"] = insert_id
+    return properties
+
+
+def _geo(record: dict) -> dict:
+    ip = record.get("ip_address")
+
+    def number(key: str) -> float | None:
+        value = record.get(key)
+        is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return value if is_number else None
+
+    return geo_properties(
+        ip if isinstance(ip, str) else None, _scalar(record.get("city")), _scalar(record.get("region")),
+        country_name=_scalar(record.get("country")), latitude=number("location_lat"),
+        longitude=number("location_lng"),
+    )
+
+
+def _session_id(value: Any, device_id: str | None) -> str | None:
+    """Amplitude's session id is the session start in epoch ms (-1: no session) → a UUIDv7 on that time."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    start_ms = int(value)
+    if start_ms <= 0:
+        return None
+    return session_uuid7(start_ms, f"amplitude:{device_id or ''}:{start_ms}")
+
+
+def _groups(groups: dict) -> dict[str, list[str]]:
+    """``{type: [key, ...]}`` (a lone key is accepted too), keeping usable keys in their order."""
+    result: dict[str, list[str]] = {}
+    usable = [(t, v) for t, v in groups.items() if isinstance(t, str) and t.strip()]
+    for group_type, value in sorted(usable, key=lambda item: item[0]):
+        keys = [_key_text(item) for item in (value if isinstance(value, list) else [value])]
+        keys = list(dict.fromkeys(k for k in keys if k is not None))
+        if keys:
+            result[group_type] = keys
+    return result
+
+
+def _group_sets(groups: dict[str, list[str]], group_properties: dict) -> Iterator[tuple[str, str, dict]]:
+    """(type, key, properties) of every group of the row whose properties the row carries."""
+    for group_type, keys in groups.items():
+        by_key = group_properties.get(group_type)
+        if not isinstance(by_key, dict):
+            continue
+        for key in keys:
+            values = by_key.get(key)
+            group_set = without_empty(values) if isinstance(values, dict) else {}
+            if group_set:
+                yield group_type, key, group_set
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _is_zip(uri: str) -> bool:
+    if uri.lower().endswith(".zip"):
+        return True
+    with open_binary(uri) as stream:
+        return stream.peek(4)[:4] in ZIP_MAGICS
+
+
+def _open_seekable(uri: str) -> IO[bytes]:
+    if "://" in uri:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        return filesystem.open_input_file(path)
+    return open(uri, "rb")
+
+
+def _is_member(info: zipfile.ZipInfo) -> bool:
+    """An export file: ``.json.gz`` or ``.json``, not a folder, not macOS' ``__MACOSX``/``._*`` litter."""
+    if info.is_dir():
+        return False
+    parts = info.filename.split("/")
+    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return False
+    return parts[-1].lower().endswith(MEMBER_ENDINGS)
+
+
+def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
+    with _open_seekable(source.uri) as handle:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise ConfigError(
+                f"{source.uri}: not a readable zip archive ({error}); re-download the export, or check --format"
+            ) from None
+        with archive:
+            members = sorted((info for info in archive.infolist() if _is_member(info)), key=lambda i: i.filename)
+            if not members:
+                raise ConfigError(
+                    f"{source.uri}: the zip holds no .json.gz or .json files; is it an Amplitude export? "
+                    "Check --format."
+                )
+            chunk: RowChunk = []
+            row_number = 0
+            for info in members:
+                for line_number, line in _member_lines(archive, info, source.uri):
+                    row_number += 1
+                    chunk.append((row_number, _parse_line(line, info.filename, line_number)))
+                    if len(chunk) >= ROWS_PER_CHUNK:
+                        yield chunk
+                        chunk = []
+            if chunk:
+                yield chunk
+
+
+def _gzip_reader(raw: IO[bytes]) -> IO[bytes]:
+    try:
+        from isal import igzip  # several times faster than zlib when installed
+
+        return igzip.GzipFile(fileobj=raw, mode="rb")
+    except ImportError:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of one member (gunzipped by its magic bytes), with their line numbers."""
+    try:
+        with archive.open(info) as raw:
+            stream = _gzip_reader(raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+            for line_number, line in enumerate(stream, start=1):
+                if line_number == 1 and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM):]
+                if line.strip():
+                    yield line_number, line
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise ConfigError(
+            f"{uri}: member {info.filename} is corrupt or truncated ({error}); re-download the export"
+        ) from None
+
+
+def _parse_line(line: bytes, member: str, line_number: int) -> dict | BadRow:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raw = line[:MAX_RAW_CHARS_IN_REJECT].decode("utf-8", errors="replace")
+        return BadRow("invalid_json", f"not valid JSON ({member}, line {line_number}): {error}", raw)
+    if not isinstance(value, dict):
+        return BadRow("not_an_object",
+                      f"a JSON {type(value).__name__}, expected an object ({member}, line {line_number})", value)
+    return value
+
+
+def _looks_like_amplitude(row: dict) -> bool:
+    return "event_type" in row and any(field in row for field in SIGNATURE_FIELDS)
+
+
+def _require_amplitude(source: SourceFile, chunks: Iterator[RowChunk]) -> Iterator[RowChunk]:
+    """Pass the chunks through, refusing the file first if its leading rows are not Amplitude rows."""
+    first = True
+    for chunk in chunks:
+        if first:
+            first = False
+            rows = [row for _, row in chunk if isinstance(row, dict)][:FORMAT_PROBE_ROWS]
+            if len(rows) >= MIN_PROBE_ROWS and not any(_looks_like_amplitude(row) for row in rows):
+                keys = ", ".join(sorted(rows[0])[:12])
+                raise ConfigError(
+                    f"{source.uri}: this is not an Amplitude export: none of its first {len(rows)} rows has "
+                    f"an event_type with event_time, user_id or device_id (the first row has: {keys}). "
+                    "Check --format."
+                )
+        yield chunk
