@@ -248,8 +248,13 @@ def _object(record: dict, key: str) -> dict:
 
 def _scalar(value: Any) -> Any:
     """A value fit for a descriptive property (text or number), or None."""
+    kind = type(value)
+    if kind is str:
+        return None if is_empty(value) else value
+    if kind is int or kind is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int | float) or is_empty(value):
-        return None
+        return None  # bools, containers, and str/int/float subclasses judged the slow way
     return value
 
 

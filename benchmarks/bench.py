@@ -36,17 +36,6 @@ import orjson
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-MAPPING = """\
-[columns]
-event = "event_type"
-distinct_id = ["user_id", "device_id"]
-timestamp = "event_time"
-insert_id = "$insert_id"
-
-[properties]
-json_column = "event_properties"
-include = ["platform", "os_name", "country", "city"]
-"""
 EVENT_TYPES = ["[Amplitude] Page Viewed", "note_created", "note_shared", "search_performed", "signed_up",
                "plan_upgraded", "[Amplitude] Element Clicked"]
 
@@ -138,13 +127,11 @@ class Server:
 
 def run_tool(data: Path, count: int, label: str) -> dict:
     work = OUT / f"job-{label}"
-    mapping = OUT / "amplitude-mapping.toml"
-    mapping.write_text(MAPPING)
     server = Server(OUT / f"received-{label}.jsonl")
     try:
         env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
         seconds, rss, summary = run_measured(
-            [sys.executable, "-m", "migrate", "run", str(data), "--format", "jsonl", "--mapping", str(mapping),
+            [sys.executable, "-m", "migrate", "run", str(data), "--format", "amplitude",
              "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q"], OUT, env)
         received = server.received()
     finally:
