@@ -1,0 +1,574 @@
+"""Segment exports (RudderStack's too): the S3 archive's JSON lines, and warehouse tables (CSV/Parquet).
+
+Mapping: ../shared/reference/source-formats.md, "Segment" (PostHog's own Segment integration, improved).
+
+- ``track`` → the event's own name; ``page`` → ``$pageview``; ``screen`` → ``$screen`` with ``$screen_name``;
+  ``identify`` → ``$identify`` (``$set`` = traits, ``$anon_distinct_id`` = anonymousId); ``group`` →
+  ``$groupidentify`` (``$group_type`` from the mapping's ``[source] group_type``, default ``segment_group``;
+  ``$group_key`` = groupId, ``$group_set`` = traits); ``alias`` → ``$create_alias`` (distinct_id = userId,
+  ``alias`` = previousId).
+- distinct_id = userId, else anonymousId (ids such as ``"null"``/``"undefined"`` count as missing).
+  A row with both ids carries ``link`` so the pipeline merges the device into the user once per job.
+- timestamp = ``timestamp`` (Segment's skew-corrected time), else receivedAt - (sentAt - originalTimestamp)
+  when all three are there (the same correction), else originalTimestamp, else receivedAt.
+- uuid = UUIDv5 of ``segment:{messageId}:{type}:{event or name}``. Not of messageId alone: real exports reuse a
+  messageId across calls (five of the six messages of PostHog's own Segment test data share one), and a uuid
+  of messageId alone would make PostHog collapse different events into one. Without a messageId, the uuid
+  is derived from the event's content.
+- context: ``ip`` → ``$ip`` (else ``$geoip_disable`` with ``context.location``'s geo), ``page.*`` →
+  ``$current_url`` (+ ``$host``, ``$pathname``), ``$referrer`` (+ ``$referring_domain``), ``title``;
+  ``os`` → ``$os``/``$os_version``; ``device`` → ``$device_type``/``$device_manufacturer``/``$device_model``/
+  ``$device_id``; ``library`` → ``$lib``/``$lib_version``; ``campaign.*`` → ``utm_*`` (``name`` →
+  ``utm_campaign``); ``userAgent`` → ``$raw_user_agent``; ``locale`` → ``$browser_language``; ``timezone`` →
+  ``$timezone``; ``app`` → ``$app_name``/``$app_version``/``$app_build``/``$app_namespace``; ``screen`` →
+  ``$screen_width``/``$screen_height``; ``network.carrier`` → ``$network_carrier``; ``groupId`` → ``$groups``.
+  Other context keys are kept as ``segment_<key>`` (as PostHog's integration does). A page call's own
+  ``properties.url``/``referrer`` win over ``context.page``.
+
+Warehouse tables (one per call type: ``tracks``, ``pages``, ``screens``, ``identifies``, ``groups``,
+``aliases``, and one per track event) have flattened ``context_page_url``-style and snake_case columns; one
+normalisation step turns them into the message shape. The call type comes from a ``type`` column, else from
+the table's name (the file's stem, or its folder when the file is a ``part-00000`` style piece); any other
+table name is a per-event table: a ``track`` named by ``event_text``, else ``event``, else the table name.
+The derived ``users`` and ``accounts`` tables are filtered (they repeat identifies/groups). CSV cells stay
+text in id columns (``id``, ``*_id``); other columns get the CSV reader's canonical number inference.
+
+A warehouse holds every track call twice: in ``tracks`` (without its properties) and in the event's own
+table (with them). Both rows give the same uuid, so PostHog keeps one of them, not necessarily the one
+with the properties. When the per-event tables are migrated too, skip ``tracks``::
+
+    [source]
+    group_type = "company"     # $group_type of group calls and context.groupId (default segment_group)
+    tracks_table = "skip"      # "send" (default) or "skip": filter the rows of the tracks table
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import orjson
+
+from adapters.base import Adapter, RowChunk, SourceFile
+from adapters.common import geo_properties, is_empty, url_properties, without_empty
+from adapters.csv import infer_scalar, read_csv
+from adapters.jsonl import read_json_lines
+from adapters.parquet import read_parquet
+from migrate.errors import ConfigError
+from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
+from migrate.mapping import ColumnMapping, Filtered
+
+# The record key under which read() passes the file's table name to to_events (kept in rejects, so a
+# retry of a rejected row still knows its table).
+TABLE_KEY = "_source_table"
+DEFAULT_GROUP_TYPE = "segment_group"
+SOURCE_OPTIONS = ("group_type", "tracks_table")
+MESSAGE_TYPES = ("track", "page", "screen", "identify", "group", "alias")
+TABLE_TYPES = {
+    "tracks": "track", "pages": "page", "screens": "screen", "identifies": "identify", "groups": "group",
+    "aliases": "alias",
+}
+# Warehouse tables Segment derives from other calls: migrating them would repeat identifies/groups.
+DERIVED_TABLES = ("users", "accounts")
+EVENT_NAMES = {"page": "$pageview", "screen": "$screen", "identify": "$identify", "group": "$groupidentify",
+               "alias": "$create_alias"}
+# Ids that are really "no id" (a JavaScript String(null) and friends).
+JUNK_IDS = frozenset({"null", "undefined", "none", "nil"})
+
+# Top-level warehouse columns (snake_case) and the message keys they are.
+FLAT_TOP_LEVEL = {
+    "id": "messageId", "message_id": "messageId", "anonymous_id": "anonymousId", "user_id": "userId",
+    "group_id": "groupId", "previous_id": "previousId", "original_timestamp": "originalTimestamp",
+    "sent_at": "sentAt", "received_at": "receivedAt", "timestamp": "timestamp", "type": "type",
+    "event": "event", "event_text": "event_text", "name": "name", "category": "category",
+}
+# Warehouse bookkeeping columns: never properties.
+FLAT_BOOKKEEPING = frozenset({"loaded_at", "uuid_ts", "uuid", "channel", "version", "event_text", TABLE_KEY})
+ID_KEYS = ("messageId", "anonymousId", "userId", "id", "message_id", "anonymous_id", "user_id")
+TIME_KEYS = ("timestamp", "originalTimestamp", "receivedAt", "sentAt", "original_timestamp", "received_at", "sent_at")
+NESTED_MARKERS = ("messageId", "anonymousId", "userId", "originalTimestamp", "receivedAt", "sentAt")
+# context sub-objects whose flattened columns are context_<object>_<field>.
+CONTEXT_OBJECTS = ("page", "campaign", "device", "os", "app", "screen", "network", "location", "library",
+                   "traits", "referrer", "protocols", "instance")
+CONTEXT_HANDLED = frozenset({"ip", "userAgent", "locale", "timezone", "library", "page", "campaign", "device",
+                             "os", "app", "screen", "location", "groupId", "network"})
+DEVICE_KEYS = (("type", "$device_type"), ("manufacturer", "$device_manufacturer"), ("model", "$device_model"),
+               ("id", "$device_id"), ("name", "$device_name"))
+APP_KEYS = (("name", "$app_name"), ("version", "$app_version"), ("build", "$app_build"),
+            ("namespace", "$app_namespace"))
+# Warehouse columns read as text from CSV (besides ids): names must not become numbers.
+TEXT_COLUMNS = frozenset({"event", "event_text", "name", "type", "category"})
+CAMPAIGN_KEYS = {"source": "utm_source", "medium": "utm_medium", "name": "utm_campaign", "term": "utm_term",
+                 "content": "utm_content"}
+# Rows looked at to decide that a file is not Segment at all (and say so once, not per row).
+PROBE_ROWS = 20
+# ... but a file of fewer records is refused only from this many (a lone bad row is a reject).
+MIN_PROBE_ROWS = 3
+_PART_NAME = re.compile(
+    r"(part|data|chunk|shard|file|batch|export)?[-_.]?[0-9a-f]*([-_.][0-9a-z]*)*|\d{4}-\d{2}-\d{2}.*|\w+=.*",
+    re.IGNORECASE,
+)
+
+
+# --- helpers shared with the GA4 and Heap adapters (never raise on odd values) ---------------------
+
+def object_value(value: Any) -> dict:
+    """A dict from a dict, or from a JSON object in a text cell; anything else is empty."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str | None:
+    """An id as text (numbers too: ``12.0`` → ``"12"``); None when missing or a known junk id
+    (``""``, ``"null"``, ``"undefined"``...). Raises Rejection(reason) for a value that cannot be an id."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return None if not text or is_empty(text) or text.lower() in JUNK_IDS else value
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise Rejection(reason, f"{what} {_short(value)} is not text or a number")
+    if isinstance(value, float | Decimal):
+        if not math.isfinite(value):
+            raise Rejection(reason, f"{what} {value!r} is not a usable id")
+        if value == int(value):
+            value = int(value)
+    return str(value)
+
+
+def text_value(value: Any) -> str | None:
+    """A scalar as text, for names and urls; None for empties and for non-scalars."""
+    if isinstance(value, str):
+        return None if is_empty(value) else value
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    return str(value)
+
+
+def number_value(value: Any) -> float | int | None:
+    """A finite number from a number or numeric text, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _is_part_name(name: str) -> bool:
+    """``part-00000``, ``000000_0``, ``1709251200000.a1b2c3``, ``dt=2024-03-01``: a piece of a table, not its name."""
+    if not name or "=" in name or name.startswith(("part-", "part_", "run-")):
+        return True
+    return any(ch.isdigit() for ch in name) and _PART_NAME.fullmatch(name) is not None
+
+
+def table_name(uri: str) -> str:
+    """The table a warehouse file holds: its stem (``pages.csv``), or the nearest folder when the file
+    is a piece of a table (``pages/part-00000.parquet``); "" when nothing looks like a name."""
+    path = PurePosixPath(uri.split("://", 1)[-1])
+    name = path.name.lower()
+    for ending in (".gz", ".gzip", ".zst", ".snappy"):
+        name = name.removesuffix(ending)
+    for ending in (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".avro"):
+        name = name.removesuffix(ending)
+    candidates = [name, *(parent.name.lower() for parent in list(path.parents)[:3])]
+    return next((candidate for candidate in candidates if not _is_part_name(candidate)), "")
+
+
+def referrer_properties(referrer: Any) -> dict[str, str]:
+    """``$referrer`` and the ``$referring_domain`` PostHog's web SDK derives from it."""
+    text = text_value(referrer)
+    if text is None:
+        return {}
+    properties = {"$referrer": text}
+    try:
+        host = urlsplit(text).netloc
+    except ValueError:
+        host = ""
+    if host:
+        properties["$referring_domain"] = host
+    return properties
+
+
+def put(properties: dict, key: str, value: Any) -> None:
+    """Set a scalar property unless it is empty (or not a scalar)."""
+    if not is_empty(value) and not isinstance(value, dict | list | tuple):
+        properties[key] = value
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+def file_kind(uri: str) -> str:
+    """csv, parquet, avro or jsonl, by the file's ending (compression endings looked through)."""
+    name = uri.lower()
+    for ending in (".gz", ".gzip"):
+        name = name.removesuffix(ending)
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith(".avro"):
+        return "avro"
+    return "jsonl"
+
+
+def read_csv_keeping_ids(source: SourceFile, text_columns: frozenset[str] = frozenset()) -> Iterator[RowChunk]:
+    """CSV rows whose id columns (``id``, ``*_id``, ``identity``, plus ``text_columns``) stay text, while
+    every other cell gets the CSV reader's canonical number/bool inference (``"42"`` → 42)."""
+    for chunk in read_csv(source, infer_types=False):
+        yield [(number, row if not isinstance(row, dict) else {
+            k: v if k in text_columns or k == "id" or k.endswith("_id") or k == "identity" else infer_scalar(v)
+            for k, v in row.items()
+        }) for number, row in chunk]
+
+
+def probe_rows(source: SourceFile, chunks: Iterator[RowChunk], looks_right: Callable[[dict], bool], fmt: str,
+               table: str | None = None) -> Iterator[RowChunk]:
+    """Pass the chunks through (each record told its ``table`` when given), but refuse the file when it
+    holds records and none of its first ones is a ``fmt`` row: the user chose the wrong --format.
+
+    Chunks are held back only until the first recognisable record (or PROBE_ROWS records) is seen.
+    """
+    pending: list[RowChunk] = []
+    probed = 0
+    checking = True
+    for chunk in chunks:
+        if table is not None:
+            for _, row in chunk:
+                if isinstance(row, dict):
+                    row.setdefault(TABLE_KEY, table)
+        if not checking:
+            yield chunk
+            continue
+        pending.append(chunk)
+        for _, row in chunk:
+            if isinstance(row, dict):
+                probed += 1
+                if looks_right(row):
+                    checking = False
+                    break
+                if probed >= PROBE_ROWS:
+                    break
+        if checking and probed >= PROBE_ROWS:
+            _refuse(source, probed, fmt)
+        if not checking:
+            yield from pending
+            pending = []
+    if checking and probed >= MIN_PROBE_ROWS:
+        _refuse(source, probed, fmt)
+    yield from pending
+
+
+def check_source_options(mapping: ColumnMapping, fmt: str, known: tuple[str, ...]) -> None:
+    """A misspelt ``[source]`` key must not be ignored silently (the migration would run without it)."""
+    unknown = sorted(str(key) for key, _ in mapping.source_options if key not in known)
+    if unknown:
+        raise ConfigError(
+            f"the mapping's [source] table has {', '.join(unknown)}, which the {fmt} format does not know; "
+            + (f"it knows: {', '.join(known)}" if known else "it takes no settings")
+        )
+
+
+def _refuse(source: SourceFile, probed: int, fmt: str) -> None:
+    raise ConfigError(
+        f"{source.uri}: none of the first {probed} records looks like a {fmt} export row. "
+        f"Is this file a {fmt} export? Check --format."
+    )
+
+
+def _looks_like_segment(row: dict) -> bool:
+    """A message (its type), or a warehouse row: an id and one of Segment's time columns."""
+    if row.get("type") in MESSAGE_TYPES:
+        return True
+    has_id = any(not is_empty(row.get(key)) for key in ID_KEYS)
+    return has_id and any(key in row for key in TIME_KEYS)
+
+
+class SegmentAdapter(Adapter):
+    """Segment messages: S3 archive JSON lines (gzip'd or not), or warehouse tables as CSV/Parquet."""
+
+    name: ClassVar[str] = "segment"
+    extensions: ClassVar[tuple[str, ...]] = ()
+    source_tag: ClassVar[str] = "segment"
+
+    def __init__(self, mapping: ColumnMapping):
+        super().__init__(mapping)
+        check_source_options(self.mapping, "segment", SOURCE_OPTIONS)
+        group_type = self.mapping.source_option("group_type", DEFAULT_GROUP_TYPE)
+        if not isinstance(group_type, str) or not group_type.strip():
+            raise ConfigError(f"[source] group_type = {group_type!r}: give the group type as non-empty text")
+        self.group_type = group_type
+        tracks_table = self.mapping.source_option("tracks_table", "send")
+        if tracks_table not in ("send", "skip"):
+            raise ConfigError(f'[source] tracks_table = {tracks_table!r}: write "send" or "skip"')
+        self.skip_tracks_table = tracks_table == "skip"
+
+    def read(self, source: SourceFile) -> Iterator[RowChunk]:
+        kind = file_kind(source.uri)
+        if kind == "csv":
+            chunks = read_csv_keeping_ids(source, TEXT_COLUMNS)
+        elif kind == "parquet":
+            chunks = read_parquet(source)
+        else:
+            chunks = read_json_lines(source)
+        # Warehouse tables (CSV, Parquet, or JSON lines named like one) are told their table name;
+        # archive messages carry their own type.
+        table = table_name(source.uri)
+        if kind == "jsonl" and table not in TABLE_TYPES and table not in DERIVED_TABLES:
+            table = None
+        return probe_rows(source, chunks, _looks_like_segment, "Segment", table)
+
+    # --- mapping -------------------------------------------------------------------------------------
+
+    def to_events(self, record: dict) -> list[Event]:
+        message = normalise(record)
+        kind = message_type(message)
+        if self.skip_tracks_table and kind == "track" and str(message.get(TABLE_KEY)).lower() == "tracks":
+            raise Filtered("Segment tracks table (skipped: [source] tracks_table = \"skip\")")
+        name = _event_name(message, kind)
+        source_event = _source_name(message, kind) if kind == "track" else kind
+        if name in self.mapper.drop_events or source_event in self.mapper.drop_events:
+            raise Filtered(f"event {source_event!r} dropped by the mapping")
+        user_id = id_text(message.get("userId"), "userId")
+        anonymous_id = id_text(message.get("anonymousId"), "anonymousId")
+        distinct_id = user_id if kind == "alias" else user_id or anonymous_id
+        if distinct_id is None:
+            raise Rejection("missing_distinct_id", "an alias call without a userId" if kind == "alias"
+                            else "the message has no userId and no anonymousId")
+        timestamp_us = self._timestamp(message)
+        self.mapper.apply_time_filters(timestamp_us)
+
+        properties = self._context_properties(object_value(message.get("context")))
+        payload = object_value(message.get("properties"))
+        if kind == "track":
+            properties.update(payload)
+        elif kind == "page":
+            properties.update(_page_properties(payload, message))
+        elif kind == "screen":
+            properties.update(payload)
+            screen_name = text_value(message.get("name")) or text_value(payload.get("name"))
+            if screen_name is not None:
+                properties["$screen_name"] = screen_name
+        elif kind == "identify":
+            traits = without_empty(object_value(message.get("traits")))
+            if traits:
+                properties["$set"] = traits
+            if anonymous_id is not None and anonymous_id != distinct_id:
+                properties["$anon_distinct_id"] = anonymous_id
+        elif kind == "group":
+            group_key = id_text(message.get("groupId"), "groupId", "invalid_special_event")
+            if group_key is None:
+                raise Rejection("invalid_special_event", "a group call without a groupId")
+            properties["$group_type"] = self.group_type
+            properties["$group_key"] = group_key
+            traits = without_empty(object_value(message.get("traits")))
+            if traits:
+                properties["$group_set"] = traits
+        else:  # alias
+            previous_id = id_text(message.get("previousId"), "previousId", "invalid_special_event")
+            if previous_id is None or previous_id == distinct_id:
+                raise Rejection("invalid_special_event", "an alias call needs a previousId different from its userId")
+            properties["alias"] = previous_id
+
+        message_id = message.get("messageId")
+        message_id = None if isinstance(message_id, bool) else text_value(message_id)
+        if message_id is not None:
+            # Not messageId alone: exports reuse one messageId across calls (see the module's docstring).
+            event_uuid = uuid_from_id(f"segment:{message_id}:{kind}:{_source_name(message, kind)}")
+        else:
+            event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
+        link = (user_id, anonymous_id) if user_id and anonymous_id and user_id != anonymous_id else None
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_event, link=link)]
+
+    def _timestamp(self, message: dict) -> int:
+        zone = self.mapper.zone
+        stamp = message.get("timestamp")
+        if not is_empty(stamp):
+            return parse_timestamp(stamp, "auto", zone)
+        original, sent, received = (message.get(k) for k in ("originalTimestamp", "sentAt", "receivedAt"))
+        if not any(is_empty(v) for v in (original, sent, received)):
+            try:  # what Segment computes as `timestamp`: receipt time minus the device's send delay
+                return (parse_timestamp(received, "auto", zone)
+                        - (parse_timestamp(sent, "auto", zone) - parse_timestamp(original, "auto", zone)))
+            except Rejection:
+                pass
+        for value in (original, received):
+            if not is_empty(value):
+                return parse_timestamp(value, "auto", zone)
+        raise Rejection("bad_timestamp", "the message has no timestamp, originalTimestamp or receivedAt")
+
+    def _context_properties(self, context: dict) -> dict:
+        properties: dict = {}
+        page = object_value(context.get("page"))
+        properties.update(url_properties(text_value(page.get("url"))))
+        if "$pathname" not in properties:
+            put(properties, "$pathname", page.get("path"))
+        properties.update(referrer_properties(page.get("referrer")))
+        put(properties, "title", page.get("title"))
+        os_info = object_value(context.get("os"))
+        put(properties, "$os", os_info.get("name"))
+        put(properties, "$os_version", os_info.get("version"))
+        device = object_value(context.get("device"))
+        for key, target in DEVICE_KEYS:
+            put(properties, target, device.get(key))
+        library = object_value(context.get("library"))
+        put(properties, "$lib", library.get("name"))
+        put(properties, "$lib_version", library.get("version"))
+        campaign = object_value(context.get("campaign"))
+        for key, target in CAMPAIGN_KEYS.items():
+            put(properties, target, campaign.get(key))
+        put(properties, "$raw_user_agent", context.get("userAgent"))
+        put(properties, "$browser_language", context.get("locale"))
+        put(properties, "$timezone", context.get("timezone"))
+        app = object_value(context.get("app"))
+        for key, target in APP_KEYS:
+            put(properties, target, app.get(key))
+        screen = object_value(context.get("screen"))
+        put(properties, "$screen_width", screen.get("width"))
+        put(properties, "$screen_height", screen.get("height"))
+        put(properties, "$network_carrier", object_value(context.get("network")).get("carrier"))
+        location = object_value(context.get("location"))
+        properties.update(geo_properties(
+            text_value(context.get("ip")), city=text_value(location.get("city")),
+            region=text_value(location.get("region")), country_name=text_value(location.get("country")),
+            latitude=number_value(location.get("latitude")), longitude=number_value(location.get("longitude")),
+        ))
+        group_id = context.get("groupId")
+        group_key = None if isinstance(group_id, bool) else text_value(group_id)
+        if group_key is not None:
+            properties["$groups"] = {self.group_type: group_key}
+        for key, value in context.items():
+            if key not in CONTEXT_HANDLED and not is_empty(value):
+                properties[f"segment_{key}"] = value
+        return properties
+
+
+def _page_properties(payload: dict, message: dict) -> dict:
+    """A page call's own properties, its url/path/referrer (which win over context.page's) mapped."""
+    properties = dict(payload)
+    url = text_value(properties.pop("url", None))
+    path = properties.pop("path", None)
+    if url is not None:
+        properties.update(url_properties(url))
+    else:
+        put(properties, "$pathname", path)
+    properties.update(referrer_properties(properties.pop("referrer", None)))
+    for key in ("name", "category"):
+        value = text_value(message.get(key))
+        if value is not None and key not in properties:
+            properties[key] = value
+    return properties
+
+
+def normalise(record: dict) -> dict:
+    """A message in Segment's nested shape, from a nested message or from a flattened warehouse row."""
+    if _is_nested(record):
+        return record
+    message: dict = {}
+    context: dict = {}
+    payload: dict = {}
+    for column, value in record.items():
+        if not isinstance(column, str) or value is None:
+            continue
+        if column in FLAT_TOP_LEVEL:
+            message.setdefault(FLAT_TOP_LEVEL[column], value)
+        elif column.startswith("context_") and len(column) > len("context_"):
+            _unflatten_context(context, column[len("context_"):], value)
+        elif column not in FLAT_BOOKKEEPING:
+            payload[column] = value
+    message["context"] = context
+    message[TABLE_KEY] = record.get(TABLE_KEY)
+    kind = message_type(message, strict=False)
+    message["traits" if kind in ("identify", "group") else "properties"] = payload
+    return message
+
+
+def _unflatten_context(context: dict, rest: str, value: Any) -> None:
+    """``page_url`` → context.page.url, ``user_agent`` → context.userAgent, ``device_advertising_id`` →
+    context.device.advertisingId."""
+    head, _, tail = rest.partition("_")
+    if head in CONTEXT_OBJECTS and tail:
+        sub = context.setdefault(head, {})
+        if isinstance(sub, dict):
+            sub[_camel(tail)] = value
+    else:
+        context[_camel(rest)] = value
+
+
+def _is_nested(record: dict) -> bool:
+    if any(isinstance(record.get(key), dict) for key in ("properties", "traits", "context")):
+        return True
+    return any(key in record for key in NESTED_MARKERS)
+
+
+def message_type(message: dict, strict: bool = True) -> str | None:
+    """The call type: the message's ``type``, else its table's; a table of any other name is a track."""
+    kind = message.get("type")
+    if isinstance(kind, str) and kind.strip().lower() in MESSAGE_TYPES:
+        return kind.strip().lower()
+    table = message.get(TABLE_KEY)
+    table = table.lower() if isinstance(table, str) else ""
+    if table in DERIVED_TABLES:
+        if strict:
+            raise Filtered(f"Segment {table} table (derived from {'groups' if table == 'accounts' else 'identifies'})")
+        return None
+    if table in TABLE_TYPES and is_empty(kind):
+        return TABLE_TYPES[table]
+    if is_empty(kind) and (table or text_value(message.get("event")) or text_value(message.get("event_text"))):
+        return "track"
+    if strict:
+        raise Rejection("unknown_message_type",
+                        f"type {_short(kind)} is not one of {', '.join(MESSAGE_TYPES)}" if not is_empty(kind)
+                        else "the message has no type (and no event name)")
+    return None
+
+
+def _source_name(message: dict, kind: str) -> str:
+    """The platform's own name: a track's event name (table name last), a page's or screen's name, else ""."""
+    if kind == "track":
+        for key in ("event_text", "event"):
+            value = text_value(message.get(key))
+            if value is not None and value.strip():
+                return value
+        table = message.get(TABLE_KEY)
+        return table if isinstance(table, str) and table not in TABLE_TYPES else ""
+    if kind in ("page", "screen"):
+        return text_value(message.get("name")) or ""
+    return ""
+
+
+def _event_name(message: dict, kind: str) -> str:
+    if kind != "track":
+        return EVENT_NAMES[kind]
+    name = _source_name(message, kind)
+    if not name:
+        raise Rejection("missing_event_name", "a track call without an event name")
+    return name
