@@ -41,10 +41,7 @@ def _load(target: str) -> type[Adapter]:
 def available_adapters() -> dict[str, type[Adapter]]:
     adapters = dict(BUILTIN_ADAPTERS)
     for name, target in PLATFORM_ADAPTERS.items():
-        try:
-            adapters[name] = _load(target)
-        except ImportError:  # not written yet in this checkout, or an optional dependency missing
-            continue
+        adapters[name] = _load(target)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name not in adapters:  # ours win: a plugin cannot silently replace a built-in format
             adapters[entry.name] = entry.load()

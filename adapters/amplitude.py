@@ -36,7 +36,6 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
 
 from __future__ import annotations
 
-import gzip
 import math
 import uuid as uuid_module
 import zipfile
@@ -56,9 +55,10 @@ from adapters.base import (
     BadRow,
     RowChunk,
     SourceFile,
+    gzip_reader,
     open_binary,
 )
-from adapters.common import geo_properties, is_empty, session_uuid7, url_properties, without_empty
+from adapters.common import geo_properties, is_empty, probe_rows, session_uuid7, url_properties, without_empty
 from adapters.jsonl import read_json_lines
 from migrate.errors import ConfigError
 from migrate.event import (
@@ -108,9 +108,6 @@ RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MEMBER_ENDINGS = (".json.gz", ".json")
 UTF8_BOM = b"\xef\xbb\xbf"
-# Rows looked at before deciding that a file is not an Amplitude export at all.
-FORMAT_PROBE_ROWS = 20
-MIN_PROBE_ROWS = 3
 SIGNATURE_FIELDS = ("event_time", "user_id", "device_id", "amplitude_id", "uuid")
 
 
@@ -123,7 +120,8 @@ class AmplitudeAdapter(Adapter):
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         chunks = _read_zip(source) if _is_zip(source.uri) else read_json_lines(source)
-        return _require_amplitude(source, chunks)
+        return probe_rows(source, chunks, _looks_like_amplitude, "Amplitude",
+                          expected="has an event_type with event_time, user_id or device_id")
 
     # -- mapping ------------------------------------------------------------------------------------
 
@@ -418,20 +416,11 @@ def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
                 yield chunk
 
 
-def _gzip_reader(raw: IO[bytes]) -> IO[bytes]:
-    try:
-        from isal import igzip  # several times faster than zlib when installed
-
-        return igzip.GzipFile(fileobj=raw, mode="rb")
-    except ImportError:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-
-
 def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> Iterator[tuple[int, bytes]]:
     """The non-blank lines of one member (gunzipped by its magic bytes), with their line numbers."""
     try:
         with archive.open(info) as raw:
-            stream = _gzip_reader(raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+            stream = gzip_reader(raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
             for line_number, line in enumerate(stream, start=1):
                 if line_number == 1 and line.startswith(UTF8_BOM):
                     line = line[len(UTF8_BOM):]
@@ -457,20 +446,3 @@ def _parse_line(line: bytes, member: str, line_number: int) -> dict | BadRow:
 
 def _looks_like_amplitude(row: dict) -> bool:
     return "event_type" in row and any(field in row for field in SIGNATURE_FIELDS)
-
-
-def _require_amplitude(source: SourceFile, chunks: Iterator[RowChunk]) -> Iterator[RowChunk]:
-    """Pass the chunks through, refusing the file first if its leading rows are not Amplitude rows."""
-    first = True
-    for chunk in chunks:
-        if first:
-            first = False
-            rows = [row for _, row in chunk if isinstance(row, dict)][:FORMAT_PROBE_ROWS]
-            if len(rows) >= MIN_PROBE_ROWS and not any(_looks_like_amplitude(row) for row in rows):
-                keys = ", ".join(sorted(rows[0])[:12])
-                raise ConfigError(
-                    f"{source.uri}: this is not an Amplitude export: none of its first {len(rows)} rows has "
-                    f"an event_type with event_time, user_id or device_id (the first row has: {keys}). "
-                    "Check --format."
-                )
-        yield chunk

@@ -99,11 +99,12 @@ def open_binary(uri: str) -> IO[bytes]:
     stream = filesystem.open_input_stream(path, compression=None)
     raw = io.BufferedReader(_ArrowStreamAdapter(stream), buffer_size=1 << 20)
     if raw.peek(2)[:2] == GZIP_MAGIC:
-        return io.BufferedReader(_GzipStream(_gzip_reader(raw), raw, uri), buffer_size=1 << 20)
+        return io.BufferedReader(_GzipStream(gzip_reader(raw), raw, uri), buffer_size=1 << 20)
     return raw
 
 
-def _gzip_reader(raw: IO[bytes]) -> IO[bytes]:
+def gzip_reader(raw: IO[bytes]) -> IO[bytes]:
+    """A gzip decompressor over ``raw``: isal's when installed (3-4x faster than zlib), else the stdlib's."""
     try:
         from isal import igzip  # 3-4x faster than zlib when installed
 

@@ -46,19 +46,23 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import geo_properties, is_empty, session_uuid7, url_properties, without_empty
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
-from adapters.segment import (
+from adapters.common import (
     check_source_options,
     file_kind,
+    geo_properties,
     id_text,
+    is_empty,
     object_value,
     probe_rows,
     put,
     referrer_properties,
+    session_uuid7,
     text_value,
+    url_properties,
+    without_empty,
 )
+from adapters.jsonl import read_json_lines
+from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
 from migrate.mapping import ColumnMapping, Filtered

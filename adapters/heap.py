@@ -44,21 +44,25 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from adapters.base import MAX_RAW_CHARS_IN_REJECT, ROWS_PER_CHUNK, Adapter, BadRow, RowChunk, SourceFile, open_binary
-from adapters.common import geo_properties, is_empty, session_uuid7, url_properties, without_empty
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
-from adapters.segment import (
+from adapters.common import (
     TABLE_KEY,
     check_source_options,
     file_kind,
+    geo_properties,
     id_text,
+    is_empty,
     probe_rows,
     put,
     read_csv_keeping_ids,
     referrer_properties,
+    session_uuid7,
     table_name,
     text_value,
+    url_properties,
+    without_empty,
 )
+from adapters.jsonl import read_json_lines
+from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from migrate.mapping import ColumnMapping, Filtered

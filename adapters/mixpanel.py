@@ -41,9 +41,8 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import geo_properties, is_empty, url_properties
+from adapters.common import geo_properties, is_empty, probe_rows, url_properties
 from adapters.jsonl import read_json_lines
-from migrate.errors import ConfigError
 from migrate.event import (
     MAX_TIMESTAMP_US,
     MIN_TIMESTAMP_US,
@@ -78,8 +77,6 @@ _NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _ONE_US = timedelta(microseconds=1)
 UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Universal", "Etc/Zulu"})
-FORMAT_PROBE_ROWS = 20
-MIN_PROBE_ROWS = 3
 
 
 class MixpanelAdapter(Adapter):
@@ -92,7 +89,8 @@ class MixpanelAdapter(Adapter):
         self._local_zone = None if self.mapping.timezone in UTC_NAMES else self.mapper.zone
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
-        return _require_mixpanel(source, read_json_lines(source))
+        return probe_rows(source, read_json_lines(source), _looks_like_mixpanel, "Mixpanel",
+                          expected='has the shape {"event": ..., "properties": {"time": ...}}')
 
     # -- mapping ------------------------------------------------------------------------------------
 
@@ -264,20 +262,3 @@ def _mapped_properties(props: dict) -> dict:
 def _looks_like_mixpanel(row: dict) -> bool:
     properties = row.get("properties")
     return "event" in row and isinstance(properties, dict) and "time" in properties
-
-
-def _require_mixpanel(source: SourceFile, chunks: Iterator[RowChunk]) -> Iterator[RowChunk]:
-    """Pass the chunks through, refusing the file first if its leading rows are not Mixpanel rows."""
-    first = True
-    for chunk in chunks:
-        if first:
-            first = False
-            rows = [row for _, row in chunk if isinstance(row, dict)][:FORMAT_PROBE_ROWS]
-            if len(rows) >= MIN_PROBE_ROWS and not any(_looks_like_mixpanel(row) for row in rows):
-                keys = ", ".join(sorted(rows[0])[:12])
-                raise ConfigError(
-                    f"{source.uri}: this is not a Mixpanel export: none of its first {len(rows)} rows has the "
-                    f'shape {{"event": ..., "properties": {{"time": ...}}}} (the first row has: {keys}). '
-                    "Check --format."
-                )
-        yield chunk

@@ -44,28 +44,35 @@ with the properties. When the per-event tables are migrated too, skip ``tracks``
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterator
-from decimal import Decimal
-from pathlib import PurePosixPath
+from collections.abc import Iterator
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
-
-import orjson
 
 from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import geo_properties, is_empty, url_properties, without_empty
-from adapters.csv import infer_scalar, read_csv
+from adapters.common import (
+    TABLE_KEY,
+    check_source_options,
+    file_kind,
+    geo_properties,
+    id_text,
+    is_empty,
+    number_value,
+    object_value,
+    probe_rows,
+    put,
+    read_csv_keeping_ids,
+    referrer_properties,
+    short_repr,
+    table_name,
+    text_value,
+    url_properties,
+    without_empty,
+)
 from adapters.jsonl import read_json_lines
 from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from migrate.mapping import ColumnMapping, Filtered
 
-# The record key under which read() passes the file's table name to to_events (kept in rejects, so a
-# retry of a rejected row still knows its table).
-TABLE_KEY = "_source_table"
 DEFAULT_GROUP_TYPE = "segment_group"
 SOURCE_OPTIONS = ("group_type", "tracks_table")
 MESSAGE_TYPES = ("track", "page", "screen", "identify", "group", "alias")
@@ -77,8 +84,6 @@ TABLE_TYPES = {
 DERIVED_TABLES = ("users", "accounts")
 EVENT_NAMES = {"page": "$pageview", "screen": "$screen", "identify": "$identify", "group": "$groupidentify",
                "alias": "$create_alias"}
-# Ids that are really "no id" (a JavaScript String(null) and friends).
-JUNK_IDS = frozenset({"null", "undefined", "none", "nil"})
 
 # Top-level warehouse columns (snake_case) and the message keys they are.
 FLAT_TOP_LEVEL = {
@@ -105,203 +110,9 @@ APP_KEYS = (("name", "$app_name"), ("version", "$app_version"), ("build", "$app_
 TEXT_COLUMNS = frozenset({"event", "event_text", "name", "type", "category"})
 CAMPAIGN_KEYS = {"source": "utm_source", "medium": "utm_medium", "name": "utm_campaign", "term": "utm_term",
                  "content": "utm_content"}
-# Rows looked at to decide that a file is not Segment at all (and say so once, not per row).
-PROBE_ROWS = 20
-# ... but a file of fewer records is refused only from this many (a lone bad row is a reject).
-MIN_PROBE_ROWS = 3
-_PART_NAME = re.compile(
-    r"(part|data|chunk|shard|file|batch|export)?[-_.]?[0-9a-f]*([-_.][0-9a-z]*)*|\d{4}-\d{2}-\d{2}.*|\w+=.*",
-    re.IGNORECASE,
-)
-
-
-# --- helpers shared with the GA4 and Heap adapters (never raise on odd values) ---------------------
-
-def object_value(value: Any) -> dict:
-    """A dict from a dict, or from a JSON object in a text cell; anything else is empty."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
-
-
-def id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str | None:
-    """An id as text (numbers too: ``12.0`` → ``"12"``); None when missing or a known junk id
-    (``""``, ``"null"``, ``"undefined"``...). Raises Rejection(reason) for a value that cannot be an id."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        return None if not text or is_empty(text) or text.lower() in JUNK_IDS else value
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise Rejection(reason, f"{what} {_short(value)} is not text or a number")
-    if isinstance(value, float | Decimal):
-        if not math.isfinite(value):
-            raise Rejection(reason, f"{what} {value!r} is not a usable id")
-        if value == int(value):
-            value = int(value)
-    return str(value)
-
-
-def text_value(value: Any) -> str | None:
-    """A scalar as text, for names and urls; None for empties and for non-scalars."""
-    if isinstance(value, str):
-        return None if is_empty(value) else value
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        return None
-    return str(value)
-
-
-def number_value(value: Any) -> float | int | None:
-    """A finite number from a number or numeric text, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, Decimal):
-        value = float(value)
-    if isinstance(value, int | float) and math.isfinite(value):
-        return value
-    return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _is_part_name(name: str) -> bool:
-    """``part-00000``, ``000000_0``, ``1709251200000.a1b2c3``, ``dt=2024-03-01``: a piece of a table, not its name."""
-    if not name or "=" in name or name.startswith(("part-", "part_", "run-")):
-        return True
-    return any(ch.isdigit() for ch in name) and _PART_NAME.fullmatch(name) is not None
-
-
-def table_name(uri: str) -> str:
-    """The table a warehouse file holds: its stem (``pages.csv``), or the nearest folder when the file
-    is a piece of a table (``pages/part-00000.parquet``); "" when nothing looks like a name."""
-    path = PurePosixPath(uri.split("://", 1)[-1])
-    name = path.name.lower()
-    for ending in (".gz", ".gzip", ".zst", ".snappy"):
-        name = name.removesuffix(ending)
-    for ending in (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".avro"):
-        name = name.removesuffix(ending)
-    candidates = [name, *(parent.name.lower() for parent in list(path.parents)[:3])]
-    return next((candidate for candidate in candidates if not _is_part_name(candidate)), "")
-
-
-def referrer_properties(referrer: Any) -> dict[str, str]:
-    """``$referrer`` and the ``$referring_domain`` PostHog's web SDK derives from it."""
-    text = text_value(referrer)
-    if text is None:
-        return {}
-    properties = {"$referrer": text}
-    try:
-        host = urlsplit(text).netloc
-    except ValueError:
-        host = ""
-    if host:
-        properties["$referring_domain"] = host
-    return properties
-
-
-def put(properties: dict, key: str, value: Any) -> None:
-    """Set a scalar property unless it is empty (or not a scalar)."""
-    if not is_empty(value) and not isinstance(value, dict | list | tuple):
-        properties[key] = value
-
-
-# --- reading ------------------------------------------------------------------------------------------
-
-def file_kind(uri: str) -> str:
-    """csv, parquet, avro or jsonl, by the file's ending (compression endings looked through)."""
-    name = uri.lower()
-    for ending in (".gz", ".gzip"):
-        name = name.removesuffix(ending)
-    if name.endswith((".csv", ".tsv")):
-        return "csv"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith(".avro"):
-        return "avro"
-    return "jsonl"
-
-
-def read_csv_keeping_ids(source: SourceFile, text_columns: frozenset[str] = frozenset()) -> Iterator[RowChunk]:
-    """CSV rows whose id columns (``id``, ``*_id``, ``identity``, plus ``text_columns``) stay text, while
-    every other cell gets the CSV reader's canonical number/bool inference (``"42"`` → 42)."""
-    for chunk in read_csv(source, infer_types=False):
-        yield [(number, row if not isinstance(row, dict) else {
-            k: v if k in text_columns or k == "id" or k.endswith("_id") or k == "identity" else infer_scalar(v)
-            for k, v in row.items()
-        }) for number, row in chunk]
-
-
-def probe_rows(source: SourceFile, chunks: Iterator[RowChunk], looks_right: Callable[[dict], bool], fmt: str,
-               table: str | None = None) -> Iterator[RowChunk]:
-    """Pass the chunks through (each record told its ``table`` when given), but refuse the file when it
-    holds records and none of its first ones is a ``fmt`` row: the user chose the wrong --format.
-
-    Chunks are held back only until the first recognisable record (or PROBE_ROWS records) is seen.
-    """
-    pending: list[RowChunk] = []
-    probed = 0
-    checking = True
-    for chunk in chunks:
-        if table is not None:
-            for _, row in chunk:
-                if isinstance(row, dict):
-                    row.setdefault(TABLE_KEY, table)
-        if not checking:
-            yield chunk
-            continue
-        pending.append(chunk)
-        for _, row in chunk:
-            if isinstance(row, dict):
-                probed += 1
-                if looks_right(row):
-                    checking = False
-                    break
-                if probed >= PROBE_ROWS:
-                    break
-        if checking and probed >= PROBE_ROWS:
-            _refuse(source, probed, fmt)
-        if not checking:
-            yield from pending
-            pending = []
-    if checking and probed >= MIN_PROBE_ROWS:
-        _refuse(source, probed, fmt)
-    yield from pending
-
-
-def check_source_options(mapping: ColumnMapping, fmt: str, known: tuple[str, ...]) -> None:
-    """A misspelt ``[source]`` key must not be ignored silently (the migration would run without it)."""
-    unknown = sorted(str(key) for key, _ in mapping.source_options if key not in known)
-    if unknown:
-        raise ConfigError(
-            f"the mapping's [source] table has {', '.join(unknown)}, which the {fmt} format does not know; "
-            + (f"it knows: {', '.join(known)}" if known else "it takes no settings")
-        )
-
-
-def _refuse(source: SourceFile, probed: int, fmt: str) -> None:
-    raise ConfigError(
-        f"{source.uri}: none of the first {probed} records looks like a {fmt} export row. "
-        f"Is this file a {fmt} export? Check --format."
-    )
 
 
 def _looks_like_segment(row: dict) -> bool:
@@ -546,7 +357,7 @@ def message_type(message: dict, strict: bool = True) -> str | None:
         return "track"
     if strict:
         raise Rejection("unknown_message_type",
-                        f"type {_short(kind)} is not one of {', '.join(MESSAGE_TYPES)}" if not is_empty(kind)
+                        f"type {short_repr(kind)} is not one of {', '.join(MESSAGE_TYPES)}" if not is_empty(kind)
                         else "the message has no type (and no event name)")
     return None
 

@@ -37,7 +37,7 @@ from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli, writ
 
 FIXTURE = PROJECT_ROOT.parent / "shared" / "fixtures" / "ga4" / "ga4-bigquery-rows.jsonl"
 NOW = parse_timestamp("2024-06-01T00:00:00Z")
-PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable"}
+PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable", "distinct_id_too_long"}
 LONG_TITLE = ("Dataform: schedule daily updates using Cloud Functions - Blog about GTM, GA and marketing "
               "automation. GCP magic and the Python Majesty will be mentioned too.")
 

@@ -42,7 +42,7 @@ UA_10_9 = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_5) AppleWebKit/537.36 (K
 UA_10_11 = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_0) AppleWebKit/537.36 (KHTML, like Gecko) "
             "Chrome/46.0.2490.86 Safari/537.36")
 # validate() may still refuse what only it judges: a far-future or out-of-range time, an integer JSON cannot hold.
-PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable"}
+PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable", "distinct_id_too_long"}
 
 
 def fixture_messages() -> list[dict]:
