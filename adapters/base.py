@@ -183,6 +183,11 @@ class Adapter:
         """The column names, for checking the mapping before the run; None when rows vary (JSON)."""
         return None
 
+    def extra_inputs(self) -> list[str]:
+        """Files besides the sources that the mapping depends on (lookup tables): fingerprinted with the
+        job, so a resume notices when one of them changed."""
+        return []
+
     def to_events(self, record: dict) -> list[Event]:
         """Map one record to its events (usually one). Raise Rejection or Filtered."""
         return [self.mapper.map(record)]

@@ -151,7 +151,8 @@ def load_lookup(option: str, uri: Any, key_column: str, value_column: str) -> li
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError(f"[source] {option} = {uri!r}: give the path of a CSV or Parquet file")
     if "://" not in uri and not os.path.isfile(uri):
-        raise ConfigError(f"[source] {option} = {uri!r}: no such file (paths are relative to {os.getcwd()})")
+        raise ConfigError(f"[source] {option} = {uri!r}: no such file (a relative path is read from the mapping "
+                          "file's folder)")
     pairs = []
     try:
         for row in _rows(uri):
@@ -194,7 +195,7 @@ class HeapAdapter(Adapter):
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)
         check_source_options(self.mapping, "heap", SOURCE_OPTIONS)
-        option = self.mapping.source_option
+        option = self.mapping.source_path
         self.migrations: dict[str, str] = {}
         self.identities: dict[str, str] = {}
         self.session_starts: dict[str, int] = {}
@@ -212,6 +213,9 @@ class HeapAdapter(Adapter):
                     continue
                 if key is not None:
                     self.session_starts.setdefault(key, start_us // 1000)
+
+    def extra_inputs(self) -> list[str]:
+        return [self.mapping.source_path(name) for name in SOURCE_OPTIONS if self.mapping.source_option(name)]
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         kind = file_kind(source.uri)

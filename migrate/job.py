@@ -23,7 +23,7 @@ from migrate.checkpoint import digest, read_json
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.mapping import ColumnMapping
-from migrate.sources import describe_changes, expand_sources, fingerprint
+from migrate.sources import describe_changes, expand_sources, fingerprint, fingerprint_path
 from migrate.transform import EventFinisher
 
 
@@ -155,6 +155,7 @@ def job_fingerprint(job: Job) -> dict:
         "mapping": job.mapping.to_dict(),
         "shard": job.settings.shard_pair(),
         "inputs": [fingerprint(source) for source in job.sources],
+        "lookups": [fingerprint_path(uri) for uri in job.adapter.extra_inputs()],
     }))
 
 
@@ -168,6 +169,7 @@ def describe_fingerprint_change(old: dict, new: dict) -> str:
         changed = sorted(k for k in new["mapping"] if old.get("mapping", {}).get(k) != new["mapping"][k])
         lines.append(f"mapping changed ({', '.join(changed)})")
     lines += describe_changes(old.get("inputs", []), new["inputs"])
+    lines += describe_changes(old.get("lookups", []), new.get("lookups", []))
     return "; ".join(lines) or "settings changed"
 
 

@@ -139,10 +139,19 @@ class ColumnMapping:
     rename_properties: tuple[tuple[str, str], ...] = ()
     # The [source] table: settings of a platform adapter (e.g. Segment's group_type), as given.
     source_options: tuple[tuple[str, Any], ...] = ()
+    # The mapping file's folder: relative paths in [source] (lookup files) are read from there.
+    base_dir: str | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     def source_option(self, name: str, default: Any = None) -> Any:
         return dict(self.source_options).get(name, default)
+
+    def source_path(self, name: str) -> Any:
+        """A [source] setting naming a file, relative to the mapping file's folder when it is relative."""
+        value = self.source_option(name)
+        if isinstance(value, str) and value.strip() and "://" not in value and self.base_dir:
+            return str(Path(self.base_dir) / value) if not Path(value).is_absolute() else value
+        return value
 
     # -- building -----------------------------------------------------------------------------
 
@@ -188,7 +197,7 @@ class ColumnMapping:
             "drop_properties": _as_list(document.get("transform", {}).get("drop_properties")),
             "rename_properties": _pairs(document.get("transform", {}).get("rename_properties")),
         }
-        mapping = cls(**values)
+        mapping = cls(**values, base_dir=str(Path(path).resolve().parent))
         return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
 
     def with_explicit(self, names: Iterable[str]) -> ColumnMapping:
@@ -250,7 +259,7 @@ class ColumnMapping:
                 value = tuple((str(k), v) for k, v in value or ())
             elif isinstance(value, list):
                 value = tuple(value)
-            if value is not None or f.name in ("event_name", "include", "since", "until"):
+            if value is not None or f.name in ("event_name", "include", "since", "until", "base_dir"):
                 values[f.name] = value
         return cls(**values)
 

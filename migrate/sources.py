@@ -117,6 +117,15 @@ def fingerprint(source: SourceFile) -> dict:
     return {"uri": source.uri, "size": source.size, "mtime_ns": source.mtime_ns, "sample_sha256": digest.hexdigest()}
 
 
+def fingerprint_path(uri: str) -> dict:
+    """The fingerprint of a file that is not a source (a lookup table the mapping names)."""
+    filesystem, path = _filesystem(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ConfigError(f"{uri}: no such file")
+    return fingerprint(SourceFile(uri=uri, index=-1, size=info.size or 0, mtime_ns=info.mtime_ns or 0))
+
+
 def describe_changes(before: list[dict], after: list[dict]) -> list[str]:
     """Human lines saying which inputs differ between two fingerprint lists."""
     old = {f["uri"]: f for f in before}

@@ -479,3 +479,16 @@ def test_the_sample_through_the_cli_from_the_repository_root(tmp_path, make_serv
     assert result.returncode == 3, result.stdout + result.stderr  # done, 3 rows rejected on purpose
     assert "221 = 218 + 3 + 0  ✓ balanced" in result.stdout
     assert len(server.events) == 218 + 13  # and one $identify per (identity, heap user) pair
+
+
+def test_a_changed_lookup_file_stops_a_resume_and_is_named(tmp_path):
+    shutil.copytree(PROJECT_ROOT / "sample_data" / "heap", tmp_path / "heap")
+    args = ["run", "heap/tables", "--format", "heap", "--mapping", "heap/mapping.toml", "--dry-run", "--workdir", "job",
+            "-q"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode in (0, 3), first.stderr
+    with open(tmp_path / "heap" / "lookups" / "user_migrations.csv", "a") as handle:
+        handle.write("999999,888888\n")
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 2
+    assert "user_migrations.csv" in again.stderr and "changed" in again.stderr

@@ -47,11 +47,11 @@ REFERRERS = ["direct", "direct", "https://www.google.com/", "https://news.ycombi
 CAMPAIGNS = [(None, None, None), ("newsletter", "email", "march_launch"), ("google", "cpc", "brand")]
 MAPPING_TOML = """# Read the Heap sample with:
 #   posthog-migrate run sample_data/heap/tables --format heap --mapping sample_data/heap/mapping.toml --host local
-# (paths are relative to the folder you run it from: the repository's root here)
+# (relative paths are read from this file's folder)
 [source]
-user_migrations = "sample_data/heap/lookups/user_migrations.csv"
-users = "sample_data/heap/tables/users.csv"
-sessions = "sample_data/heap/lookups/sessions.csv"
+user_migrations = "lookups/user_migrations.csv"
+users = "tables/users.csv"
+sessions = "lookups/sessions.csv"
 """
 
 
