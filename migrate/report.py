@@ -228,7 +228,7 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
         f"Files read:        {stats.files:,} ({format_name})",
         f"Rows read:         {stats.rows_read:,}",
         f"Events to send:    {stats.events:,}"
-        + (f" (including {stats.added_events:,} added by the adapter)" if stats.added_events else ""),
+        + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
         f"Rejected rows:     {stats.rejected_total:,}",
         f"Filtered rows:     {stats.filtered_total:,}",
         f"Time range:        {day_of(stats.first_us)}  →  {day_of(stats.last_us)}",
@@ -278,7 +278,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
         f"  check            {stats.rows_read:,} = {sent.rows_sent:,} + {rejected_total:,} + "
         f"{stats.filtered_total:,}  {'✓ balanced' if balanced else '✗ NOT balanced: please report this'}",
         f"{'Events ' + verb + ':':<19}{sent.events_sent:,} in {sent.batches_sent:,} batches"
-        + (f" (including {stats.added_events:,} added by the adapter)" if stats.added_events else ""),
+        + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
     ]
     if resumed_from:
         lines.append(f"Resumed:           {resumed_from:,} events were already sent by an earlier run")
