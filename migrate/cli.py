@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -172,7 +172,7 @@ class SignalCatcher:
         return ExitStatus.INTERRUPTED_SIGTERM if self.signal_number == signal.SIGTERM else ExitStatus.INTERRUPTED_SIGINT
 
 
-def fail(error: MigrateError) -> None:
+def fail(error: MigrateError) -> NoReturn:
     click.echo(f"Error: {error}", err=True)
     sys.exit(error.exit_code)
 
@@ -216,12 +216,13 @@ def _settings_or_fail(kwargs: dict) -> Settings:
         return settings_from(kwargs)
     except MigrateError as error:
         fail(error)
-        raise  # unreachable: fail() exits
 
 
 def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | None = None) -> None:
     """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
-    catcher = None
+    stop = threading.Event()
+    catcher = SignalCatcher(stop)
+    catcher.install()  # before any work: Ctrl-C while the inputs are listed must not print a traceback
     try:
         if not settings.host and not settings.dry_run:
             raise ConfigError(NO_HOST_MESSAGE)
@@ -232,8 +233,7 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
                 "found in PostHog under Project settings → Project API key (starts with phc_)"
             )
         job = make_job()
-        catcher = SignalCatcher(job.stop)
-        catcher.install()
+        job.stop = stop
         with JobLock(job.root):
             if settings.restart if restart is None else restart:
                 reset_job(job.root)
@@ -243,12 +243,9 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
             "Interrupted. Everything acknowledged is checkpointed; run the same command again to resume.",
             err=True,
         )
-        sys.exit(catcher.exit_status if catcher else ExitStatus.INTERRUPTED_SIGINT)
+        sys.exit(catcher.exit_status)
     except MigrateError as error:
-        if isinstance(error, ConfigError):
-            fail(error)
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(ExitStatus.FAILED)
+        fail(error)
     sys.exit(status)
 
 
@@ -332,7 +329,9 @@ def inspect(**kwargs: Any) -> None:
         stats, examples = inspect_sources(job)
     except MigrateError as error:
         fail(error)
-        return
+    except KeyboardInterrupt:  # inspect keeps no state: nothing to save, just stop quietly
+        click.echo("Interrupted.", err=True)
+        sys.exit(ExitStatus.INTERRUPTED_SIGINT)
     click.echo(preflight_report(stats, job.format_name))
     if examples:
         click.echo("First rejected rows:")

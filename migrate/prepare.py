@@ -39,7 +39,7 @@ from migrate.job import Job, describe_fingerprint_change, job_fingerprint, perso
 from migrate.mapping import Filtered
 from migrate.report import PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
-from migrate.spool import EVENT_ADDED, EVENT_FROM_ROW, MAX_EVENTS_PER_ROW, RunWriter, make_tiebreak
+from migrate.spool import EVENT_ADDED, EVENT_FROM_ROW, MAX_EVENTS_PER_ROW, RunWriter, compact_runs, make_tiebreak
 
 MANIFEST_VERSION = 1
 # The sorted runs take this share of the memory budget (split between workers); the rest is for
@@ -335,6 +335,11 @@ def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dic
         stale.unlink()  # from an identity pass that was interrupted: redone
     _add_identify_events(job, identities, writer, stats)
     runs += _runs_list(writer)
+    for stale in job.runs_dir.glob("merged-*"):
+        stale.unlink()  # from a compaction that was interrupted: redone
+    compacted = compact_runs(job.runs_dir, [(run["file"], run["rows"]) for run in runs])
+    superseded = {run["file"] for run in runs} - {name for name, _ in compacted}
+    runs = [{"file": name, "rows": rows} for name, rows in compacted]
     rejects_bytes = _join_rejects(job)
     manifest = {
         "version": MANIFEST_VERSION,
@@ -348,6 +353,8 @@ def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dic
     }
     crash_point("before-manifest")
     atomic_write_json(job.manifest_path, manifest)
+    for name in superseded:
+        (job.runs_dir / name).unlink(missing_ok=True)
     job.prepare_progress_path.unlink(missing_ok=True)
     shutil.rmtree(job.parts_dir, ignore_errors=True)
     crash_point("after-prepare")

@@ -30,8 +30,11 @@ TIEBREAK_SUB_BITS = 8
 MAX_FILES = 1 << 19
 MAX_ROWS_PER_FILE = 1 << TIEBREAK_ROW_BITS
 MAX_EVENTS_PER_ROW = 1 << TIEBREAK_SUB_BITS
-# Record batches inside a run file: about this many bytes each, so the merge holds ~1 MiB per run.
-RUN_RECORD_BATCH_BYTES = 1 << 20
+# Record batches inside a run file: about this many bytes each: what the merge holds per run.
+RUN_RECORD_BATCH_BYTES = 256 * 1024
+# The final merge reads at most this many runs at once (more are compacted first): with the batch
+# size above, the merge's memory stays around fan-in x 2 x 256 KiB whatever the export's size.
+MAX_MERGE_FAN_IN = 64
 # Per buffered event, the key columns and the payload's offset: 8 + 8 + 8 + 1 + 4 bytes.
 BUFFERED_EVENT_OVERHEAD_BYTES = 29
 # Payload offsets are 32-bit in Arrow's binary type, so one run holds at most 2 GiB; stay well below.
@@ -232,3 +235,42 @@ def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iter
         if len(pieces) > 1:
             merged = merged.take(pc.sort_indices(merged, [("ts", "ascending"), ("tiebreak", "ascending")]))
         yield merged
+
+
+def compact_runs(directory: Path, runs: list[tuple[str, int]], fan_in: int = MAX_MERGE_FAN_IN,
+                 ) -> list[tuple[str, int]]:
+    """Merge runs in groups of ``fan_in`` until at most ``fan_in`` remain (a multi-level external sort).
+
+    The final merge holds one record batch per run, so its memory grows with the number of runs, and
+    prepare writes at least one run per input file: a year of hourly Amplitude files would be 8,760
+    runs. Compacting first keeps the merge's memory bounded whatever the number of files. The merged
+    runs get fresh names and the inputs are left in place: the caller deletes them once the manifest
+    that no longer names them is saved, so a crash here just redoes the compaction.
+    """
+    level = 0
+    while len(runs) > fan_in:
+        compacted = []
+        for group_start in range(0, len(runs), fan_in):
+            group = runs[group_start:group_start + fan_in]
+            if len(group) == 1:
+                compacted.append(group[0])
+                continue
+            name = f"merged-{level}-{group_start // fan_in:05d}.arrow"
+            rows = _write_merged(directory / name, [directory / run for run, _ in group])
+            compacted.append((name, rows))
+        runs = compacted
+        level += 1
+    return runs
+
+
+def _write_merged(path: Path, run_paths: list[Path]) -> int:
+    rows = 0
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPOOL_SCHEMA, options=options) as writer:
+        for chunk in merge_runs(run_paths):
+            table = chunk.drop_columns(["run"])
+            average_row = max(1, table.nbytes // max(1, table.num_rows))
+            writer.write_table(table, max_chunksize=max(256, RUN_RECORD_BATCH_BYTES // average_row))
+            rows += table.num_rows
+    _fsync_file(path)
+    return rows

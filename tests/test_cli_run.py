@@ -296,3 +296,17 @@ def test_rename_and_drop_options_apply_to_every_event_and_count_as_filtered(tmp_
     names = {e["event"] for e in capture_server.events}
     assert "Signed Up" in names and "signed_up" not in names and "note_created" not in names
     assert all("note_length" not in e["properties"] and "plan_name" in e["properties"] for e in capture_server.events)
+
+
+def test_more_input_files_than_the_merge_fan_in_are_compacted_and_still_sorted(tmp_path, capture_server):
+    folder = tmp_path / "hourly"
+    folder.mkdir()
+    for hour in range(70):  # one run per file at least: 70 runs, more than the merge reads at once
+        write_jsonl(folder / f"part-{hour:03d}.jsonl", make_rows(20, seed=1000 + hour))
+    result = _run(tmp_path, capture_server, "hourly", "--concurrency", "1", "--workdir", "job")
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((tmp_path / "job" / "manifest.json").read_bytes())
+    assert len(manifest["runs"]) <= 64
+    assert sorted(p.name for p in (tmp_path / "job" / "runs").iterdir()) == sorted(r["file"] for r in manifest["runs"])
+    stamps = [e["timestamp"] for e in capture_server.events]
+    assert len(stamps) == 1_400 and stamps == sorted(stamps)

@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, split_tiebreak
+from migrate.spool import MergeCursor, RunWriter, compact_runs, make_tiebreak, merge_runs, split_tiebreak
 
 
 def _spill(tmp_path, events, run_bytes):
@@ -82,3 +82,16 @@ def test_merge_is_a_sorted_permutation_of_the_input(tmp_path_factory, raw, run_b
     events = [(ts, make_tiebreak(file, row), 0) for row, (ts, file) in enumerate(raw)]
     run_paths = _spill(directory, events, run_bytes)
     assert _keys(merge_runs(run_paths)) == sorted((ts, tb) for ts, tb, _ in events)
+
+
+def test_compaction_merges_runs_down_to_the_fan_in_without_changing_the_stream(tmp_path):
+    rng = random.Random(9)
+    events = [(rng.randrange(5_000), make_tiebreak(rng.randrange(4), n), 0) for n in range(6_000)]
+    run_paths = _spill(tmp_path, events, run_bytes=8_000)
+    assert len(run_paths) > 30
+    before = pa.concat_tables(list(merge_runs(run_paths))).drop_columns(["run"])
+    runs = [(p.name, pa.ipc.open_file(str(p)).read_all().num_rows) for p in run_paths]
+    compacted = compact_runs(tmp_path, runs, fan_in=4)
+    assert len(compacted) <= 4 and sum(rows for _, rows in compacted) == 6_000
+    after = pa.concat_tables(list(merge_runs([tmp_path / name for name, _ in compacted]))).drop_columns(["run"])
+    assert after.equals(before)
