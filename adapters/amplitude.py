@@ -66,6 +66,7 @@ from migrate.event import (
     MIN_TIMESTAMP_US,
     Event,
     Rejection,
+    json_object,
     normalise_uuid,
     parse_timestamp,
     uuid5_text,
@@ -139,10 +140,10 @@ class AmplitudeAdapter(Adapter):
             raise Rejection("missing_distinct_id", "the row has neither a user_id nor a device_id")
         timestamp_us = _timestamp(record.get("event_time"))
         self.mapper.apply_time_filters(timestamp_us)
-        event_properties = _object(record, "event_properties")
-        user_properties = _object(record, "user_properties")
-        groups = _groups(_object(record, "groups"))
-        group_properties = _object(record, "group_properties")
+        event_properties = json_object(record.get("event_properties"), "event_properties")
+        user_properties = json_object(record.get("user_properties"), "user_properties")
+        groups = _groups(json_object(record.get("groups"), "groups"))
+        group_properties = json_object(record.get("group_properties"), "group_properties")
         event_uuid = self._uuid(record, device_id, distinct_id, timestamp_us, source_name)
         link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
 
@@ -227,21 +228,6 @@ def _timestamp(value: Any) -> int:
     if not MIN_TIMESTAMP_US <= timestamp_us <= MAX_TIMESTAMP_US:
         raise Rejection("bad_timestamp", f"event_time {str(value)[:40]!r} is outside the years 1 to 9999")
     return timestamp_us
-
-
-def _object(record: dict, key: str) -> dict:
-    """A JSON object field (or a string holding one); absent or null is empty; another shape rejects."""
-    value = record.get(key)
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise Rejection("properties_not_object", f"{key} is text that is not JSON") from None
-    if not isinstance(value, dict):
-        raise Rejection("properties_not_object", f"{key} is a {type(value).__name__}, expected an object")
-    return value
 
 
 def _scalar(value: Any) -> Any:

@@ -9,14 +9,12 @@ Fields that belong to the old project or to the old request (``team_id``, ``pers
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
-
-import orjson
+from typing import ClassVar
 
 from adapters.base import Adapter, RowChunk, SourceFile
 from adapters.csv import read_csv, read_csv_header
 from adapters.jsonl import read_json_lines
-from migrate.event import Event, Rejection, normalise_uuid, parse_timestamp, uuid_from_content
+from migrate.event import Event, Rejection, json_object, normalise_uuid, parse_timestamp, uuid_from_content
 from migrate.mapping import Filtered
 
 
@@ -43,7 +41,7 @@ class PostHogAdapter(Adapter):
             raise Rejection("missing_event_name", "the row has no 'event'")
         if name in self.mapper.drop_events:
             raise Filtered(f"event {name!r} dropped by the mapping")
-        properties = _object(record.get("properties"))
+        properties = dict(json_object(record.get("properties"), "'properties'"))
         distinct_id = record.get("distinct_id")
         if distinct_id in (None, ""):
             distinct_id = properties.get("distinct_id")
@@ -57,7 +55,7 @@ class PostHogAdapter(Adapter):
         for key in ("$set", "$set_once"):
             value = record.get(key)
             if isinstance(value, str) and value:
-                value = _object(value)
+                value = json_object(value, repr(key))
             if value and key not in properties:
                 properties[key] = value
         elements = record.get("elements_chain")
@@ -71,16 +69,3 @@ class PostHogAdapter(Adapter):
         else:
             event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
         return [Event(name, distinct_id, timestamp_us, event_uuid, properties)]
-
-
-def _object(value: Any) -> dict:
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise Rejection("properties_not_object", "'properties' is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise Rejection("properties_not_object", "'properties' is not a JSON object")
-    return dict(value)

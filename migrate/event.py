@@ -189,6 +189,25 @@ def normalise_uuid(value: Any) -> str:
         raise Rejection("bad_uuid", f"uuid {value!r} is not a valid UUID") from None
 
 
+# --- JSON objects in a row ----------------------------------------------------------------------------
+
+def json_object(value: Any, what: str) -> dict:
+    """A row's object field: a dict, or text holding a JSON object; absent, null or "" is empty.
+
+    Anything else rejects the row (``properties_not_object``), naming ``what`` for the user.
+    """
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise Rejection("properties_not_object", f"{what} is text that is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejection("properties_not_object", f"{what} is a {type(value).__name__}, expected a JSON object")
+    return value
+
+
 # --- serialisation ---------------------------------------------------------------------------------
 
 def json_default(value: Any) -> Any:

@@ -48,13 +48,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
-
 from migrate.errors import ConfigError
 from migrate.event import (
     TIMESTAMP_UNITS,
     Event,
     Rejection,
+    json_object,
     normalise_uuid,
     parse_timestamp,
     uuid_from_content,
@@ -333,14 +332,7 @@ class RowMapper:
         column, raw = self._first(record, self.json_columns)
         used.add(column)
         if raw is not None:
-            if isinstance(raw, str):
-                try:
-                    raw = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise Rejection("properties_not_object", f"column {column!r} is not valid JSON") from None
-            if not isinstance(raw, dict):
-                raise Rejection("properties_not_object", f"column {column!r} is not a JSON object")
-            properties.update(raw)
+            properties.update(json_object(raw, f"column {column!r}"))
         include = self.mapping.include
         for name, value in record.items():
             if value is None or name in used or (include is not None and name not in include):
