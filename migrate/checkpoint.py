@@ -100,6 +100,20 @@ class SendProgress:
     layout: dict = field(default_factory=dict)
     host: str = ""
     finished: bool = False
+    # The counters as they were when the window holding ``next_seq`` began: a resume with another batch
+    # layout re-sends that whole window, so it rewinds the counters (and the rejects file) to here.
+    window_start: dict = field(default_factory=dict)
+
+    COUNTERS = ("events_sent", "rows_sent", "batches_sent", "server_rejected_events", "server_rejected_rows",
+                "rejects_bytes")
+
+    def mark_window_start(self) -> None:
+        self.window_start = {name: getattr(self, name) for name in self.COUNTERS}
+
+    def rewind_to_window_start(self) -> None:
+        for name, value in self.window_start.items():
+            setattr(self, name, value)
+        self.next_seq = self.window_first_seq
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -60,10 +60,12 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     runs = len(manifest["runs"])
     if not progress.cursor:
         progress = SendProgress(cursor=[0] * runs, rejects_bytes=manifest["rejects_bytes"])
+        progress.mark_window_start()
     layout_dict = {"lanes": layout.lanes, "max_events": layout.max_events, "max_bytes": layout.max_bytes}
     if progress.layout and progress.layout != layout_dict:
-        # Batches are cut differently now: restart at the window holding the watermark, numbered anew.
-        progress.next_seq = progress.window_first_seq
+        # Batches are cut differently now: the window holding the watermark is sent again, numbered anew,
+        # so what was counted (and rejected) in it so far is counted again from its start.
+        progress.rewind_to_window_start()
     progress.layout, progress.host = layout_dict, host_label
     resumed_from = progress.events_sent
     total = manifest["stats"]["events"]
@@ -99,6 +101,8 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         progress.window_first_seq = window.end_seq if at_window_end else window.first_seq
         progress.cursor = list((window.end if at_window_end else window.start).taken)
         progress.rejects_bytes = rejects.sync() if result.rejected else progress.rejects_bytes
+        if at_window_end:
+            progress.mark_window_start()
         checkpoints.submit(progress)
         bar.update(batch.n_events)
 

@@ -77,9 +77,10 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     adapter, finisher, shard = job.adapter, job.finisher, job.settings.shard_pair()
     other_shard = f"belongs to another shard than {job.settings.shard}"
 
-    def reject(reason: str, detail: str, row_number: int, original: object) -> None:
-        # With --shard, each rejected row is reported by one shard only (chosen by its position).
-        if shard is None or position_shard(source.index, row_number, shard[1]) == shard[0]:
+    def reject(reason: str, detail: str, row_number: int, original: object, mine: bool = False) -> None:
+        # With --shard, each rejected row is reported by one shard only: the shard of its person when the
+        # row got that far (``mine``), else the one its position picks.
+        if shard is None or mine or position_shard(source.index, row_number, shard[1]) == shard[0]:
             on_reject(reason, detail, source, row_number, original)
         else:
             stats.filtered[other_shard] += 1
@@ -94,23 +95,26 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
             if isinstance(record, BadRow):
                 reject(record.reason, record.detail, row_number, record.raw)
                 continue
+            mine = False  # True once the row's person is known to belong to this shard
             try:
                 events = finisher.finish(adapter.to_events(record))
                 if len(events) >= MAX_EVENTS_PER_ROW:  # sub-event numbers are 8 bits of the sort key
                     raise Rejection("too_many_events", f"the row maps to {len(events)} events; at most "
                                     f"{MAX_EVENTS_PER_ROW - 1} per row")
-                if shard is not None and person_shard(person_hash(events[-1].distinct_id), shard[1]) != shard[0]:
-                    stats.filtered[other_shard] += 1  # a row goes with its own event's person
-                    continue
+                if shard is not None:
+                    if person_shard(person_hash(events[-1].distinct_id), shard[1]) != shard[0]:
+                        stats.filtered[other_shard] += 1  # a row goes with its own event's person
+                        continue
+                    mine = True
                 payloads = [validate(event, now_us, MAX_EVENT_BYTES) for event in events]
             except Rejection as rejection:
-                reject(rejection.reason, rejection.detail, row_number, record)
+                reject(rejection.reason, rejection.detail, row_number, record, mine)
                 continue
             except Filtered as rule:
                 stats.filtered[rule.rule] += 1
                 continue
             except Exception as error:  # an adapter bug must cost one row, not the migration
-                reject("mapping_error", f"{type(error).__name__}: {error}", row_number, record)
+                reject("mapping_error", f"{type(error).__name__}: {error}", row_number, record, mine)
                 continue
             stats.rows_kept += 1
             # Sub-event 0 of every row is kept free for the $identify the identity pass may add.

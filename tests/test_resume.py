@@ -163,3 +163,26 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
     assert resumed.returncode == 3, resumed.stderr
     assert "15,000 = 14,995 + 5 + 0  ✓ balanced" in resumed.stdout
     assert _dry_run_output(tmp_path, "two") == _dry_run_output(tmp_path, "one")
+
+
+def test_a_resume_with_another_batch_layout_resends_the_window_and_still_balances(tmp_path):
+    _input(tmp_path)
+    with CaptureServer(faults=FaultPlan.parse(["ok", "ok", "422"])) as server:  # one batch refused by the server
+        crashed = subprocess.run(_command(server), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                 env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY, **{CRASH_POINT_VARIABLE:
+                                                                                      "after-checkpoint@3"}))
+        assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+        command = _command(server)
+        command[command.index("--concurrency") + 1] = "2"
+        command[command.index("--batch-size") + 1] = "70"
+        result = subprocess.run(command, cwd=tmp_path, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY),
+                                capture_output=True, text=True, timeout=120)
+        assert any(r.status == 422 for r in server.requests)
+        accepted = {e["uuid"] for e in server.events}
+    assert result.returncode == 3, result.stderr
+    # The refused batch sat in the window that the new layout sends again: its rows are counted once, as
+    # sent now (the server accepts them this time), and the rejects file no longer lists them.
+    assert len(accepted) == EVENTS - 1
+    assert f"{EVENTS:,} = {EVENTS - 1:,} + 1 + 0  ✓ balanced" in result.stdout
+    rejects = [orjson.loads(line) for line in (tmp_path / "job" / "rejects.jsonl").read_bytes().splitlines()]
+    assert [r["reason"] for r in rejects] == ["missing_event_name"]

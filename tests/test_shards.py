@@ -12,7 +12,9 @@ from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_j
 def test_shards_together_send_every_event_once_each_person_in_one_shard(tmp_path, capture_server):
     rows = make_rows(3_000, people=200, seed=41)
     for bad in (5, 500, 2_500):
-        rows[bad]["event"] = ""
+        rows[bad]["event"] = ""  # rejected before its person is known: reported by its position's shard
+    for late in range(10, 3_000, 100):
+        rows[late]["timestamp"] = "2999-01-01T00:00:00Z"  # rejected by validation: by its person's shard
     write_jsonl(tmp_path / "events.jsonl", rows)
     env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
     rejected = 0
@@ -28,10 +30,10 @@ def test_shards_together_send_every_event_once_each_person_in_one_shard(tmp_path
         rejects = tmp_path / ".posthog-migrate" / f"backfill-shard-{k}-of-3" / "rejects.jsonl"
         rejected += len(rejects.read_bytes().splitlines())
     uuids = [e["uuid"] for e in capture_server.events]
-    assert len(uuids) == len(set(uuids)) == 2_997  # every valid event exactly once
+    assert len(uuids) == len(set(uuids)) == 2_967  # every valid event exactly once
     assert all(len(shards) == 1 for shards in shard_of_person.values())
     assert len({next(iter(s)) for s in shard_of_person.values()}) == 3  # all three shards had people
-    assert rejected == 3  # each rejected row reported by exactly one shard
+    assert rejected == 33  # each rejected row reported by exactly one shard
     assert {e["properties"]["$import_job_id"] for e in capture_server.events} == {"backfill"}
 
 
