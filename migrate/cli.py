@@ -368,12 +368,15 @@ def describe_status(root: Path) -> str:
     if manifest is None:
         partial = read_json(root / "prepare.json")
         if partial is None:
-            return (f"Job {root}: not prepared (never run, or stopped before its first spill).\n"
+            return (f"Job {root}: not prepared (never run, or stopped before its first checkpoint).\n"
                     "A resume reads and sorts the sources from the start; nothing has been sent.")
-        position = partial["position"]
-        return (f"Job {root}: preparing, stopped after {partial['stats']['rows_read']:,} rows "
-                f"({len(partial['runs'])} sorted runs written); nothing has been sent.\n"
-                f"A resume continues reading at input file #{position['file'] + 1}, after row {position['row']:,}.")
+        results = [read_json(path) for path in sorted((root / "parts").glob("result-*.json"))]
+        in_progress = [read_json(path) for path in sorted((root / "parts").glob("progress-*.json"))]
+        rows = sum(r["stats"]["rows_read"] for r in results + in_progress if r)
+        total = len(partial["fingerprint"]["inputs"])
+        return (f"Job {root}: preparing: {len(results)} of {total} input files done, {rows:,} rows read; "
+                "nothing has been sent.\n"
+                "A resume skips the finished files and continues each unfinished one after its last spill.")
     stats = PrepareStats.from_dict(manifest["stats"])
     progress = JobState(root / "state.json").send
     total = stats.events

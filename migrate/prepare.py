@@ -10,7 +10,8 @@ read again.
 
 Work directory while preparing::
 
-    prepare.json               fingerprint + the results of finished files
+    prepare.json               the fingerprint the parts below belong to
+    parts/result-NNNNN.json    a finished file's runs, counts and rejects length
     parts/progress-NNNNN.json  an unfinished file's last spill: row, runs, counts, rejects length
     parts/rejects-NNNNN.jsonl  a file's rejected rows (joined into rejects.jsonl at the end)
     runs/run-NNNNN-MMMM.arrow  sorted runs, named by input file
@@ -135,6 +136,10 @@ def _progress_path(job: Job, index: int) -> Path:
     return job.parts_dir / f"progress-{index:05d}.json"
 
 
+def _result_path(job: Job, index: int) -> Path:
+    return job.parts_dir / f"result-{index:05d}.json"
+
+
 def _rejects_part(job: Job, index: int) -> Path:
     return job.parts_dir / f"rejects-{index:05d}.jsonl"
 
@@ -246,20 +251,28 @@ def _worker_count(job: Job, pending: list[SourceFile]) -> int:
 
 # --- the coordinator ---------------------------------------------------------------------------------
 
-def _start_or_resume(job: Job, fingerprint_now: dict) -> dict:
-    """The record of an interrupted prepare of the same inputs, or a clean slate (nothing was sent yet)."""
+def _start_or_resume(job: Job, fingerprint_now: dict) -> None:
+    """Keep an interrupted prepare of the same inputs, or start from a clean slate (nothing was sent yet).
+
+    ``prepare.json`` holds only the fingerprint; each finished file's result is a file of its own, so
+    recording one more finished file costs the same however many there are.
+    """
     state = read_json(job.prepare_progress_path)
     if state is not None and state.get("fingerprint") == fingerprint_now:
-        return state
+        return
     for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
         shutil.rmtree(directory, ignore_errors=True)
     for leftover in (job.rejects_path, job.state_path):
         leftover.unlink(missing_ok=True)
-    state = {"fingerprint": fingerprint_now, "finished": {}}
     for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
         directory.mkdir(parents=True)
-    atomic_write_json(job.prepare_progress_path, state)
-    return state
+    atomic_write_json(job.prepare_progress_path, {"fingerprint": fingerprint_now})
+
+
+def finished_files(job: Job) -> dict[int, dict]:
+    """The results of the input files an unfinished prepare has already done, by file index."""
+    return {source.index: result for source in job.sources
+            if (result := read_json(_result_path(job, source.index))) is not None}
 
 
 def prepare(job: Job) -> dict:
@@ -275,16 +288,16 @@ def prepare(job: Job) -> dict:
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
         return manifest
-    state = _start_or_resume(job, fingerprint_now)
-    pending = [s for s in job.sources if str(s.index) not in state["finished"]]
+    _start_or_resume(job, fingerprint_now)
+    done = finished_files(job)
+    pending = [s for s in job.sources if s.index not in done]
     workers = _worker_count(job, pending)
     run_bytes = max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY // workers)
     bar = progress_bar(None, "rows", f"reading ({workers} worker{'s' * (workers > 1)})", job.settings.quiet)
-    bar.update(sum(result["stats"]["rows_read"] for result in state["finished"].values()))
+    bar.update(sum(result["stats"]["rows_read"] for result in done.values()))
 
     def finished(index: int, result: dict) -> None:
-        state["finished"][str(index)] = result
-        atomic_write_json(job.prepare_progress_path, state)
+        atomic_write_json(_result_path(job, index), result)
         _progress_path(job, index).unlink(missing_ok=True)
         crash_point("after-prepare-file")
 
@@ -296,7 +309,7 @@ def prepare(job: Job) -> dict:
             _prepare_in_workers(job, pending, workers, run_bytes, bar, finished)
     finally:
         bar.close()
-    return _finish(job, state, fingerprint_now, run_bytes)
+    return _finish(job, fingerprint_now, run_bytes)
 
 
 def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_bytes: int, bar,
@@ -325,9 +338,10 @@ def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_b
     pool.shutdown(wait=True)
 
 
-def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dict:
+def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     """All files done: the identity pass, the rejects joined in file order, then the manifest."""
-    results = [state["finished"][str(source.index)] for source in job.sources]
+    done = finished_files(job)
+    results = [done[source.index] for source in job.sources]
     stats = PrepareStats()
     for result in results:
         stats.merge(PrepareStats.from_dict(result["stats"]))
@@ -342,7 +356,6 @@ def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dic
     for stale in job.runs_dir.glob("merged-*"):
         stale.unlink()  # from a compaction that was interrupted: redone
     compacted = compact_runs(job.runs_dir, [(run["file"], run["rows"]) for run in runs])
-    superseded = {run["file"] for run in runs} - {name for name, _ in compacted}
     runs = [{"file": name, "rows": rows} for name, rows in compacted]
     rejects_bytes = _join_rejects(job)
     manifest = {
@@ -357,8 +370,10 @@ def _finish(job: Job, state: dict, fingerprint_now: dict, run_bytes: int) -> dic
     }
     crash_point("before-manifest")
     atomic_write_json(job.manifest_path, manifest)
-    for name in superseded:
-        (job.runs_dir / name).unlink(missing_ok=True)
+    kept = {run["file"] for run in runs}
+    for path in job.runs_dir.iterdir():  # runs merged into others, at every level of the compaction
+        if path.name not in kept:
+            path.unlink()
     job.prepare_progress_path.unlink(missing_ok=True)
     shutil.rmtree(job.parts_dir, ignore_errors=True)
     crash_point("after-prepare")

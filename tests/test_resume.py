@@ -156,7 +156,10 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
     crashed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, capture_output=True,
                              text=True, env={**env, CRASH_POINT_VARIABLE: "after-prepare-file@2"})
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
-    assert len(orjson.loads((tmp_path / "two" / "prepare.json").read_bytes())["finished"]) == 2
+    assert len(list((tmp_path / "two" / "parts").glob("result-*.json"))) == 2
+    status = subprocess.run([sys.executable, "-m", "migrate", "status", "--workdir", "two"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "preparing: 2 of 5 input files done" in status.stdout, status.stderr
     time.sleep(1)  # the orphaned workers notice their coordinator is gone and exit
     resumed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, env=env,
                              capture_output=True, text=True)
