@@ -15,6 +15,7 @@ pair; at the end the runs are merged pair by pair and each pair's minimum wins.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import uuid as uuid_module
 from collections.abc import Iterator
@@ -23,14 +24,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from migrate.event import Event, uuid5_text
+from migrate.spool import MAX_MERGE_FAN_IN
 
 IDENTIFY_NAMESPACE = uuid_module.UUID("6f1c2d3e-4a5b-5c6d-8e7f-8091a2b3c4d5")
 # What one remembered pair costs in the dict: two short strings, a tuple and two ints.
 BYTES_PER_PAIR = 200
 PAIR_SCHEMA = pa.schema([("user", pa.string()), ("device", pa.string()), ("ts", pa.int64()),
                          ("tiebreak", pa.int64())])
-# Rows read from each pair run at a time during the final merge.
-PAIR_READ_ROWS = 8_192
+# Rows read from each pair run at a time during the final merge (which reads up to MAX_MERGE_FAN_IN runs).
+PAIR_READ_ROWS = 1_024
 
 
 class IdentityCollector:
@@ -60,19 +62,35 @@ class IdentityCollector:
             return
         pairs = sorted(self._first.items())
         self._first = {}
-        table = pa.table([
-            pa.array([user for (user, _), _ in pairs], pa.string()),
-            pa.array([device for (_, device), _ in pairs], pa.string()),
-            pa.array([ts for _, (ts, _) in pairs], pa.int64()),
-            pa.array([tiebreak for _, (_, tiebreak) in pairs], pa.int64()),
-        ], schema=PAIR_SCHEMA)
         name = f"{self.prefix}{len(self.run_names):04d}.arrow"
+        self._write_run(name, ((user, device, ts, tiebreak) for (user, device), (ts, tiebreak) in pairs))
+        self.run_names.append(name)
+
+    def _write_run(self, name: str, rows: Iterator[tuple[str, str, int, int]]) -> None:
         path = self.directory / name
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, PAIR_SCHEMA) as writer:
-            writer.write_table(table, max_chunksize=PAIR_READ_ROWS)
+            while block := list(itertools.islice(rows, PAIR_READ_ROWS)):
+                writer.write_batch(pa.record_batch([pa.array(column) for column in zip(*block, strict=True)],
+                                                   schema=PAIR_SCHEMA))
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-        self.run_names.append(name)
+
+    def _compact(self) -> None:
+        """Merge pair runs in groups until at most MAX_MERGE_FAN_IN remain: the final merge opens every
+        run at once, and there is at least one per input file."""
+        level = 0
+        while len(self.run_names) > MAX_MERGE_FAN_IN:
+            compacted = []
+            for start in range(0, len(self.run_names), MAX_MERGE_FAN_IN):
+                group = self.run_names[start:start + MAX_MERGE_FAN_IN]
+                if len(group) == 1:
+                    compacted.append(group[0])
+                    continue
+                name = f"{self.prefix}merged-{level}-{start // MAX_MERGE_FAN_IN:05d}.arrow"
+                self._write_run(name, self._earliest_of_each_pair(group))
+                compacted.append(name)
+            self.run_names = compacted
+            level += 1
 
     def first_sightings(self) -> Iterator[tuple[str, str, int, int]]:
         """Every pair once, with its earliest (ts, tiebreak); pairs in sorted order."""
@@ -81,7 +99,11 @@ class IdentityCollector:
                 yield user, device, ts, tiebreak
             return
         self.spill()
-        merged = heapq.merge(*(self._read_run(name) for name in self.run_names))
+        self._compact()
+        yield from self._earliest_of_each_pair(self.run_names)
+
+    def _earliest_of_each_pair(self, names: list[str]) -> Iterator[tuple[str, str, int, int]]:
+        merged = heapq.merge(*(self._read_run(name) for name in names))
         current: tuple[str, str, int, int] | None = None
         for user, device, ts, tiebreak in merged:
             if current is not None and (user, device) == current[:2]:

@@ -346,6 +346,8 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     for result in results:
         stats.merge(PrepareStats.from_dict(result["stats"]))
     runs = [run for result in results for run in result["runs"]]
+    for stale in job.identity_dir.glob("pairs-merged-*"):
+        stale.unlink()  # from an identity pass that was interrupted: redone
     identities = IdentityCollector(job.identity_dir, run_bytes // 2,
                                    [name for result in results for name in result["identity_runs"]])
     writer = RunWriter(job.runs_dir, run_bytes, prefix="run-identify-")
@@ -376,6 +378,7 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
             path.unlink()
     job.prepare_progress_path.unlink(missing_ok=True)
     shutil.rmtree(job.parts_dir, ignore_errors=True)
+    shutil.rmtree(job.identity_dir, ignore_errors=True)  # the pairs are in the identify run now
     crash_point("after-prepare")
     return manifest
 

@@ -113,3 +113,21 @@ def test_a_row_mapping_to_more_events_than_the_sort_key_holds_is_rejected(tmp_pa
     job.adapter = ExplodingAdapter(job.mapping)
     manifest = prepare(job)
     assert manifest["stats"]["events"] == 255 and manifest["stats"]["rejected"] == {"too_many_events": 1}
+
+
+def test_more_pair_runs_than_the_merge_fan_in_are_compacted_first(tmp_path, monkeypatch):
+    import migrate.identity as identity
+
+    monkeypatch.setattr(identity, "MAX_MERGE_FAN_IN", 3)
+    collector = IdentityCollector(tmp_path, budget_bytes=0)
+    rng = random.Random(8)
+    expected: dict = {}
+    for n in range(400):
+        user, device, ts = f"u{rng.randrange(30)}", f"d{rng.randrange(4)}", rng.randrange(1_000)
+        collector.see(user, device, ts, n)
+        expected[(user, device)] = min(expected.get((user, device), (ts, n)), (ts, n))
+        if n % 20 == 19:
+            collector.spill()
+    assert len(collector.run_names) == 20
+    assert list(collector.first_sightings()) == [(u, d, *first) for (u, d), first in sorted(expected.items())]
+    assert len(collector.run_names) <= 3
