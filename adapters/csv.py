@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -28,6 +29,8 @@ MAX_FIELD_CHARS = 16 * 1024 * 1024
 _CANONICAL_INT = re.compile(r"0|-?[1-9]\d{0,17}")
 _CANONICAL_FLOAT = re.compile(r"-?(0|[1-9]\d{0,17})\.(\d{1,15})")
 csv.field_size_limit(MAX_FIELD_CHARS)
+# A quoted field may hold newlines; one spanning more lines than this is a quote that never closed.
+MAX_RECORD_LINES = 10_000
 # No text header holds these; a binary file (Parquet: "PAR1\x15\x04...") whose first line happens to be
 # valid UTF-8 does.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -68,19 +71,60 @@ def _delimiter(uri: str) -> str:
 
 def _raw_line(cells: list[str]) -> str:
     """The row as text for the rejects file, with undecodable bytes replaced (never lone surrogates)."""
-    joined = ",".join(cells)[:MAX_RAW_CHARS_IN_REJECT]
-    return joined.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _safe_text(",".join(cells)[:MAX_RAW_CHARS_IN_REJECT])
+
+
+def _safe_text(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class _RunawayRecord(Exception):
+    """A record still open after MAX_RECORD_LINES lines: a quote that never closes."""
+
+
+class _Lines:
+    """Feeds the csv reader one physical line at a time and remembers the lines of the record it is reading.
+
+    A quote opened and never closed makes the csv module read the rest of the file as one cell (and, in
+    lenient mode, say nothing). Remembering the record's lines lets the reader give that record up,
+    reject its first line, and read the following lines again as records of their own.
+    """
+
+    def __init__(self, text: Iterator[str]):
+        self._text = text
+        self.replay: deque[str] = deque()
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.replay.popleft() if self.replay else next(self._text)
+        self.taken.append(line)
+        if len(self.taken) > MAX_RECORD_LINES:
+            raise _RunawayRecord(f"a record still open after {MAX_RECORD_LINES:,} lines")
+        return line
+
+    def give_up_record(self) -> str:
+        """Forget the current record but its first line (returned); its other lines will be read again."""
+        first, rest = (self.taken[0] if self.taken else ""), self.taken[1:]
+        self.replay.extendleft(reversed(rest))
+        self.taken = []
+        return first
 
 
 def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]:
+    delimiter = _delimiter(source.uri)
     with open_binary(source.uri) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text, delimiter=_delimiter(source.uri))
+        lines = _Lines(text)
+        # strict: an unclosed quote at the end of the file is an error, not a silently swallowed tail
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
             return
-        except csv.Error as error:
+        except (csv.Error, _RunawayRecord) as error:
             raise ConfigError(f"{source.uri}: cannot read the CSV header ({error}). Is --format right?") from None
         if _has_bad_encoding(header) or any(_CONTROL_CHARS.search(cell) for cell in header):
             raise ConfigError(
@@ -91,18 +135,31 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
         chunk: RowChunk = []
         row_number = 0
         while True:
+            lines.taken = []
             try:
                 cells = next(reader)
             except StopIteration:
                 break
-            except csv.Error as error:
+            except (csv.Error, _RunawayRecord) as error:
                 row_number += 1
-                chunk.append((row_number, BadRow("malformed_csv", f"unreadable CSV row: {error}", None)))
+                first = lines.give_up_record()
+                reader = csv.reader(lines, delimiter=delimiter, strict=True)  # a fresh parser state
+                chunk.append((row_number, BadRow(
+                    "malformed_csv", f"unreadable CSV row ({error}); a quote that never closes?",
+                    _safe_text(first[:MAX_RAW_CHARS_IN_REJECT]))))
                 continue
             if not cells:
                 continue
             row_number += 1
-            if len(cells) != width:
+            if len(cells) != width and len(lines.taken) > 1:
+                # A record over several lines with the wrong width: most likely a stray quote that swallowed
+                # the lines below it. Reject its first line only and read the others again.
+                first = lines.give_up_record()
+                reader = csv.reader(lines, delimiter=delimiter, strict=True)
+                chunk.append((row_number, BadRow(
+                    "malformed_csv", f"a quoted field runs over {len(cells)} fields and several lines; "
+                    "a quote that never closes?", _safe_text(first[:MAX_RAW_CHARS_IN_REJECT]))))
+            elif len(cells) != width:
                 chunk.append((row_number, BadRow(
                     "wrong_field_count", f"{len(cells)} fields, the header has {width}", _raw_line(cells))))
             elif _has_bad_encoding(cells):

@@ -654,3 +654,29 @@ def test_adapter_to_events_returns_one_event_per_row():
     assert isinstance(event, Event) and not event.added
     assert event.timestamp_us == T
     assert type(event.timestamp_us) is int
+
+
+def test_a_quote_that_never_closes_costs_one_row_not_the_rest_of_the_file(tmp_path):
+    lines = ["event,distinct_id,note"] + [f"e,u{n},fine" for n in range(1, 11)] + ['e,u11,"oops']
+    lines += [f"e,u{n},fine" for n in range(12, 1001)]
+    (tmp_path / "broken.csv").write_text("\n".join(lines) + "\n")
+    rows = [row for chunk in read_csv(SourceFile(str(tmp_path / "broken.csv"), 0, 0, 0)) for row in chunk]
+    assert len(rows) == 1_000
+    bad = [(number, row) for number, row in rows if isinstance(row, BadRow)]
+    assert [(number, row.reason) for number, row in bad] == [(11, "malformed_csv")]
+    assert bad[0][1].raw.startswith('e,u11,"oops')
+    assert [row["distinct_id"] for _, row in rows if isinstance(row, dict)][-1] == "u1000"
+
+
+def test_a_stray_quote_closed_rows_later_rejects_only_its_own_line(tmp_path):
+    lines = ["event,distinct_id,note", 'e,u1,"starts here', "e,u2,fine", 'e,u3,"quoted, fine"', "e,u4,fine"]
+    (tmp_path / "stray.csv").write_text("\n".join(lines) + "\n")
+    rows = [row for chunk in read_csv(SourceFile(str(tmp_path / "stray.csv"), 0, 0, 0)) for row in chunk]
+    good = [row["distinct_id"] for _, row in rows if isinstance(row, dict)]
+    assert good == ["u2", "u3", "u4"] and isinstance(rows[0][1], BadRow)
+
+
+def test_a_quoted_field_over_several_lines_is_still_one_row(tmp_path):
+    (tmp_path / "multi.csv").write_text('event,distinct_id,note\ne,u1,"line one\nline two"\ne,u2,x\n')
+    rows = [row for chunk in read_csv(SourceFile(str(tmp_path / "multi.csv"), 0, 0, 0)) for row in chunk]
+    assert [row["note"] for _, row in rows] == ["line one\nline two", "x"]
