@@ -56,8 +56,12 @@ def adapter_class(name: str) -> type[Adapter]:
 
 
 def detect_format(uri: str) -> str | None:
-    """The format a file's ending names (``events.csv.gz`` → csv), or None."""
-    name = uri.lower()
+    """The format a file's ending names (``events.csv.gz`` → csv), or None.
+
+    A URI's ``?query`` (``s3://b/x.jsonl?endpoint_override=host:9000``) is not part of the name; a local path
+    is taken whole (``?`` is a legal character in a file name).
+    """
+    name = uri.split("?", 1)[0].lower() if "://" in uri else uri.lower()
     for ending in COMPRESSION_ENDINGS:
         name = name.removesuffix(ending)
     for adapter in available_adapters().values():

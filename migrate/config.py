@@ -6,13 +6,16 @@ directory, logs, summaries or dry-run output).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
 from migrate.errors import ConfigError
@@ -116,6 +119,12 @@ class Settings:
             raise ConfigError(f"--concurrency {self.concurrency}: choose between 1 and 64")
         if self.rate < 0:
             raise ConfigError("--rate must be 0 (unlimited) or a positive number of events per second")
+        if not self.timeout > 0:
+            raise ConfigError(f"--timeout {self.timeout}: give a positive number of seconds, e.g. --timeout 60")
+        if self.max_retries < 0:
+            raise ConfigError(f"--max-retries {self.max_retries}: give 0 (never retry) or a positive number")
+        if self.retry_delay < 0:
+            raise ConfigError(f"--retry-delay {self.retry_delay}: give 0 or a positive number of seconds")
         self.shard_pair()
         if not 0 <= self.workers <= 64:
             raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
@@ -132,10 +141,77 @@ class Settings:
 def default_job_name(sources: tuple[str, ...]) -> str:
     """A readable, stable name: the first source's name plus a hash of all of them."""
     resolved = sorted(s if "://" in s else os.path.abspath(s) for s in sources)
-    first = Path(sources[0].rstrip("/")).name if sources else "job"
+    first = sources[0].split("?", 1)[0] if sources and "://" in sources[0] else (sources[0] if sources else "job")
+    first = Path(first.rstrip("/")).name
     slug = re.sub(r"[^A-Za-z0-9]+", "-", first).strip("-")[:40] or "job"
     digest = hashlib.sha256("\n".join(resolved).encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
+
+
+# Sizes are ints in Settings, but the file and the command line may also spell them as "512MiB".
+_SIZE_SETTINGS = ("batch_bytes", "memory")
+# A good value of each setting, for the messages (shown in quotes in TOML when the setting is a text).
+_EXAMPLES = {"batch_size": "2000", "concurrency": "4", "workers": "0", "max_retries": "10", "rate": "3000",
+             "retry_delay": "1", "timeout": "60", "batch_bytes": "5MiB", "memory": "1GiB", "format": "csv",
+             "host": "https://us.i.posthog.com", "job": "backfill", "shard": "2/8", "workdir": "work/backfill",
+             "out": "dry-run", "restart": "true", "dry_run": "true", "quiet": "true"}
+
+
+@functools.cache
+def _setting_kinds() -> dict[str, type]:
+    """Each Settings field's type, with ``| None`` and type arguments dropped: int, float, str, Path, bool,
+    tuple."""
+    kinds = {}
+    for name, hint in get_type_hints(Settings).items():
+        if get_origin(hint) in (Union, types.UnionType):
+            hint = next(arg for arg in get_args(hint) if arg is not type(None))
+        kinds[name] = get_origin(hint) or hint
+    return kinds
+
+
+def _kind_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` (None when it can)."""
+    kind = _setting_kinds().get(name)
+    if name in _SIZE_SETTINGS:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            return 'must be a size: a whole number of bytes or a text such as "512MiB"'
+    elif kind is bool:
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be a whole number"
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "must be a number"
+        if not math.isfinite(value):
+            return "must be a finite number"
+    elif kind is str:
+        if not isinstance(value, str):
+            return "must be a text (in quotes)"
+    elif kind is Path:
+        if not isinstance(value, str | os.PathLike):
+            return "must be a folder path (in quotes)"
+    elif kind is tuple and not (isinstance(value, tuple | list) and all(isinstance(item, str) for item in value)):
+        return "must be a list of file names, folders, globs or URIs"
+    return None
+
+
+def _check_kind(name: str, value: Any, where: str | None) -> None:
+    """Raise ConfigError naming the setting (the ``[run]`` key of the file ``where``, or the command-line
+    option when ``where`` is None) when ``value`` is of the wrong kind for it."""
+    problem = _kind_problem(name, value)
+    if problem is None:
+        return
+    example = _EXAMPLES.get(name)
+    shown = "(hidden)" if name == "api_key" else repr(value)  # never print a key, even a malformed one
+    if where is None:
+        option = "--" + name.replace("_", "-")
+        raise ConfigError(f"{option} {shown} {problem}" + (f", e.g. {option} {example}" if example else ""))
+    if example and (name in _SIZE_SETTINGS or _setting_kinds().get(name) in (str, Path)):
+        example = f'"{example}"'
+    fix = f"; write e.g. {name} = {example}" if example else ""
+    raise ConfigError(f"{where}: [run] {name} = {shown} {problem}{fix}")
 
 
 def run_table(mapping_path: str | None) -> dict[str, Any]:
@@ -147,27 +223,51 @@ def run_table(mapping_path: str | None) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}  # the mapping loader reports these with the file's name
     table = document.get("run", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{mapping_path}: run = {table!r} must be a table: write the settings under a [run] line")
+    if "api_key" in table:
+        raise ConfigError(
+            f"{mapping_path}: [run] api_key: don't put the API key in a file; use {API_KEY_VARIABLE} "
+            "(or --api-key) instead"
+        )
     allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "restart"}
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{mapping_path}: unknown key(s) in [run]: {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if "api_key" in document.get("run", {}):
-        raise ConfigError(f"{mapping_path}: don't put the API key in a file; use POSTHOG_API_KEY")
+    for name, value in table.items():
+        _check_kind(name, value, mapping_path)
     return table
 
 
 def resolve_settings(cli: dict[str, Any]) -> Settings:
-    """Merge the layers. ``cli`` holds only what was given on the command line (None = not given)."""
+    """Merge the layers. ``cli`` holds only what was given on the command line (None = not given).
+
+    Every value is checked against its setting's kind (whole number, number, size, text, path, flag) where
+    it comes from, so a wrong one names the ``[run]`` key or the option instead of failing later.
+    """
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(k for k, v in cli.items() if v is not None and k not in known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
+    for name, value in cli.items():
+        if value is not None:
+            _check_kind(name, value, None)
     values: dict[str, Any] = {}
-    values.update(run_table(cli.get("mapping_path")))
+    table = run_table(cli.get("mapping_path"))
+    values.update(table)
     environment = {"api_key": os.environ.get(API_KEY_VARIABLE), "host": os.environ.get(HOST_VARIABLE)}
     values.update({k: v for k, v in environment.items() if v})
-    values.update({k: v for k, v in cli.items() if v is not None})
-    for key in ("batch_bytes", "memory"):
+    given = {k: v for k, v in cli.items() if v is not None}
+    values.update(given)
+    for key in _SIZE_SETTINGS:
         if key in values:
-            values[key] = parse_size(values[key], f"--{key.replace('_', '-')}")
+            what = f"--{key.replace('_', '-')}" if key in given else f"{cli.get('mapping_path')}: [run] {key}"
+            values[key] = parse_size(values[key], what)
     if values.get("host"):
         values["host"] = str(values["host"]).strip().rstrip("/")  # one spelling, so resumes recognise it
+    for key, kind in _setting_kinds().items():
+        if kind is float and key in values:
+            values[key] = float(values[key])  # an int is fine in the file: rate = 3000
     for key in ("workdir", "out"):
         if values.get(key) is not None:
             values[key] = Path(values[key])

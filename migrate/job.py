@@ -109,9 +109,13 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Jo
     format_name = choose_format(settings, sources)
     mapping = load_mapping(settings, cli_overrides)
     adapter = adapter_class(format_name)(mapping)
-    columns = adapter.columns(sources[0])
-    if columns is not None and format_name in ("csv", "jsonl", "parquet"):
-        mapping.check_columns(columns, sources[0].uri)
+    if format_name in ("csv", "jsonl", "parquet"):
+        # The first file that has columns stands for all: an empty file (no header) tells nothing.
+        for source in sources:
+            columns = adapter.columns(source)
+            if columns:
+                mapping.check_columns(columns, source.uri)
+                break
     root = settings.job_directory()
     if create:
         root.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ def job_fingerprint(job: Job) -> dict:
     Round-tripped through JSON so it compares equal to the copy read back from the manifest.
     """
     return orjson.loads(orjson.dumps({
+        "job_id": job.job_id,  # every event carries it as $import_job_id
         "format": job.format_name,
         "mapping": job.mapping.to_dict(),
         "shard": job.settings.shard_pair(),
@@ -161,6 +166,8 @@ def job_fingerprint(job: Job) -> dict:
 
 def describe_fingerprint_change(old: dict, new: dict) -> str:
     lines = []
+    if old.get("job_id") != new.get("job_id"):
+        lines.append(f"job name: {old.get('job_id', '(not recorded)')} → {new.get('job_id')}")
     if old.get("format") != new["format"]:
         lines.append(f"format: {old.get('format')} → {new['format']}")
     if old.get("shard") != new.get("shard"):

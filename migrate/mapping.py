@@ -44,6 +44,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -89,27 +90,82 @@ def parse_bound(value: str, zone: ZoneInfo) -> int:
         return parse_timestamp(value, "auto", zone)
 
 
-def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
-    """A TOML table {old = "new"} (or CLI "OLD=NEW" strings) as sorted (old, new) pairs."""
-    if not value:
+def _pairs(value: Any, setting: str = "renames") -> tuple[tuple[str, str], ...]:
+    """A TOML table {old = "new"} (or CLI "OLD=NEW" strings) as sorted (old, new) pairs.
+
+    ``setting`` names where the value came from (``mapping file m.toml: [transform] rename_events`` or
+    ``--rename-event``), for the message when it is neither.
+    """
+    if value is None or (isinstance(value, dict | list | tuple | str) and not value):
         return ()
     if isinstance(value, dict):
-        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        for old, new in value.items():
+            if not isinstance(new, str) or not new or not old:
+                raise ConfigError(
+                    f"{setting}: {old!r} = {new!r}: the new name must be a non-empty text in quotes, "
+                    f'e.g. {{ "Signed Up" = "signed_up" }}'
+                )
+        return tuple(sorted((str(k), v) for k, v in value.items()))
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(
+            f'{setting} = {value!r} must be a table of renames, e.g. {{ "Signed Up" = "signed_up" }}, '
+            'or a list of "OLD=NEW" texts'
+        )
     pairs = []
-    for item in value:
-        old, sep, new = str(item).partition("=")
+    for item in items:
+        old, sep, new = item.partition("=") if isinstance(item, str) else ("", "", "")
         if not sep or not old or not new:
-            raise ConfigError(f"{item!r}: write renames as OLD=NEW")
+            raise ConfigError(
+                f'{setting}: {item!r} is not a rename; write renames as "OLD=NEW", '
+                f'or as a table: {{ "Signed Up" = "signed_up" }}'
+            )
         pairs.append((old, new))
     return tuple(sorted(pairs))
 
 
-def _as_list(value: Any) -> tuple[str, ...]:
+def _as_list(value: Any, setting: str = "names") -> tuple[str, ...]:
+    """One name or a list of names as a tuple; ``setting`` names where the value came from, for the
+    message when it is neither."""
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(v) for v in value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if setting.startswith("--"):
+        raise ConfigError(f"{setting} {value!r} must be a name; repeat the option to give several")
+    key = setting.rsplit(" ", 1)[-1]
+    raise ConfigError(
+        f'{setting} = {value!r} must be a name in quotes or a list of names in quotes, e.g. {key} = "a" or '
+        f'{key} = ["a", "b"]'
+    )
+
+
+def _as_text(value: Any, setting: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"{setting} = {value!r} must be a text in quotes")
+
+
+def _as_bound(value: Any, setting: str) -> str | None:
+    """A since/until bound as written: a text, a TOML date or date-time, or a number (epoch)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float | date):  # datetime is a date
+        raise ConfigError(f'{setting} = {value!r} must be a date or time, e.g. {setting.rsplit(" ", 1)[-1]} = '
+                          '"2023-01-01"')
+    return str(value)
+
+
+# What the command-line options of ColumnMapping.override are called, for messages.
+_OPTION_NAMES = {
+    "event": "--event-column", "event_name": "--event-name", "distinct_id": "--distinct-id-column",
+    "timestamp": "--timestamp-column", "timestamp_unit": "--timestamp-unit", "timezone": "--source-timezone",
+    "uuid": "--uuid-column", "insert_id": "--insert-id-column", "properties_json": "--properties-column",
+    "rename_events": "--rename-event", "drop_events": "--drop-event", "rename_properties": "--rename-property",
+    "drop_properties": "--drop-property",
+}
 
 
 @dataclass(frozen=True)
@@ -168,33 +224,51 @@ class ColumnMapping:
             raise ConfigError(
                 f"mapping file {path}: unknown section(s) {sorted(unknown)}; expected {sorted(known)}"
             )
+        where = f"mapping file {path}"
+        for section in sorted(known):
+            if not isinstance(document.get(section, {}), dict):
+                raise ConfigError(
+                    f"{where}: {section} = {document[section]!r} must be a table: write its keys under a "
+                    f"[{section}] line"
+                )
         columns = document.get("columns", {})
         props = document.get("properties", {})
         person = document.get("person", {})
         groups = document.get("groups", {})
         rules = document.get("filter", {})
+        transform = document.get("transform", {})
+
+        def names(section: str, table: dict, key: str) -> tuple[str, ...]:
+            return _as_list(table.get(key), f"{where}: [{section}] {key}")
+
+        for group_type, column in groups.items():
+            if not isinstance(column, str) or not column:
+                raise ConfigError(
+                    f"{where}: [groups] {group_type} = {column!r} must be the name of the column holding the "
+                    f'group key, in quotes, e.g. {group_type} = "{group_type}_id"'
+                )
         values: dict[str, Any] = {
-            "event": _as_list(columns.get("event")),
-            "event_name": columns.get("event_name"),
-            "distinct_id": _as_list(columns.get("distinct_id")),
-            "timestamp": _as_list(columns.get("timestamp")),
-            "timestamp_unit": columns.get("timestamp_unit", "auto"),
+            "event": names("columns", columns, "event"),
+            "event_name": _as_text(columns.get("event_name"), f"{where}: [columns] event_name"),
+            "distinct_id": names("columns", columns, "distinct_id"),
+            "timestamp": names("columns", columns, "timestamp"),
+            "timestamp_unit": columns.get("timestamp_unit", "auto"),  # checked by validated(), with the choices
             "timezone": columns.get("timezone", "UTC"),
-            "uuid": _as_list(columns.get("uuid")),
-            "insert_id": _as_list(columns.get("insert_id")),
-            "properties_json": _as_list(props.get("json_column")),
-            "include": _as_list(props["include"]) if "include" in props else None,
-            "exclude": _as_list(props.get("exclude")),
-            "set": _as_list(person.get("set")),
-            "set_once": _as_list(person.get("set_once")),
-            "groups": tuple((str(k), str(v)) for k, v in groups.items()),
-            "drop_events": _as_list(rules.get("drop_events")),
-            "since": str(rules["since"]) if "since" in rules else None,
-            "until": str(rules["until"]) if "until" in rules else None,
+            "uuid": names("columns", columns, "uuid"),
+            "insert_id": names("columns", columns, "insert_id"),
+            "properties_json": names("properties", props, "json_column"),
+            "include": names("properties", props, "include") if "include" in props else None,
+            "exclude": names("properties", props, "exclude"),
+            "set": names("person", person, "set"),
+            "set_once": names("person", person, "set_once"),
+            "groups": tuple((str(k), v) for k, v in groups.items()),
+            "drop_events": names("filter", rules, "drop_events"),
+            "since": _as_bound(rules.get("since"), f"{where}: [filter] since"),
+            "until": _as_bound(rules.get("until"), f"{where}: [filter] until"),
             "source_options": tuple(sorted((str(k), v) for k, v in document.get("source", {}).items())),
-            "rename_events": _pairs(document.get("transform", {}).get("rename_events")),
-            "drop_properties": _as_list(document.get("transform", {}).get("drop_properties")),
-            "rename_properties": _pairs(document.get("transform", {}).get("rename_properties")),
+            "rename_events": _pairs(transform.get("rename_events"), f"{where}: [transform] rename_events"),
+            "drop_properties": names("transform", transform, "drop_properties"),
+            "rename_properties": _pairs(transform.get("rename_properties"), f"{where}: [transform] rename_properties"),
         }
         mapping = cls(**values, base_dir=str(Path(path).resolve().parent))
         return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
@@ -207,12 +281,15 @@ class ColumnMapping:
         given = {k: v for k, v in options.items() if v not in (None, (), [])}
         for key in ("event", "distinct_id", "timestamp", "uuid", "insert_id", "properties_json", "drop_properties"):
             if key in given:
-                given[key] = _as_list(given[key])
+                given[key] = _as_list(given[key], _OPTION_NAMES[key])
+        if "event_name" in given:
+            _as_text(given["event_name"], _OPTION_NAMES["event_name"])
         for key in ("rename_events", "rename_properties"):
             if key in given:
-                given[key] = tuple(sorted({**dict(getattr(self, key)), **dict(_pairs(given[key]))}.items()))
+                renames = _pairs(given[key], _OPTION_NAMES[key])
+                given[key] = tuple(sorted({**dict(getattr(self, key)), **dict(renames)}.items()))
         if "drop_events" in given:
-            given["drop_events"] = tuple(sorted({*self.drop_events, *_as_list(given["drop_events"])}))
+            given["drop_events"] = tuple(sorted({*self.drop_events, *_as_list(given["drop_events"], "--drop-event")}))
         return replace(self, **given).with_explicit(given)
 
     def validated(self) -> ColumnMapping:

@@ -11,6 +11,7 @@ import glob
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyarrow import fs as pafs
 
@@ -52,6 +53,18 @@ def _to_uri(original: str, path: str) -> str:
     return path
 
 
+def _is_pattern(argument: str) -> bool:
+    """Whether the argument is a glob. Only the path counts: an ``s3://`` URI's ``?query`` (settings such as
+    ``endpoint_override=host:port&scheme=http``) is not part of the pattern."""
+    if "://" not in argument:
+        return bool(_GLOB_CHARS & set(argument))
+    try:
+        path = urlsplit(argument).path
+    except ValueError:  # e.g. an unbalanced "[" in the bucket name: urlsplit takes it for an IPv6 address
+        path = argument.split("?", 1)[0]
+    return bool(_GLOB_CHARS & set(path))
+
+
 def expand_sources(arguments: Iterable[str], explicit_format: bool) -> list[SourceFile]:
     """Every input file named by the command line, sorted by URI, each once.
 
@@ -61,7 +74,7 @@ def expand_sources(arguments: Iterable[str], explicit_format: bool) -> list[Sour
     found: dict[str, pafs.FileInfo] = {}
     for argument in arguments:
         filesystem, path = _filesystem(argument)
-        if _GLOB_CHARS & set(argument):
+        if _is_pattern(argument):
             infos = _glob(filesystem, argument, path)
             if not infos:
                 raise ConfigError(f"{argument}: the pattern matches no files")
