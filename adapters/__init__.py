@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from adapters.base import Adapter, BadRow, SourceFile
+from adapters.base import Adapter, BadRow, SourceFile, file_name
 from adapters.csv import CsvAdapter
 from adapters.jsonl import JsonLinesAdapter
 from adapters.parquet import ParquetAdapter
@@ -61,7 +61,7 @@ def detect_format(uri: str) -> str | None:
     A URI's ``?query`` (``s3://b/x.jsonl?endpoint_override=host:9000``) is not part of the name; a local path
     is taken whole (``?`` is a legal character in a file name).
     """
-    name = uri.split("?", 1)[0].lower() if "://" in uri else uri.lower()
+    name = file_name(uri)
     for ending in COMPRESSION_ENDINGS:
         name = name.removesuffix(ending)
     for adapter in available_adapters().values():

@@ -55,6 +55,7 @@ from adapters.base import (
     BadRow,
     RowChunk,
     SourceFile,
+    file_name,
     gzip_reader,
     open_binary,
 )
@@ -351,7 +352,7 @@ def _group_sets(groups: dict[str, list[str]], group_properties: dict) -> Iterato
 # --- reading ---------------------------------------------------------------------------------------
 
 def _is_zip(uri: str) -> bool:
-    if uri.lower().endswith(".zip"):
+    if file_name(uri).endswith(".zip"):
         return True
     with open_binary(uri) as stream:
         return stream.peek(4)[:4] in ZIP_MAGICS

@@ -67,6 +67,11 @@ RowChunk = list[tuple[int, "dict | BadRow"]]
 S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
+def file_name(uri: str) -> str:
+    """A source's name for recognising its format by ending: lower case, without a URI's ``?query``."""
+    return (uri.split("?", 1)[0] if "://" in uri else uri).lower()
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and in-filesystem path of a local path or a ``s3://``/``gs://`` URI.
 

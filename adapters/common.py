@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from adapters.base import RowChunk, SourceFile
+from adapters.base import RowChunk, SourceFile, file_name
 from adapters.csv import infer_scalar, read_csv
 from migrate.errors import ConfigError
 from migrate.event import Rejection
@@ -234,7 +234,7 @@ def put(properties: dict, key: str, value: Any) -> None:
 
 def file_kind(uri: str) -> str:
     """csv, parquet, avro or jsonl, by the file's ending (compression endings looked through)."""
-    name = uri.lower()
+    name = file_name(uri)
     for ending in (".gz", ".gzip"):
         name = name.removesuffix(ending)
     if name.endswith((".csv", ".tsv")):

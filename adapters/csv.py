@@ -20,6 +20,7 @@ from adapters.base import (
     BadRow,
     RowChunk,
     SourceFile,
+    file_name,
     open_binary,
 )
 from migrate.errors import ConfigError
@@ -63,7 +64,7 @@ def _has_bad_encoding(cells: list[str]) -> bool:
 
 def _delimiter(uri: str) -> str:
     """Tab for ``.tsv`` (the format detection sends those here too), else comma."""
-    name = uri.lower()
+    name = file_name(uri)
     for ending in (".gz", ".gzip"):
         name = name.removesuffix(ending)
     return "\t" if name.endswith(".tsv") else ","

@@ -246,8 +246,9 @@ def _mapped_properties(props: dict) -> dict:
         if key in properties and not isinstance(properties[key], dict):
             del properties[key]
     groups = properties.get("$groups")
-    if groups is not None and not (isinstance(groups, dict) and all(isinstance(v, str) and v for v in groups.values())):
-        del properties["$groups"]
+    well_formed = isinstance(groups, dict) and all(isinstance(v, str) and v for v in groups.values())
+    if "$groups" in properties and not well_formed:
+        del properties["$groups"]  # null or malformed: PostHog would refuse the whole event for it
     for old, new in RENAMED_PROPERTIES:
         if old in properties:
             properties[new] = properties.pop(old)
