@@ -286,9 +286,11 @@ def _run_job(job, api_key: str) -> ExitStatus:
 @main.command("retry-rejects")
 @click.argument("job", required=False)
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
+@click.option("--restart", "restart_retry", is_flag=True, default=False,
+              help="Start this retry over (e.g. after the job's rejects file changed).")
 @_mapping_options
 @send_options
-def retry_rejects(job: str | None, workdir: str | None, **kwargs: Any) -> None:
+def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **kwargs: Any) -> None:
     """Send a job's rejected rows again, after fixing the mapping (--mapping fixed.toml) or the server.
 
     Rows are mapped again by the job's adapter, with the new mapping if one is given (else the job's
@@ -313,7 +315,7 @@ def retry_rejects(job: str | None, workdir: str | None, **kwargs: Any) -> None:
         click.echo(f"Retrying {plan.retriable:,} rejected rows as job {plan.job.root}", err=True)
         return plan.job
 
-    _migrate(settings, make_job, restart=False)
+    _migrate(settings, make_job, restart=restart_retry)
 
 
 # --- inspect -----------------------------------------------------------------------------------------

@@ -7,12 +7,16 @@ against the files, and locking the work directory so that one process at a time 
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import hashlib
+import os
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -190,6 +194,8 @@ def reset_job(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
     for name in PREPARED_FOLDERS:
         shutil.rmtree(root / name, ignore_errors=True)
+    for retry in root.glob("retry-*"):  # retries of the rejects of the job being forgotten
+        shutil.rmtree(retry, ignore_errors=True)
 
 
 @dataclass
@@ -214,24 +220,51 @@ def open_retry_job(settings: Settings, original_root: Path, cli_overrides: dict)
     else:
         mapping = ColumnMapping.from_dict(manifest["fingerprint"]["mapping"])
     mapping = mapping.override(**cli_overrides).validated()
-    rejects_path = original_root / "rejects.jsonl"
-    lines: list[bytes] = []
-    unreadable: Counter = Counter()
-    if rejects_path.exists():
-        for line in rejects_path.read_bytes().splitlines():
-            reject = orjson.loads(line)
-            if is_retriable(reject):
-                lines.append(line)
-            else:
-                unreadable[reject["reason"]] += 1
     root = original_root / f"retry-{digest(mapping.to_dict())[:8]}"
     root.mkdir(parents=True, exist_ok=True)
     input_path = root / "rejected-rows.jsonl"
-    content = b"".join(line + b"\n" for line in lines)
-    if not input_path.exists() or input_path.read_bytes() != content:
-        input_path.write_bytes(content)  # rewritten only when it changes, so a resumed retry matches its fingerprint
+    retriable, unreadable = _write_retry_input(original_root, manifest, input_path)
     sources = expand_sources([str(input_path)], explicit_format=True)
     adapter = RejectsAdapter(mapping, adapter_class(original_format))
     job = Job(replace(settings, sources=(str(input_path),)), root, sources, adapter, f"rejects of {original_format}",
               mapping, job_id=manifest.get("job_id", original_root.name), import_source=original_format)
-    return RetryPlan(job, len(lines), unreadable)
+    return RetryPlan(job, retriable, unreadable)
+
+
+def _write_retry_input(original_root: Path, manifest: dict, input_path: Path) -> tuple[int, Counter]:
+    """Copy the retriable lines of the original's rejects file to ``input_path``, a line at a time.
+
+    Only the part the original job's checkpoint covers is read: lines past it belong to batches a resume
+    will send (and judge) again. The file is replaced only when its content changes, so a resumed retry
+    still matches its fingerprint.
+    """
+    rejects_path = original_root / "rejects.jsonl"
+    state = read_json(original_root / "state.json") or {}
+    covered = state.get("send", {}).get("rejects_bytes", manifest["rejects_bytes"])
+    temporary = input_path.with_name(input_path.name + ".tmp")
+    retriable, unreadable = 0, Counter()
+    with open(temporary, "wb") as out:
+        if rejects_path.exists():
+            with open(rejects_path, "rb") as rejects:
+                for line in _lines_within(rejects, covered):
+                    reject = orjson.loads(line)
+                    if is_retriable(reject):
+                        out.write(line if line.endswith(b"\n") else line + b"\n")
+                        retriable += 1
+                    else:
+                        unreadable[reject["reason"]] += 1
+    if input_path.exists() and filecmp.cmp(temporary, input_path, shallow=False):
+        temporary.unlink()
+    else:
+        os.replace(temporary, input_path)
+    return retriable, unreadable
+
+
+def _lines_within(handle: IO[bytes], limit: int) -> Iterator[bytes]:
+    """The whole lines among the first ``limit`` bytes of a file."""
+    read = 0
+    for line in handle:
+        read += len(line)
+        if read > limit or not line.endswith(b"\n"):
+            return
+        yield line

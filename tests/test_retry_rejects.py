@@ -63,3 +63,22 @@ def test_unreadable_rows_are_reported_as_not_retriable(tmp_path, capture_server)
     assert retry.returncode == 2
     assert "1 invalid_json" in retry.stderr and "fix the source file" in retry.stderr
     assert "no retriable rows" in retry.stderr
+
+
+def test_a_restarted_job_forgets_its_retries_and_a_retry_can_restart(tmp_path, capture_server):
+    rows = make_rows(50, seed=15)
+    for row in rows[::5]:
+        row["timestamp"] = 1_709_251_200_000 + row["note_length"]
+    write_csv(tmp_path / "events.csv", rows)
+    (tmp_path / "wrong.toml").write_text('[columns]\ntimestamp_unit = "iso"\n')
+    (tmp_path / "fixed.toml").write_text('[columns]\ntimestamp_unit = "ms"\n')
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    original = ["run", "events.csv", "--mapping", "wrong.toml", "--host", capture_server.url, "--workdir", "job", *FAST]
+    retry = ["retry-rejects", "--workdir", "job", "--mapping", "fixed.toml", "--host", capture_server.url, *FAST]
+    assert run_cli(original, tmp_path, env).returncode == 3
+    assert run_cli(retry, tmp_path, env).returncode == 0
+    assert list((tmp_path / "job").glob("retry-*"))
+    assert run_cli([*original, "--restart"], tmp_path, env).returncode == 3
+    assert not list((tmp_path / "job").glob("retry-*"))  # the old retry belonged to the forgotten run
+    again = run_cli([*retry, "--restart"], tmp_path, env)
+    assert again.returncode == 0 and "10 = 10 + 0 + 0  ✓ balanced" in again.stdout
