@@ -152,11 +152,13 @@ def run_baseline(data: Path, count: int) -> dict:
 
 
 def report(result: dict) -> str:
+    summary = result.get("summary", "").splitlines()
+    phases = [line.strip() for line in summary if line.startswith(("Prepared:", "Sent:"))]
     rate = result["count"] / result["seconds"]
     lost = result["count"] - result["received"]
     return (f"{result['name']:<16} {result['count']:>11,} events  {result['seconds']:>8.1f} s  {rate:>10,.0f} ev/s"
             f"  peak RSS {result['rss']:>6,} MiB  received {result['received']:,}"
-            + (f"  ({lost:,} LOST)" if lost > 0 else ""))
+            + (f"  ({lost:,} LOST)" if lost > 0 else "") + "".join(f"\n    {phase}" for phase in phases))
 
 
 def dataset(count: int, seed: int) -> Path:
