@@ -7,6 +7,7 @@ check it balances.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections import Counter
@@ -44,8 +45,9 @@ class DistinctCounter:
 
     def add(self, hash64: int) -> None:
         index = hash64 >> (64 - HLL_PRECISION)
+        # The rank is the position of the first 1 bit in the 50 bits left after the index (1-based).
         rest = (hash64 << HLL_PRECISION) & 0xFFFF_FFFF_FFFF_FFFF
-        rank = 65 - HLL_PRECISION - rest.bit_length() if rest else 64 - HLL_PRECISION + 1
+        rank = 65 - rest.bit_length() if rest else 64 - HLL_PRECISION + 1
         if rank > self.registers[index]:
             self.registers[index] = rank
 
@@ -57,9 +59,7 @@ class DistinctCounter:
         alpha = 0.7213 / (1 + 1.079 / m)
         raw = alpha * m * m / sum(2.0 ** -r for r in self.registers)
         zeros = self.registers.count(0)
-        if raw <= 2.5 * m and zeros:
-            import math
-
+        if raw <= 2.5 * m and zeros:  # small counts: linear counting is the better estimate
             return round(m * math.log(m / zeros))
         return round(raw)
 
