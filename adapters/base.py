@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,15 +94,37 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
         raise ConfigError(f"cannot open {uri}: {error}") from None
 
 
+# A file inside a zip archive is addressed as ``archive.zip!/member/name.json.gz``.
+ZIP_MEMBER_SEPARATOR = "!/"
+
+
+def split_member(uri: str) -> tuple[str, str | None]:
+    """(the archive's uri, the member's name) for a zip member's uri; (uri, None) for a plain file."""
+    archive, separator, member = uri.partition(ZIP_MEMBER_SEPARATOR)
+    return (archive, member) if separator else (uri, None)
+
+
+def open_seekable(uri: str) -> IO[bytes]:
+    """A random-access handle on a local path or remote URI (zip archives need one)."""
+    filesystem, path = filesystem_for(uri)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return open(path, "rb")
+    return filesystem.open_input_file(path)
+
+
 def open_binary(uri: str) -> IO[bytes]:
-    """Open a local path or ``s3://``/``gs://`` URI for reading, transparently gunzipping.
+    """Open a local path, ``s3://``/``gs://`` URI or zip member for reading, transparently gunzipping.
 
     Gzip is recognised by its magic bytes, not the file name: exports are often renamed.
     """
-    filesystem, path = filesystem_for(uri)
-    # compression=None: pyarrow would otherwise gunzip by the name alone, failing on a renamed plain file
-    # and bypassing the magic-byte check (and isal) below.
-    stream = filesystem.open_input_stream(path, compression=None)
+    archive, member = split_member(uri)
+    if member is not None:
+        stream: Any = _ZipMemberStream(archive, member)
+    else:
+        filesystem, path = filesystem_for(uri)
+        # compression=None: pyarrow would otherwise gunzip by the name alone, failing on a renamed plain
+        # file and bypassing the magic-byte check (and isal) below.
+        stream = filesystem.open_input_stream(path, compression=None)
     raw = io.BufferedReader(_ArrowStreamAdapter(stream), buffer_size=1 << 20)
     if raw.peek(2)[:2] == GZIP_MAGIC:
         return io.BufferedReader(_GzipStream(gzip_reader(raw), raw, uri), buffer_size=1 << 20)
@@ -144,6 +167,30 @@ class _GzipStream(io.RawIOBase):
         finally:
             self._raw.close()
             super().close()
+
+
+class _ZipMemberStream:
+    """One member of a zip archive, read as a stream; closing it closes the archive and its file."""
+
+    def __init__(self, archive: str, member: str):
+        self._file = open_seekable(archive)
+        try:
+            self._zip = zipfile.ZipFile(self._file)
+            self._member = self._zip.open(member)
+        except (zipfile.BadZipFile, KeyError, OSError) as error:
+            self._file.close()
+            raise ConfigError(f"{archive}: cannot read {member} from the zip archive ({error})") from None
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._member.read(size)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+            raise ConfigError(f"the zip member is damaged ({error}); re-download the archive") from None
+
+    def close(self) -> None:
+        self._member.close()
+        self._zip.close()
+        self._file.close()
 
 
 class _ArrowStreamAdapter(io.RawIOBase):

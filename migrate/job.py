@@ -21,7 +21,7 @@ from typing import IO
 import orjson
 
 from adapters import adapter_class, detect_format
-from adapters.base import Adapter, SourceFile
+from adapters.base import Adapter, SourceFile, split_member
 from adapters.rejects import RejectsAdapter, is_retriable
 from migrate.checkpoint import digest, read_json
 from migrate.config import Settings
@@ -96,6 +96,12 @@ def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
     if settings.format != "auto":
         adapter_class(settings.format)  # unknown names fail here, with the list of known ones
         return settings.format
+    zipped = next((s.uri for s in sources if split_member(s.uri)[1] is not None), None)
+    if zipped is not None:
+        raise ConfigError(
+            f"{split_member(zipped)[0]}: give the format of the files inside the zip archive with --format "
+            "(an Amplitude export, for example, is --format amplitude)"
+        )
     formats = {detect_format(s.uri) for s in sources}
     if None in formats:
         unknown = next(s.uri for s in sources if detect_format(s.uri) is None)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import orjson
@@ -310,3 +312,22 @@ def test_more_input_files_than_the_merge_fan_in_are_compacted_and_still_sorted(t
     assert sorted(p.name for p in (tmp_path / "job" / "runs").iterdir()) == sorted(r["file"] for r in manifest["runs"])
     stamps = [e["timestamp"] for e in capture_server.events]
     assert len(stamps) == 1_400 and stamps == sorted(stamps)
+
+
+def test_a_zip_archive_is_read_member_by_member(tmp_path, capture_server):
+    rows = make_rows(600, seed=77)
+    rows[450]["event"] = ""
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:
+        archive.writestr("2024/part-0.jsonl.gz", gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in rows[:300])))
+        archive.writestr("2024/part-1.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rows[300:]))
+        archive.writestr("__MACOSX/2024/._part-0.jsonl.gz", b"\x00\x05junk")
+    refused = _run(tmp_path, capture_server, "export.zip")
+    assert refused.returncode == 2 and "--format" in refused.stderr
+    result = _run(tmp_path, capture_server, "export.zip", "--format", "jsonl", "--workers", "2", "--workdir", "job")
+    assert result.returncode == 3, result.stderr
+    assert "600 = 599 + 1 + 0  ✓ balanced" in result.stdout
+    reject = orjson.loads((tmp_path / "job" / "rejects.jsonl").read_bytes())
+    assert reject["file"].endswith("export.zip!/2024/part-1.jsonl") and reject["row"] == 151
+    again = _run(tmp_path, capture_server, "export.zip", "--format", "jsonl", "--workdir", "job")
+    assert again.returncode == 3 and "already sent by an earlier run" in again.stdout  # same fingerprint
+    assert len(capture_server.events) == 599

@@ -352,7 +352,9 @@ About a quarter of the people have no `ip_address` (their events carry Amplitude
 
 ## Deliberately bad rows
 
-Record numbers count rows across the members in sorted name order, from 1 (as `posthog-migrate` does).
+posthog-migrate reads each member as a source of its own: its rejects file names a row as
+`export.zip!/<member>` with its Line. Record counts rows across the members in sorted name order, from 1
+(as `AmplitudeAdapter.read` does when given the whole zip).
 
 | Record | Member | Line | Expected reject reason | Why |
 |---:|---|---:|---|---|
