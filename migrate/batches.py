@@ -54,9 +54,6 @@ class Batch:
     def n_events(self) -> int:
         return len(self.payloads)
 
-    @property
-    def payload_bytes(self) -> int:
-        return sum(len(p) for p in self.payloads) + max(0, len(self.payloads) - 1)
 
 
 @dataclass

@@ -137,18 +137,10 @@ class JobState:
     def send(self) -> SendProgress:
         return SendProgress.from_dict(self.data.get("send", {}))
 
-    def save_send(self, progress: SendProgress) -> None:
-        progress.updated_at = time.time()
-        self.save_send_dict(progress.to_dict())
-
-    def save_send_dict(self, progress: dict) -> None:
+    def save_send(self, progress: dict) -> None:
+        """Replace the send checkpoint with ``progress`` (a SendProgress as a dict), atomically."""
         self.data["send"] = {**progress, "updated_at": time.time()}
         atomic_write_json(self.path, self.data)
-
-    def clear_send(self) -> None:
-        self.data.pop("send", None)
-        atomic_write_json(self.path, self.data)
-
 
 class CheckpointWriter:
     """Persists the send watermark on a thread of its own, one write covering every acknowledgement that
@@ -190,7 +182,7 @@ class CheckpointWriter:
                 snapshot, self._pending, self._writing = self._pending, None, True
             try:
                 crash_point("after-send-before-checkpoint")
-                self.state.save_send_dict(snapshot)
+                self.state.save_send(snapshot)
                 crash_point("after-checkpoint")
             except BaseException as error:  # reported to the dispatching thread by submit/close
                 with self._condition:

@@ -11,7 +11,6 @@ import glob
 import hashlib
 import zipfile
 from collections.abc import Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyarrow import fs as pafs
@@ -190,13 +189,3 @@ def describe_changes(before: list[dict], after: list[dict]) -> list[str]:
         if changed:
             lines.append(f"changed ({', '.join(changed)}): {uri}")
     return lines
-
-
-def display_name(uri: str, base: Path | None = None) -> str:
-    """A short name for messages: relative to the current folder when it is below it."""
-    if "://" in uri:
-        return uri
-    try:
-        return str(Path(uri).relative_to(base or Path.cwd()))
-    except ValueError:
-        return uri

@@ -16,7 +16,6 @@ from migrate.errors import ConfigError
 from migrate.sources import (
     FINGERPRINT_SAMPLE_BYTES,
     describe_changes,
-    display_name,
     expand_sources,
     fingerprint,
 )
@@ -204,9 +203,3 @@ def test_describe_changes_lists_removed_added_and_changed_inputs():
         "changed (size): /b",
         "changed (mtime_ns, sample_sha256): /c",
     ]
-
-
-def test_display_name_is_relative_below_the_base(tmp_path):
-    assert display_name(str(tmp_path / "x" / "e.csv"), tmp_path) == "x/e.csv"
-    assert display_name("/elsewhere/e.csv", tmp_path) == "/elsewhere/e.csv"
-    assert display_name("s3://bucket/e.csv", tmp_path) == "s3://bucket/e.csv"
