@@ -400,7 +400,7 @@ def describe_status(root: Path) -> str:
         f"{progress.batches_sent:,} batches" + (f" to {progress.host}" if progress.host else ""),
         f"Rejected:  {stats.rejected_total + progress.server_rejected_rows:,} rows → {root / 'rejects.jsonl'}",
         f"Filtered:  {stats.filtered_total:,} rows",
-        f"Time range {day_of(stats.first_us)} → {day_of(stats.last_us)}",
+        f"Time range: {day_of(stats.first_us)} → {day_of(stats.last_us)}",
     ]
     if progress.updated_at:
         age = human_duration(time.time() - progress.updated_at)
