@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 
 from adapters import adapter_class
 from adapters.amplitude import AmplitudeAdapter
-from adapters.base import BadRow, SourceFile
+from adapters.base import BadRow
 from adapters.common import session_uuid7
 from migrate.errors import ConfigError
 from migrate.event import MAX_TIMESTAMP_US, Event, Rejection, parse_timestamp, uuid_from_content, validate
 from migrate.mapping import ColumnMapping, Filtered
 
+from .adapter_helpers import rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, read_received, run_cli
 
 SAMPLE = PROJECT_ROOT / "sample_data" / "amplitude"
@@ -424,12 +425,8 @@ def test_any_row_gives_valid_events_or_a_rejection_or_a_filter(row):
 
 # --- containers ----------------------------------------------------------------------------------------
 
-def source(path: Path | str, index: int = 0) -> SourceFile:
-    return SourceFile(str(path), index, 0, 0)
 
 
-def rows_of(chunks) -> list[tuple[int, dict | BadRow]]:
-    return [item for chunk in chunks for item in chunk]
 
 
 def amplitude_line(n: int, event_type: str = "note_created") -> bytes:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 import pytest
@@ -22,12 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters import adapter_class
-from adapters.base import BadRow, SourceFile
+from adapters.base import BadRow
 from adapters.mixpanel import MixpanelAdapter
 from migrate.errors import ConfigError
 from migrate.event import MAX_TIMESTAMP_US, Event, Rejection, format_timestamp, uuid_from_content, validate
 from migrate.mapping import ColumnMapping, Filtered
 
+from .adapter_helpers import rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli
 
 SAMPLE = PROJECT_ROOT / "sample_data" / "mixpanel"
@@ -361,12 +361,8 @@ def test_any_row_gives_valid_events_or_a_rejection_or_a_filter(row, zone):
 
 # --- reading -------------------------------------------------------------------------------------------
 
-def source(path: Path) -> SourceFile:
-    return SourceFile(str(path), 0, 0, 0)
 
 
-def rows_of(chunks) -> list:
-    return [item for chunk in chunks for item in chunk]
 
 
 def test_plain_and_gzip_exports_are_read_with_bad_lines_as_bad_rows(tmp_path):

@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters import adapter_class
-from adapters.base import BadRow, SourceFile
+from adapters.base import BadRow
 from adapters.segment import TABLE_KEY, SegmentAdapter, table_name
 from migrate.errors import ConfigError
 from migrate.event import INSERT_ID_NAMESPACE, Event, Rejection, parse_timestamp, validate
 from migrate.mapping import ColumnMapping, Filtered
 
+from .adapter_helpers import PIPELINE_ONLY_REASONS, as_json, events_of, json_values, rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli, write_csv, write_jsonl
 
 FIXTURE = PROJECT_ROOT.parent / "shared" / "fixtures" / "segment" / "segment-messages.jsonl"
@@ -42,7 +43,6 @@ UA_10_9 = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_5) AppleWebKit/537.36 (K
 UA_10_11 = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_0) AppleWebKit/537.36 (KHTML, like Gecko) "
             "Chrome/46.0.2490.86 Safari/537.36")
 # validate() may still refuse what only it judges: a far-future or out-of-range time, an integer JSON cannot hold.
-PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable", "distinct_id_too_long"}
 
 
 def fixture_messages() -> list[dict]:
@@ -59,25 +59,12 @@ def mapping_adapter(**fields) -> SegmentAdapter:
     return SegmentAdapter(ColumnMapping(**fields))
 
 
-def as_json(events: list[Event]) -> list[dict]:
-    return [{"json": json.loads(e.to_json()), "source_event": e.source_event,
-             "link": list(e.link) if e.link else None, "added": e.added} for e in events]
 
 
-def source(path: Path) -> SourceFile:
-    return SourceFile(str(path), 0, path.stat().st_size, path.stat().st_mtime_ns)
 
 
-def rows_of(chunks) -> list:
-    return [item for chunk in chunks for item in chunk]
 
 
-def events_of(a: SegmentAdapter, path: Path) -> list[Event]:
-    out = []
-    for _, row in rows_of(a.read(source(path))):
-        assert isinstance(row, dict), row
-        out.extend(a.to_events(row))
-    return out
 
 
 # --- golden: every message of the real fixture -------------------------------------------------------
@@ -498,8 +485,7 @@ SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
            | st.sampled_from(["", "null", "2024-03-01T00:00:00Z", "1709251200000", "track", "page", "identify",
                               "group", "alias", "screen", "(not set)"]))
-JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=12)
+JSON_VALUES = json_values(SCALARS)
 KEYS = st.sampled_from(["type", "messageId", "userId", "anonymousId", "event", "name", "timestamp",
                         "originalTimestamp", "sentAt", "receivedAt", "properties", "traits", "context", "groupId",
                         "previousId", "id", "user_id", "anonymous_id", "event_text", "context_page_url",
