@@ -20,6 +20,8 @@ import orjson
 
 from adapters.base import RowChunk, SourceFile, file_name
 from adapters.csv import infer_scalar, read_csv
+from adapters.jsonl import read_json_lines
+from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Rejection
 from migrate.mapping import ColumnMapping
@@ -254,6 +256,16 @@ def read_csv_keeping_ids(source: SourceFile, text_columns: frozenset[str] = froz
             k: v if k in text_columns or k == "id" or k.endswith("_id") or k == "identity" else infer_scalar(v)
             for k, v in row.items()
         }) for number, row in chunk]
+
+
+def read_table_rows(source: SourceFile, text_columns: frozenset[str] = frozenset()) -> Iterator[RowChunk]:
+    """A warehouse table file's rows, by its ending: CSV (ids kept as text), Parquet, else JSON lines."""
+    kind = file_kind(source.uri)
+    if kind == "csv":
+        return read_csv_keeping_ids(source, text_columns)
+    if kind == "parquet":
+        return read_parquet(source)
+    return read_json_lines(source)
 
 
 def probe_rows(source: SourceFile, chunks: Iterator[RowChunk], looks_right: Callable[[dict], bool], fmt: str,

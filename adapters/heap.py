@@ -53,7 +53,7 @@ from adapters.common import (
     is_empty,
     probe_rows,
     put,
-    read_csv_keeping_ids,
+    read_table_rows,
     referrer_properties,
     session_uuid7,
     table_name,
@@ -61,8 +61,6 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from migrate.mapping import ColumnMapping, Filtered
@@ -137,9 +135,7 @@ def read_avro(source: SourceFile) -> Iterator[RowChunk]:
 
 def _rows(uri: str) -> Iterator[dict]:
     source = SourceFile(uri, 0, 0, 0)
-    kind = file_kind(uri)
-    chunks = (read_csv_keeping_ids(source) if kind == "csv" else read_parquet(source) if kind == "parquet"
-              else read_avro(source) if kind == "avro" else read_json_lines(source))
+    chunks = read_avro(source) if file_kind(uri) == "avro" else read_table_rows(source)
     for chunk in chunks:
         for _, row in chunk:
             if isinstance(row, dict):
@@ -218,15 +214,10 @@ class HeapAdapter(Adapter):
         return [self.mapping.source_path(name) for name in SOURCE_OPTIONS if self.mapping.source_option(name)]
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
-        kind = file_kind(source.uri)
-        if kind == "csv":
-            chunks = read_csv_keeping_ids(source, TEXT_COLUMNS)
-        elif kind == "parquet":
-            chunks = read_parquet(source)
-        elif kind == "avro":
+        if file_kind(source.uri) == "avro":
             chunks = read_avro(source)
         else:
-            chunks = read_json_lines(source)
+            chunks = read_table_rows(source, TEXT_COLUMNS)
         return probe_rows(source, chunks, _looks_like_heap, "Heap Connect", table_name(source.uri))
 
     def migrated(self, user: str | None) -> str | None:

@@ -59,7 +59,7 @@ from adapters.common import (
     object_value,
     probe_rows,
     put,
-    read_csv_keeping_ids,
+    read_table_rows,
     referrer_properties,
     short_repr,
     table_name,
@@ -67,8 +67,6 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from migrate.mapping import ColumnMapping, Filtered
@@ -144,12 +142,7 @@ class SegmentAdapter(Adapter):
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         kind = file_kind(source.uri)
-        if kind == "csv":
-            chunks = read_csv_keeping_ids(source, TEXT_COLUMNS)
-        elif kind == "parquet":
-            chunks = read_parquet(source)
-        else:
-            chunks = read_json_lines(source)
+        chunks = read_table_rows(source, TEXT_COLUMNS)
         # Warehouse tables (CSV, Parquet, or JSON lines named like one) are told their table name;
         # archive messages carry their own type.
         table = table_name(source.uri)
