@@ -59,7 +59,15 @@ from adapters.base import (
     gzip_reader,
     open_binary,
 )
-from adapters.common import geo_properties, is_empty, probe_rows, session_uuid7, url_properties, without_empty
+from adapters.common import (
+    event_name,
+    geo_properties,
+    is_empty,
+    probe_rows,
+    session_uuid7,
+    url_properties,
+    without_empty,
+)
 from adapters.jsonl import read_json_lines
 from migrate.errors import ConfigError
 from migrate.event import (
@@ -128,7 +136,7 @@ class AmplitudeAdapter(Adapter):
     # -- mapping ------------------------------------------------------------------------------------
 
     def to_events(self, record: dict) -> list[Event]:
-        source_name = _event_name(record.get("event_type"))
+        source_name = event_name(record.get("event_type"), "event_type")
         if source_name in SESSION_EVENTS:
             raise Filtered(SESSION_RULE)
         name = EVENT_NAMES.get(source_name, source_name)
@@ -197,13 +205,6 @@ class AmplitudeAdapter(Adapter):
 
 
 # --- field helpers ---------------------------------------------------------------------------------
-
-def _event_name(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise Rejection("missing_event_name", "the row has no event_type")
-    return value
 
 
 def _identifier(record: dict, key: str, reject: bool = True) -> str | None:

@@ -161,6 +161,15 @@ def id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str |
     return str(value)
 
 
+def event_name(value: Any, column: str) -> str:
+    """A row's event name (a number becomes text); Rejection when it is missing, empty or not a scalar."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise Rejection("missing_event_name", f"the row has no {column}")
+    return value
+
+
 def text_value(value: Any) -> str | None:
     """A scalar as text, for names and urls; None for empties and for non-scalars."""
     if isinstance(value, str):

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import orjson
 
 from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import geo_properties, is_empty, probe_rows, url_properties
+from adapters.common import event_name, geo_properties, is_empty, probe_rows, url_properties
 from adapters.jsonl import read_json_lines
 from migrate.event import (
     MAX_TIMESTAMP_US,
@@ -95,7 +95,7 @@ class MixpanelAdapter(Adapter):
     # -- mapping ------------------------------------------------------------------------------------
 
     def to_events(self, record: dict) -> list[Event]:
-        source_name = _event_name(record.get("event"))
+        source_name = event_name(record.get("event"), "event")
         props = _properties(record.get("properties"))
         name = EVENT_NAMES.get(source_name, source_name)
         if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
@@ -177,13 +177,6 @@ class MixpanelAdapter(Adapter):
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-def _event_name(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise Rejection("missing_event_name", "the row has no event")
-    return value
 
 
 def _properties(value: Any) -> dict:
