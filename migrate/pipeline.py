@@ -28,7 +28,6 @@ class SendOutcome:
     progress: SendProgress
     counters: SendCounters
     elapsed: float
-    total_events: int
     dry_run_dir: Path | None = None
     resumed_from: int = 0
 
@@ -73,7 +72,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     counters = SendCounters()
     stop = job.stop
     sender = Sender(
-        SendSettings(host=url, api_key=api_key, concurrency=settings.concurrency, rate=settings.rate,
+        SendSettings(host=url, api_key=api_key, rate=settings.rate,
                      max_retries=settings.max_retries, retry_base=settings.retry_delay, timeout=settings.timeout),
         counters, stop,
     )
@@ -117,7 +116,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         bar.close()
         checkpoints.close()
         rejects.close()
-    return SendOutcome(progress, counters, time.monotonic() - started, total, resumed_from=resumed_from)
+    return SendOutcome(progress, counters, time.monotonic() - started, resumed_from=resumed_from)
 
 
 def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
@@ -141,8 +140,7 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
             progress.batches_sent += 1
             progress.events_sent += batch.n_events
             progress.rows_sent += sum(1 for k in batch.kinds if k == EVENT_FROM_ROW)
-    return SendOutcome(progress, counters, time.monotonic() - started, manifest["stats"]["events"],
-                       dry_run_dir=out_dir)
+    return SendOutcome(progress, counters, time.monotonic() - started, dry_run_dir=out_dir)
 
 
 DRY_RUN_KEY_PLACEHOLDER = "<your project API key>"

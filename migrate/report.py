@@ -190,8 +190,7 @@ def _lenient_default(value: Any) -> Any:
 
 
 def progress_bar(total: int | None, unit: str, description: str, quiet: bool) -> tqdm:
-    """A tqdm bar on stderr: count, rate and ETA; silent with --quiet or when stderr is not a terminal
-    and the job is small."""
+    """A tqdm bar on stderr: count, rate and ETA (with a total); silent with --quiet."""
     return tqdm(
         total=total, unit=f" {unit}", unit_scale=True, desc=description, disable=quiet, file=sys.stderr,
         dynamic_ncols=True, mininterval=0.5, smoothing=0.1,

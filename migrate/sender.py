@@ -63,7 +63,6 @@ class Interrupted(Exception):
 class SendSettings:
     host: str
     api_key: str
-    concurrency: int = 2
     rate: float = 0.0                      # events per second over all threads; 0 = unlimited
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_base: float = DEFAULT_RETRY_BASE_SECONDS

@@ -186,7 +186,7 @@ def _windows(tmp_path, people: int, events: int, lanes: int, max_events: int):
 
 def test_concurrent_sending_never_reorders_a_persons_events(make_server, tmp_path):
     server = make_server(rate=0.3, kinds=("503", "slow:0.05", "drop", "429"), seed=11)
-    sender, _, stop = _sender(server.url, concurrency=4)
+    sender, _, stop = _sender(server.url)
     acknowledged: list[int] = []
     Dispatcher(sender, 4, stop).run(_windows(tmp_path, 9, 3_000, 4, 50), 0,
                                     lambda window, result: acknowledged.append(result.batch.seq))
@@ -201,7 +201,7 @@ def test_concurrent_sending_never_reorders_a_persons_events(make_server, tmp_pat
 
 def test_dispatcher_reports_what_finished_before_a_failure(make_server, tmp_path):
     server = make_server(["ok", "ok", "401"])
-    sender, _, stop = _sender(server.url, concurrency=1)
+    sender, _, stop = _sender(server.url)
     acknowledged: list[int] = []
     with pytest.raises(FatalResponse):
         Dispatcher(sender, 1, stop).run(_windows(tmp_path, 3, 500, 1, 100), 0,
@@ -210,7 +210,7 @@ def test_dispatcher_reports_what_finished_before_a_failure(make_server, tmp_path
 
 
 def test_dispatcher_skips_batches_before_the_watermark(capture_server, tmp_path):
-    sender, _, stop = _sender(capture_server.url, concurrency=2)
+    sender, _, stop = _sender(capture_server.url)
     acknowledged: list[int] = []
     Dispatcher(sender, 2, stop).run(_windows(tmp_path, 5, 1_000, 2, 100), 3,
                                     lambda window, result: acknowledged.append(result.batch.seq))
