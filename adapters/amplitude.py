@@ -60,6 +60,7 @@ from adapters.base import (
     open_binary,
 )
 from adapters.common import (
+    EMPTY_MARKERS,
     event_name,
     geo_properties,
     is_empty,
@@ -75,6 +76,7 @@ from migrate.event import (
     MIN_TIMESTAMP_US,
     Event,
     Rejection,
+    is_canonical_uuid,
     json_object,
     normalise_uuid,
     parse_timestamp,
@@ -103,7 +105,9 @@ PAGE_DOMAIN = "[Amplitude] Page Domain"
 PAGE_PATH = "[Amplitude] Page Path"
 PAGE_TITLE = "[Amplitude] Page Title"
 SCREEN_NAME = "[Amplitude] Screen Name"
-MAPPED_EVENT_PROPERTIES = (PAGE_LOCATION, PAGE_URL, PAGE_DOMAIN, PAGE_PATH, PAGE_TITLE, SCREEN_NAME)
+MAPPED_EVENT_PROPERTIES = frozenset({PAGE_LOCATION, PAGE_URL, PAGE_DOMAIN, PAGE_PATH, PAGE_TITLE, SCREEN_NAME})
+# (Amplitude property, PostHog property) for the page and screen fields copied as they are.
+PAGE_FIELDS = ((PAGE_DOMAIN, "$host"), (PAGE_PATH, "$pathname"), (PAGE_TITLE, "title"), (SCREEN_NAME, "$screen_name"))
 # Row field → PostHog property, by kind of row: on the web Amplitude's "OS" is the browser.
 WEB_FIELDS = (("os_name", "$browser"), ("os_version", "$browser_version"), ("device_type", "$os"))
 MOBILE_FIELDS = (
@@ -149,22 +153,26 @@ class AmplitudeAdapter(Adapter):
             raise Rejection("missing_distinct_id", "the row has neither a user_id nor a device_id")
         timestamp_us = _timestamp(record.get("event_time"))
         self.mapper.apply_time_filters(timestamp_us)
-        event_properties = json_object(record.get("event_properties"), "event_properties")
-        user_properties = json_object(record.get("user_properties"), "user_properties")
+        # Objects are almost always objects already: json_object (text, null, junk) only for the rest.
+        event_properties = record.get("event_properties")
+        if type(event_properties) is not dict:
+            event_properties = json_object(event_properties, "event_properties")
+        user_properties = record.get("user_properties")
+        if type(user_properties) is not dict:
+            user_properties = json_object(user_properties, "user_properties")
         groups = _groups(json_object(record.get("groups"), "groups"))
         group_properties = json_object(record.get("group_properties"), "group_properties")
         event_uuid = self._uuid(record, device_id, distinct_id, timestamp_us, source_name)
         link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
 
+        # The helpers below add to ``properties`` in a fixed order: key order is part of the bytes sent.
         properties = _event_properties(event_properties, source_name)
-        properties.update(_device_properties(record))
-        properties.update(_geo(record))
+        _add_device_properties(properties, record)
+        _add_geo(properties, record)
         session = _session_id(record.get("session_id"), device_id)
         if session is not None:
             properties["$session_id"] = session
-        initial = {k for k in user_properties if isinstance(k, str) and k.startswith(INITIAL_PREFIX)}
-        user_set = without_empty({k: v for k, v in user_properties.items() if k not in initial})
-        set_once = without_empty({f"${k}": v for k, v in user_properties.items() if k in initial})
+        user_set, set_once = _person_properties(user_properties)
         if user_set:
             properties["$set"] = {**properties.get("$set", {}), **user_set}
         if set_once:
@@ -178,7 +186,7 @@ class AmplitudeAdapter(Adapter):
                   {"$group_type": group_type, "$group_key": key, "$group_set": group_set, "$geoip_disable": True},
                   added=True, source_event="(amplitude group_properties)", link=link)
             for group_type, key, group_set in _group_sets(groups, group_properties)
-        ]
+        ] if groups else []
         if len(added) >= MAX_EVENTS_PER_ROW - 1:
             raise Rejection("too_many_events", f"the row names {len(added)} groups with properties; at most "
                             f"{MAX_EVENTS_PER_ROW - 2} fit beside its own event")
@@ -189,10 +197,12 @@ class AmplitudeAdapter(Adapter):
             own.uuid, own.added, own.source_event = event_uuid, False, source_name
             return [*added, own]
         own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)
-        return [*added, own]
+        return [*added, own] if added else [own]
 
     def _uuid(self, record: dict, device_id: str | None, distinct_id: str, timestamp_us: int, name: str) -> str:
         source_uuid = record.get("uuid")
+        if type(source_uuid) is str and is_canonical_uuid(source_uuid):  # as exported: nothing to normalise
+            return source_uuid
         if not is_empty(source_uuid):
             return normalise_uuid(source_uuid)
         insert_id = _identifier(record, "$insert_id", reject=False)
@@ -210,6 +220,8 @@ class AmplitudeAdapter(Adapter):
 def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
     """An id as text; None when absent or an empty marker. Other shapes reject the row (or count as absent)."""
     value = record.get(key)
+    if type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
+        return value  # the usual id: plain text that is not a "nothing here" marker
     if is_empty(value):
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -234,6 +246,8 @@ def _timestamp(value: Any) -> int:
 
 def _scalar(value: Any) -> Any:
     """A value fit for a descriptive property (text or number), or None."""
+    if value is None:  # most optional fields are absent: answer before any other test
+        return None
     kind = type(value)
     if kind is str:
         return None if is_empty(value) else value
@@ -245,6 +259,8 @@ def _scalar(value: Any) -> Any:
 
 
 def _key_text(value: Any) -> str | None:
+    if value is None:
+        return None
     value = _scalar(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
@@ -260,9 +276,9 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
     if "$groups" in properties and not _valid_groups(properties["$groups"]):
         del properties["$groups"]
     url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
-    properties.update(url_properties(url))
-    for field, target in ((PAGE_DOMAIN, "$host"), (PAGE_PATH, "$pathname"), (PAGE_TITLE, "title"),
-                          (SCREEN_NAME, "$screen_name")):
+    if url is not None:
+        properties.update(url_properties(url))
+    for field, target in PAGE_FIELDS:
         value = _scalar(event_properties.get(field))
         if value is not None:
             properties[target] = value
@@ -275,10 +291,22 @@ def _valid_groups(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())
 
 
-def _device_properties(record: dict) -> dict:
+def _person_properties(user_properties: dict) -> tuple[dict, dict]:
+    """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
+    user_set, set_once = {}, {}
+    for key, value in user_properties.items():
+        if is_empty(value):
+            continue
+        if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
+            set_once[f"${key}"] = value
+        else:
+            user_set[key] = value
+    return user_set, set_once
+
+
+def _add_device_properties(properties: dict, record: dict) -> None:
     platform = record.get("platform")
     web = isinstance(platform, str) and platform.strip().lower() == "web"
-    properties = {}
     for field, target in WEB_FIELDS if web else MOBILE_FIELDS:
         value = _scalar(record.get(field))
         if value is not None:
@@ -292,34 +320,39 @@ def _device_properties(record: dict) -> dict:
     insert_id = _key_text(record.get("$insert_id"))
     if insert_id is not None:
         properties["$insert_id"] = insert_id
-    return properties
 
 
-def _geo(record: dict) -> dict:
+def _add_geo(properties: dict, record: dict) -> None:
     ip = record.get("ip_address")
+    if isinstance(ip, str) and not is_empty(ip):  # the usual case: PostHog locates the real address
+        properties["$ip"] = ip
+        return
 
     def number(key: str) -> float | None:
         value = record.get(key)
         is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         return value if is_number else None
 
-    return geo_properties(
-        ip if isinstance(ip, str) else None, _scalar(record.get("city")), _scalar(record.get("region")),
+    properties.update(geo_properties(
+        None, _scalar(record.get("city")), _scalar(record.get("region")),
         country_name=_scalar(record.get("country")), latitude=number("location_lat"),
         longitude=number("location_lng"),
-    )
+    ))
 
 
 def _session_id(value: Any, device_id: str | None) -> str | None:
     """Amplitude's session id is the session start in epoch ms (-1: no session) → a UUIDv7 on that time."""
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
+    if type(value) is int:  # the usual shape: answer without the checks below
+        start_ms = value
+    else:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    start_ms = int(value)
+        start_ms = int(value)
     if start_ms <= 0:
         return None
     return session_uuid7(start_ms, f"amplitude:{device_id or ''}:{start_ms}")
@@ -327,6 +360,8 @@ def _session_id(value: Any, device_id: str | None) -> str | None:
 
 def _groups(groups: dict) -> dict[str, list[str]]:
     """``{type: [key, ...]}`` (a lone key is accepted too), keeping usable keys in their order."""
+    if not groups:
+        return {}
     result: dict[str, list[str]] = {}
     usable = [(t, v) for t, v in groups.items() if isinstance(t, str) and t.strip()]
     for group_type, value in sorted(usable, key=lambda item: item[0]):

@@ -23,7 +23,7 @@ from adapters.csv import infer_scalar, read_csv
 from adapters.jsonl import read_json_lines
 from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
-from migrate.event import Rejection
+from migrate.event import Rejection, hyphenated_uuid
 from migrate.mapping import ColumnMapping
 
 # Values platforms use for "nothing here"; they must not become properties or person properties.
@@ -43,6 +43,9 @@ _PART_NAME = re.compile(
 )
 
 URL_CACHE_SIZE = 16_384
+# The 80 bits of a UUIDv7 after its timestamp: which of them come from a hash, and the fixed ones.
+_UUID7_HASH_BITS = 0x0FFF_3FFF_FFFF_FFFF_FFFF
+_UUID7_VERSION_AND_VARIANT = 0x7000_8000_0000_0000_0000
 
 
 def is_empty(value: Any) -> bool:
@@ -98,13 +101,12 @@ def session_uuid7(start_ms: int, session_key: str) -> str:
     ``session_key`` (e.g. the source, the device and the source's session id), so every event of one
     session gets the same id, on every run.
     """
-    start_ms = max(0, min(int(start_ms), (1 << 48) - 1))
-    digest = hashlib.sha256(session_key.encode("utf-8", "surrogatepass")).digest()
-    rand_a = int.from_bytes(digest[:2], "big") & 0x0FFF
-    rand_b = int.from_bytes(digest[2:10], "big") & ((1 << 62) - 1)
-    value = (start_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    if not 0 <= start_ms < 1 << 48:
+        start_ms = max(0, min(int(start_ms), (1 << 48) - 1))
+    # 48 bits of time | version 7 | 12 bits of the hash | the RFC 4122 variant (0b10) | 62 bits of the hash.
+    hashed = int.from_bytes(hashlib.sha256(session_key.encode("utf-8", "surrogatepass")).digest()[:10], "big")
+    value = (int(start_ms) << 80) | (hashed & _UUID7_HASH_BITS) | _UUID7_VERSION_AND_VARIANT
+    return hyphenated_uuid(value.to_bytes(16, "big"))
 
 
 def geo_properties(ip: str | None, city: str | None = None, region: str | None = None,

@@ -8,6 +8,7 @@ place that turns an event into bytes, so two runs over the same input send byte-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -26,8 +27,10 @@ MAX_EVENT_BYTES = 900 * 1024
 MAX_DISTINCT_ID_CHARS = 200
 # capture clamps timestamps more than 23 h ahead to "now", which would misplace the event.
 MAX_FUTURE_SKEW = timedelta(hours=23)
+_MAX_FUTURE_SKEW_US = MAX_FUTURE_SKEW // timedelta(microseconds=1)
 # PostHog's migration guide asks for events at least 48 h old; newer ones are flagged, not refused.
 RECENT_EVENT_AGE = timedelta(hours=48)
+RECENT_EVENT_AGE_US = RECENT_EVENT_AGE // timedelta(microseconds=1)
 
 # Namespaces for UUIDv5. Fixed forever: changing one changes every derived uuid and breaks dedup
 # between a run made before the change and a re-run made after it.
@@ -35,6 +38,9 @@ INSERT_ID_NAMESPACE = uuid_module.UUID("8f0c2b7e-5a43-5d6e-9b1f-6d2a4c3e7f10")
 CONTENT_NAMESPACE = uuid_module.UUID("3d5e6f70-8192-5a3b-8c4d-5e6f708192a3")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+MICROSECONDS_PER_DAY = 86_400_000_000
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 TIMESTAMP_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
@@ -77,6 +83,9 @@ def _epoch_number_to_us(value: float, unit: str) -> int:
 
 def _datetime_to_us(moment: datetime, naive_zone: tzinfo) -> int:
     if moment.tzinfo is None:
+        if naive_zone is UTC:  # the common case: no zone to attach, plain arithmetic
+            delta = moment - _EPOCH_NAIVE
+            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         # fold=0 picks the first of two ambiguous local times (DST fall-back): deterministic.
         moment = moment.replace(tzinfo=naive_zone)
     delta = moment - _EPOCH
@@ -90,6 +99,14 @@ def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) ->
     numeric strings in s/ms/us/ns (``unit="auto"`` guesses from the magnitude), and datetime/date
     objects as Parquet yields them. Naive values are read in ``naive_zone``.
     """
+    if type(value) is str and len(value) >= 10 and value[4] == "-":
+        # Fast path for the usual ISO text ("2024-01-31 12:00:00.123"). A numeric text never has "-" at
+        # index 4 and parses as ISO (1.0e-05 fails), so trying ISO first cannot change any answer;
+        # anything fromisoformat refuses takes the full path below.
+        try:
+            return _datetime_to_us(datetime.fromisoformat(value), naive_zone)
+        except ValueError:
+            pass
     if value is None or value == "":
         raise Rejection("bad_timestamp", "timestamp is missing")
     if isinstance(value, bool):
@@ -124,18 +141,26 @@ def format_timestamp(epoch_us: int) -> str:
     """RFC 3339 in UTC with microseconds, the one form we send: fixed width, so re-sends are identical.
 
     Not strftime: glibc's %Y does not zero-pad years below 1000 ("999-01-01"), which capture cannot parse.
-    ``time.gmtime`` is ~3x faster than datetime arithmetic on this hot path.
+    Called for every event: the date part is cached by day (an export spans few days, many events each)
+    and the time of day is plain integer arithmetic.
     """
-    seconds, micros = divmod(epoch_us, 1_000_000)
+    day, micros_of_day = divmod(epoch_us, MICROSECONDS_PER_DAY)
+    seconds, micros = divmod(micros_of_day, 1_000_000)
+    hour, seconds = divmod(seconds, 3600)
+    minute, second = divmod(seconds, 60)
+    return f"{_date_text(day)}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_text(day_number: int) -> str:
+    """``YYYY-MM-DD`` of a day counted from 1970-01-01 (years 1 to 9999, as datetime allows)."""
     try:
-        t = time.gmtime(seconds)
-        year, month, day, hour, minute, second = t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec
-    except (OverflowError, OSError, ValueError):  # outside the platform's time_t range
-        moment = _EPOCH + timedelta(microseconds=epoch_us)
-        year, month, day, hour, minute, second = (
-            moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second
-        )
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+        moment = date.fromordinal(_EPOCH_ORDINAL + day_number)
+        year, month, day = moment.year, moment.month, moment.day
+    except (OverflowError, ValueError):  # outside datetime's years: the C library may still know it
+        t = time.gmtime(day_number * 86_400)
+        year, month, day = t.tm_year, t.tm_mon, t.tm_mday
+    return f"{year:04d}-{month:02d}-{day:02d}"
 
 
 # PostHog keeps years 0..9999; we keep what Python's datetime can represent from year 1.
@@ -154,7 +179,12 @@ def uuid5_text(namespace: uuid_module.UUID, name: str) -> str:
     digest = bytearray(hashlib.sha1(namespace.bytes + name.encode("utf-8", "surrogatepass")).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
+    return hyphenated_uuid(digest)
+
+
+def hyphenated_uuid(value: bytes | bytearray) -> str:
+    """16 bytes in the canonical text form, ``8-4-4-4-12`` lower-case hex digits."""
+    text = value.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
@@ -177,6 +207,11 @@ def uuid_from_content(source: str, distinct_id: str, timestamp_us: int, event: s
     except (TypeError, orjson.JSONEncodeError) as error:
         raise Rejection("unserialisable", f"event cannot be serialised as JSON: {error}") from None
     return uuid5_text(CONTENT_NAMESPACE, key.decode())
+
+
+def is_canonical_uuid(text: str) -> bool:
+    """Lower-case, hyphenated: the only form PostHog's dedup compares equal."""
+    return _CANONICAL_UUID.fullmatch(text) is not None
 
 
 def normalise_uuid(value: Any) -> str:
@@ -261,21 +296,24 @@ class Event:
 
 # --- validation --------------------------------------------------------------------------------------
 
-def _require_object(properties: dict, key: str, event: str) -> None:
-    if key in properties and not isinstance(properties[key], dict):
-        raise Rejection("invalid_special_event", f"{event}: properties.{key} must be an object")
+# Properties PostHog reads as objects: any other value makes capture refuse the event.
+_OBJECT_PROPERTIES = ("$set", "$set_once", "$group_set")
+_SURVEY_EVENTS = frozenset({"survey sent", "survey shown", "survey dismissed"})
 
 
 def _validate_special_event(event: Event) -> None:
     """Rules from PostHog's capture doc: what each special event needs in order to do anything."""
     props = event.properties
     name = event.event
-    for key in ("$set", "$set_once", "$group_set"):
-        _require_object(props, key, name)
+    for key in _OBJECT_PROPERTIES:
+        if key in props and not isinstance(props[key], dict):
+            raise Rejection("invalid_special_event", f"{name}: properties.{key} must be an object")
     if "$groups" in props:
         groups = props["$groups"]
         if not isinstance(groups, dict) or not all(isinstance(v, str) and v for v in groups.values()):
             raise Rejection("invalid_special_event", f"{name}: properties.$groups must map group types to keys")
+    if name[0] != "$" and name not in _SURVEY_EVENTS:
+        return  # the common case: none of the named rules below applies
     if name == "$create_alias":
         alias = props.get("alias")
         if alias in (None, "") or str(alias) == event.distinct_id:
@@ -287,7 +325,7 @@ def _validate_special_event(event: Event) -> None:
             raise Rejection(
                 "invalid_special_event", "$groupidentify needs properties.$group_type and $group_key"
             )
-    elif name in ("survey sent", "survey shown", "survey dismissed") and not props.get("$survey_id"):
+    elif name in _SURVEY_EVENTS and not props.get("$survey_id"):
         raise Rejection("invalid_special_event", f"{name!r} needs properties.$survey_id")
 
 
@@ -308,7 +346,7 @@ def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> byt
         )
     if not MIN_TIMESTAMP_US <= event.timestamp_us <= MAX_TIMESTAMP_US:
         raise Rejection("bad_timestamp", "timestamp is outside the years 1 to 9999")
-    if event.timestamp_us > now_us + MAX_FUTURE_SKEW // timedelta(microseconds=1):
+    if event.timestamp_us > now_us + _MAX_FUTURE_SKEW_US:
         raise Rejection(
             "timestamp_in_future",
             f"timestamp {format_timestamp(event.timestamp_us)} is more than 23 h in the future; "
@@ -332,4 +370,4 @@ def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> byt
 
 def is_recent(timestamp_us: int, now_us: int) -> bool:
     """Events younger than 48 h: PostHog asks migrations not to send them (flagged, still sent)."""
-    return timestamp_us > now_us - RECENT_EVENT_AGE // timedelta(microseconds=1)
+    return timestamp_us > now_us - RECENT_EVENT_AGE_US

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import filecmp
+import functools
 import hashlib
 import os
 import shutil
@@ -31,6 +32,7 @@ from migrate.sources import describe_changes, expand_sources, fingerprint, finge
 from migrate.transform import EventFinisher
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a person has many events, often close together: most calls repeat
 def person_hash(distinct_id: str) -> int:
     """A stable 64-bit hash of a distinct_id: picks the send lane (and the shard) of a person."""
     return int.from_bytes(hashlib.blake2b(distinct_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),

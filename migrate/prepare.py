@@ -40,7 +40,15 @@ from migrate.job import Job, describe_fingerprint_change, job_fingerprint, perso
 from migrate.mapping import Filtered
 from migrate.report import PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
-from migrate.spool import EVENT_ADDED, EVENT_FROM_ROW, MAX_EVENTS_PER_ROW, RunWriter, compact_runs, make_tiebreak
+from migrate.spool import (
+    EVENT_ADDED,
+    EVENT_FROM_ROW,
+    MAX_EVENTS_PER_ROW,
+    TIEBREAK_SUB_BITS,
+    RunWriter,
+    compact_runs,
+    make_tiebreak,
+)
 
 MANIFEST_VERSION = 1
 # The sorted runs take this share of the memory budget (split between workers); the rest is for
@@ -86,19 +94,23 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
         else:
             stats.filtered[other_shard] += 1
 
+    # Bound once: this loop runs for every row of the job.
+    to_events, finish, add_event = adapter.to_events, finisher.finish, stats.add_event
+    file_bits = make_tiebreak(source.index, 0)
     for chunk in adapter.read(source):
         if job.stop.is_set():
             raise Interrupted
-        for row_number, record in chunk:
-            if row_number <= skip_rows:
-                continue
-            stats.rows_read += 1
-            if isinstance(record, BadRow):
+        rows = chunk
+        if skip_rows and chunk and chunk[0][0] <= skip_rows:  # resuming: these rows are in a spilled run
+            rows = [(row_number, record) for row_number, record in chunk if row_number > skip_rows]
+        stats.rows_read += len(rows)
+        for row_number, record in rows:
+            if type(record) is BadRow:
                 reject(record.reason, record.detail, row_number, record.raw)
                 continue
             mine = False  # True once the row's person is known to belong to this shard
             try:
-                events = finisher.finish(adapter.to_events(record))
+                events = finish(to_events(record))
                 if len(events) >= MAX_EVENTS_PER_ROW:  # sub-event numbers are 8 bits of the sort key
                     raise Rejection("too_many_events", f"the row maps to {len(events)} events; at most "
                                     f"{MAX_EVENTS_PER_ROW - 1} per row")
@@ -119,10 +131,11 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 continue
             stats.rows_kept += 1
             # Sub-event 0 of every row is kept free for the $identify the identity pass may add.
+            row_bits = file_bits | (row_number << TIEBREAK_SUB_BITS)
             for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
                 person = person_hash(event.distinct_id)
-                stats.add_event(event.event, event.timestamp_us, person, now_us, event.added, event.source_event)
-                on_event(event, payload, make_tiebreak(source.index, row_number, sub_event), person)
+                add_event(event.event, event.timestamp_us, person, now_us, event.added, event.source_event)
+                on_event(event, payload, row_bits | sub_event, person)
         if on_progress is not None:
             on_progress(len(chunk))
         if after_chunk is not None and chunk:

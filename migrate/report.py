@@ -19,7 +19,7 @@ from typing import IO, Any
 import orjson
 from tqdm import tqdm
 
-from migrate.event import format_timestamp, is_recent, json_default
+from migrate.event import RECENT_EVENT_AGE_US, format_timestamp, json_default
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000
@@ -86,22 +86,26 @@ class PrepareStats:
 
     def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool,
                   source_name: str | None = None) -> None:
+        """Count one event. Called for every event of the job: plain statements, no helper calls."""
         self.events += 1
-        self.added_events += added
-        if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
-            self.event_names[name] += 1
+        if added:
+            self.added_events += 1
+        names = self.event_names
+        if name in names or len(names) < MAX_TRACKED_EVENT_NAMES:
+            names[name] += 1
         else:
-            self.event_names[OTHER_EVENTS] += 1
+            names[OTHER_EVENTS] += 1
         if source_name is not None and source_name != name:
             pair = f"{source_name} → {name}"
             if pair in self.renamed or len(self.renamed) < MAX_TRACKED_EVENT_NAMES:
                 self.renamed[pair] += 1
         self.per_day[timestamp_us // MICROSECONDS_PER_DAY] += 1  # day numbers: cheap; named in to_dict
-        if self.first_us is None or timestamp_us < self.first_us:
+        first, last = self.first_us, self.last_us
+        if first is None or timestamp_us < first:
             self.first_us = timestamp_us
-        if self.last_us is None or timestamp_us > self.last_us:
+        if last is None or timestamp_us > last:
             self.last_us = timestamp_us
-        if is_recent(timestamp_us, now_us):
+        if timestamp_us > now_us - RECENT_EVENT_AGE_US:  # is_recent, inlined
             self.recent_events += 1
         self.people.add(person)
 

@@ -23,9 +23,17 @@ class EventFinisher:
         self.rename_events = dict(mapping.rename_events)
         self.drop_properties = frozenset(mapping.drop_properties)
         self.rename_properties = dict(mapping.rename_properties)
+        # No rename or drop at all (the usual job): finish only tags the events.
+        self.tags_only = not (self.drop_events or self.rename_events or self.drop_properties or self.rename_properties)
 
     def finish(self, events: list[Event]) -> list[Event]:
         """Apply the transforms to one row's events (its own event last); Filtered if that one is dropped."""
+        if self.tags_only:
+            for event in events:
+                properties = event.properties
+                properties[IMPORT_SOURCE_PROPERTY] = self.source_tag
+                properties[IMPORT_JOB_PROPERTY] = self.job_id
+            return events
         own = events[-1]
         if own.event in self.drop_events or self.rename_events.get(own.event) in self.drop_events:
             raise Filtered(f"event {own.event!r} dropped by the mapping")
