@@ -199,6 +199,12 @@ class AmplitudeAdapter(Adapter):
         own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)
         return [*added, own] if added else [own]
 
+    def person_of(self, record: dict) -> str | None:
+        try:
+            return _identifier(record, "user_id") or _identifier(record, "device_id")
+        except Rejection:
+            return None  # to_events rejects the row; which shard reports it is decided the usual way
+
     def _uuid(self, record: dict, device_id: str | None, distinct_id: str, timestamp_us: int, name: str) -> str:
         source_uuid = record.get("uuid")
         if type(source_uuid) is str and is_canonical_uuid(source_uuid):  # as exported: nothing to normalise

@@ -243,3 +243,10 @@ class Adapter:
     def to_events(self, record: dict) -> list[Event]:
         """Map one record to its events (usually one). Raise Rejection or Filtered."""
         return [self.mapper.map(record)]
+
+    def person_of(self, record: dict) -> str | None:
+        """The distinct_id of the record's own event, when it is cheap to tell before mapping (None: not
+        known until the record is mapped). ``--shard`` uses it to pass over other shards' records without
+        mapping them, so N machines each spend mapping time on their own shard only. An override must
+        use the same code as ``to_events``: every shard decides a record's shard by this answer."""
+        return None

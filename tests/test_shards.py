@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import orjson
 
-from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
+from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
 
 
 def test_shards_together_send_every_event_once_each_person_in_one_shard(tmp_path, capture_server):
@@ -52,3 +52,50 @@ def test_a_shard_cannot_resume_as_another(tmp_path):
     assert again.returncode == 2 and "shard" in again.stderr
     manifest = orjson.loads((tmp_path / "w" / "manifest.json").read_bytes())
     assert manifest["fingerprint"]["shard"] == [0, 2]
+
+
+def _summary_counts(stdout: str) -> dict[str, int]:
+    """The "N  reason" lines of a summary's rejected/filtered breakdowns."""
+    counts: dict[str, int] = {}
+    for line in stdout.splitlines():
+        number, _, reason = line.strip().partition("  ")
+        if number.replace(",", "").isdigit() and reason.strip():
+            counts[reason.strip()] = int(number.replace(",", ""))
+    return counts
+
+
+def test_amplitude_shards_skip_other_people_before_mapping_and_match_one_run(tmp_path, capture_server):
+    # Amplitude tells a row's person before mapping it (Adapter.person_of): each shard maps only its own
+    # people's rows. Together the shards must still send exactly what one unsharded run sends, count each
+    # filtered or rejected row once, and keep every person (and its $identify) in one shard.
+    export = PROJECT_ROOT / "sample_data" / "amplitude" / "export.zip"
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    whole = run_cli(["run", str(export), "--format", "amplitude", "--job", "whole", "--host", capture_server.url,
+                     "--rate", "0", "-q"], tmp_path, env)
+    assert whole.returncode in (0, 3), whole.stderr
+    expected = sorted(orjson.dumps(e) for e in capture_server.events)
+    whole_counts = _summary_counts(whole.stdout)
+    assert whole_counts.get("amplitude session_start/session_end", 0) > 0  # the sample has such rows
+
+    summed: dict[str, int] = defaultdict(int)
+    shard_of_person: dict[str, set[int]] = defaultdict(set)
+    start = len(capture_server.events)
+    for k in (1, 2, 3):
+        before = len(capture_server.events)
+        result = run_cli(["run", str(export), "--format", "amplitude", "--job", "split", "--shard", f"{k}/3",
+                          "--host", capture_server.url, "--rate", "0", "-q"], tmp_path, env)
+        assert result.returncode in (0, 3), result.stderr
+        assert "✓ balanced" in result.stdout
+        for event in capture_server.events[before:]:
+            shard_of_person[event["distinct_id"]].add(k)
+        for reason, count in _summary_counts(result.stdout).items():
+            summed[reason] += count
+    shards_sent = [e for e in capture_server.events[start:]]
+    for event in shards_sent:
+        event["properties"]["$import_job_id"] = "whole"  # the one difference: the job's name
+    assert sorted(orjson.dumps(e) for e in shards_sent) == expected
+    assert all(len(shards) == 1 for shards in shard_of_person.values())
+    other = summed.pop("belongs to another shard than 1/3", 0) + summed.pop("belongs to another shard than 2/3", 0) \
+        + summed.pop("belongs to another shard than 3/3", 0)
+    assert other > 0
+    assert dict(summed) == whole_counts  # each filtered or rejected row counted by exactly one shard
