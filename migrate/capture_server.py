@@ -15,6 +15,8 @@ the test-suite. The project token is checked but never stored, logged or written
 from __future__ import annotations
 
 import contextlib
+import gc
+import operator
 import os
 import random
 import re
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
@@ -72,6 +75,17 @@ _HYPHENATED_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-
 _UUID_FORMS = re.compile(rf"[0-9a-fA-F]{{32}}|{_HYPHENATED_UUID}|\{{{_HYPHENATED_UUID}\}}|urn:uuid:{_HYPHENATED_UUID}")
 _DISCARD_CHUNK_BYTES = 1024 * 1024
 _NO_PROPERTIES: dict[str, Any] = {}
+
+# For the plain-batch fast path (see _plain_batch_lines).
+# Top-level keys that need the general loop's care: objects to type-check, or tokens to type-check and strip.
+_KEYS_NOT_PLAIN = frozenset(("$set", "$set_once", *_EVENT_TOKEN_KEYS))
+# Maps each hex digit to "h" and keeps "-" and "\n"; every other byte (an "h" included) becomes "?".
+_UUID_CHAR_CLASSES = bytes(
+    ord("h") if chr(byte) in "0123456789abcdefABCDEF" else byte if chr(byte) in "-\n" else ord("?")
+    for byte in range(256)
+)
+# What a hyphenated uuid looks like through _UUID_CHAR_CLASSES.
+_HYPHENATED_UUID_CLASSES = b"hhhhhhhh-hhhh-hhhh-hhhh-hhhhhhhhhhhh"
 
 
 # --- records ----------------------------------------------------------------------------------------
@@ -373,6 +387,88 @@ def _judge_decoded(decoded: bytes, strict: bool, verdict: _Verdict) -> None:
 
     event_tokens: set[str] = set()
     first_problem: _Refusal | None = None
+    plain_lines = _plain_batch_lines(events) if is_batch_shape else None
+    if plain_lines is not None:  # the common case: every event is accepted as it came
+        verdict.events, verdict.lines = events, plain_lines
+    else:
+        event_tokens, first_problem = _judge_each_event(events, is_batch_shape, strict, verdict)
+
+    if is_batch_shape:
+        token = batch_token
+    elif len(event_tokens) > 1:
+        raise _Refusal(400, "the events carry different tokens")
+    else:
+        token = next(iter(event_tokens), None)
+    problem = _token_problem(token)
+    if problem is not None:
+        raise _Refusal(401, problem)
+    if first_problem is not None:
+        raise first_problem
+
+
+def _plain_batch_lines(events: list[Any]) -> list[bytes] | None:
+    """The JSON lines of a batch whose events are all plain, or None: the general loop decides then.
+
+    Nearly every batch a sender makes holds only plain events: objects with a non-empty string
+    ``event``, a ``distinct_id``, object ``properties`` without a token in them, a string
+    ``timestamp`` or none, a hyphenated ``uuid`` or none, and none of the top-level keys in
+    _KEYS_NOT_PLAIN. The general loop would accept each such event as it came, whatever the mode, so
+    they can be checked a field at a time across the whole batch with builtins (``map``, ``set``,
+    ``all``) that loop in C: several times cheaper than _judge_each_event's Python per event. Anything
+    else, or an event too big, returns None and the general loop judges the batch from the start, so
+    refusals keep their exact messages.
+    """
+    get = dict.get  # get(event, key) in map() below: event.get(key) without a Python call per event
+    if set(map(type, events)) != {dict} or not all(map(_KEYS_NOT_PLAIN.isdisjoint, events)):
+        return None
+    properties = list(map(get, events, repeat("properties")))
+    if set(map(type, properties)) != {dict} or any(map(operator.contains, properties, repeat("token"))):
+        return None
+    names = list(map(get, events, repeat("event")))
+    if set(map(type, names)) != {str} or not all(names):
+        return None
+    if not set(map(type, map(get, events, repeat("timestamp")))) <= {str, type(None)}:
+        return None
+    distinct_ids = list(map(get, events, repeat("distinct_id")))
+    if None in distinct_ids or "" in distinct_ids:
+        return None
+    # capture reads a missing or empty uuid as "no uuid"; any other must be a UUID string.
+    uuids = [uuid for uuid in map(get, events, repeat("uuid")) if uuid is not None and uuid != ""]
+    if not _all_hyphenated_uuids(uuids):
+        return None
+    lines = list(map(orjson.dumps, events))
+    if max(map(len, lines)) >= MAX_EVENT_BYTES:
+        return None
+    return lines
+
+
+def _all_hyphenated_uuids(uuids: list[Any]) -> bool:
+    """Whether every item is a string in uuid's hyphenated form, checked in one pass over them all.
+
+    Much cheaper than a regex per uuid: the uuids are joined by newlines, each byte is replaced by its
+    class (hex digit, "-", newline, anything else) and the result must equal that many hyphenated
+    shapes joined by newlines. A newline inside a uuid would add one to the count, so a match also
+    proves each uuid sits in its own 36-byte slot.
+    """
+    try:
+        joined = "\n".join(uuids)
+    except TypeError:  # one is not a string
+        return False
+    expected = b"\n".join(repeat(_HYPHENATED_UUID_CLASSES, len(uuids)))
+    return joined.isascii() and joined.encode().translate(_UUID_CHAR_CLASSES) == expected
+
+
+def _judge_each_event(
+    events: list[Any], is_batch_shape: bool, strict: bool, verdict: _Verdict
+) -> tuple[set[str], _Refusal | None]:
+    """The general path: judge events one by one, filling ``verdict.events`` and ``verdict.lines``.
+
+    Raises the first shape refusal (400); returns the tokens the events carry themselves (bare arrays
+    and single events only) and the first later problem (nameless or id-less in strict mode, too big),
+    which the caller raises only once the token has been found good.
+    """
+    event_tokens: set[str] = set()
+    first_problem: _Refusal | None = None
     accepted, lines = verdict.events, verdict.lines
     dumps = orjson.dumps
     for index, event in enumerate(events):
@@ -411,17 +507,7 @@ def _judge_decoded(decoded: bytes, strict: bool, verdict: _Verdict) -> None:
         accepted.append(event)
         lines.append(line)
 
-    if is_batch_shape:
-        token = batch_token
-    elif len(event_tokens) > 1:
-        raise _Refusal(400, "the events carry different tokens")
-    else:
-        token = next(iter(event_tokens), None)
-    problem = _token_problem(token)
-    if problem is not None:
-        raise _Refusal(401, problem)
-    if first_problem is not None:
-        raise first_problem
+    return event_tokens, first_problem
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------
@@ -787,6 +873,12 @@ def serve(
     host: str = "127.0.0.1",
 ) -> None:
     """Run a capture server in the foreground until Ctrl-C (``posthog-migrate serve``)."""
+    # This process does nothing but serve, so it may tune the cycle collector for that. A request's
+    # parsed events (two tracked dicts each) die by reference counting once it is answered, but at
+    # the default threshold (700 more live objects) the collector runs several times per request and
+    # traverses them while they are alive: about a tenth of the server's CPU, to find no garbage.
+    # At 50,000 it runs only within very big requests, and any cycle is still reclaimed in the end.
+    gc.set_threshold(50_000)
     faults = None
     if fault_specs or fault_rate:
         faults = FaultPlan.parse(fault_specs, fault_rate, fault_kinds, seed)
