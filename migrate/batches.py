@@ -9,20 +9,22 @@ with several requests in flight, while the window keeps the whole stream close t
 A window starts at a :class:`~migrate.spool.MergeCursor`, so the send phase can resume at the window
 holding its first unacknowledged batch. The layout is a pure function of the sorted events and the
 settings (lanes, caps): the same job always produces the same batches.
+
+Everything here works on whole columns (numpy, Arrow kernels), never an event at a time: a batch's
+payloads are gathered by one Arrow ``take`` straight into the comma-joined bytes of its request body.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from migrate.spool import MergeCursor
+from migrate.spool import MergeCursor, MergedSlice
 
 # PostHog's /batch/ takes at most 20 MiB; we cap the *uncompressed* body there, so the gzip'd one fits too.
 MAX_BATCH_BYTES = 20 * 1024 * 1024
@@ -30,30 +32,75 @@ DEFAULT_BATCH_BYTES = 5 * 1024 * 1024     # posthog-python's cap; big enough to 
 DEFAULT_BATCH_EVENTS = 2_000
 # Room kept in each batch for {"api_key":"...","historical_migration":true,"batch":[...]}.
 ENVELOPE_BYTES = 256
+BODY_SUFFIX = b"]}"
+# Gathered between payloads: the take that orders a batch's events also puts the commas in.
+_COMMA = pa.array([b","], pa.binary())
+
+
+def body_prefix(api_key: str) -> bytes:
+    """Everything in a request body before its first event."""
+    return b'{"api_key":' + orjson.dumps(api_key) + b',"historical_migration":true,"batch":['
 
 
 def build_body(payloads: list[bytes], api_key: str) -> bytes:
     """The JSON request body. Events were serialised once, in prepare; here they are only joined."""
-    return b"".join((
-        b'{"api_key":', orjson.dumps(api_key), b',"historical_migration":true,"batch":[',
-        b",".join(payloads), b"]}",
-    ))
+    return b"".join((body_prefix(api_key), b",".join(payloads), BODY_SUFFIX))
 
 
-@dataclass
 class Batch:
-    """One request's events, in send order. ``tiebreaks`` say where each came from (for rejects)."""
+    """One request's events, in send order. ``tiebreaks`` say where each came from (for rejects).
 
-    seq: int
-    lane: int
-    payloads: list[bytes]
-    tiebreaks: list[int]
-    kinds: list[int]
+    The payloads are held as the request body holds them: one buffer ``data`` of the events joined by
+    commas, event ``i`` at ``data[starts[i]:ends[i]]``. Any run of consecutive events (the whole batch,
+    or a half when a refused batch is bisected) is then one slice of it, with no per-event work.
+    """
+
+    __slots__ = ("seq", "lane", "data", "starts", "ends", "tiebreaks", "kinds")
+
+    def __init__(self, seq: int, lane: int, data: memoryview, starts: np.ndarray, ends: np.ndarray,
+                 tiebreaks: np.ndarray, kinds: np.ndarray):
+        self.seq = seq
+        self.lane = lane
+        self.data = data
+        self.starts = starts
+        self.ends = ends
+        self.tiebreaks = tiebreaks
+        self.kinds = kinds
+
+    @classmethod
+    def from_payloads(cls, seq: int, lane: int, payloads: list[bytes], tiebreaks: list[int],
+                      kinds: list[int]) -> Batch:
+        """A batch of the given serialised events (for tests and tools; the send path gathers instead)."""
+        sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+        starts = np.concatenate(([0], np.cumsum(sizes + 1)[:-1])) if len(payloads) else sizes
+        return cls(seq, lane, memoryview(b",".join(payloads)), starts, starts + sizes,
+                   np.asarray(tiebreaks, dtype=np.int64), np.asarray(kinds, dtype=np.uint8))
+
+    def __repr__(self) -> str:
+        return f"Batch(seq={self.seq}, lane={self.lane}, n_events={self.n_events}, bytes={len(self.data)})"
 
     @property
     def n_events(self) -> int:
-        return len(self.payloads)
+        return len(self.starts)
 
+    def payload(self, index: int) -> bytes:
+        return bytes(self.data[self.starts[index]:self.ends[index]])
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [self.payload(index) for index in range(self.n_events)]
+
+    def joined(self, start: int = 0, end: int | None = None) -> memoryview:
+        """Events ``start:end``, comma-joined: the middle of a request body (a view, not a copy)."""
+        end = self.n_events if end is None else end
+        return self.data[self.starts[start]:self.ends[end - 1]] if end > start else self.data[:0]
+
+    def body(self, api_key: str, start: int = 0, end: int | None = None) -> bytes:
+        """The request body of events ``start:end``; byte for byte what :func:`build_body` makes."""
+        return b"".join((body_prefix(api_key), self.joined(start, end), BODY_SUFFIX))
+
+    def count_kind(self, kind: int) -> int:
+        return int(np.count_nonzero(self.kinds == kind))
 
 
 @dataclass
@@ -106,46 +153,76 @@ def _cut_lane(sizes: np.ndarray, layout: BatchLayout) -> list[tuple[int, int]]:
     return cuts
 
 
-def _window_batches(table: pa.Table, first_seq: int, layout: BatchLayout) -> list[Batch]:
-    lanes = (table.column("person").to_numpy() % layout.lanes).astype(np.int64)
+def _gather(source: pa.Array, rows: np.ndarray, comma: int) -> tuple[memoryview, np.ndarray, np.ndarray]:
+    """Source rows ``rows`` joined by commas, in one take: (joined bytes, each event's start and end).
+
+    The take's indices alternate event, comma, event, ..., so its values buffer *is* the comma-joined
+    payloads and its offsets give where each event starts (even ones) and ends (odd ones).
+    """
+    count = len(rows)
+    indices = np.full(2 * count - 1, comma, dtype=np.int64)
+    indices[0::2] = rows
+    taken = source.take(pa.array(indices))
+    # One int32 offset per element plus the end (binary offsets are 32-bit: see _window_batches).
+    offsets = np.frombuffer(taken.buffers()[1], dtype=np.int32, count=2 * count,
+                            offset=taken.offset * 4).astype(np.int64)
+    data = memoryview(taken.buffers()[2])[offsets[0]:offsets[-1]]
+    offsets -= offsets[0]
+    return data, offsets[0::2], offsets[1::2]
+
+
+def _window_batches(parts: list[MergedSlice], first_seq: int, layout: BatchLayout) -> list[Batch]:
+    person = np.concatenate([part.person for part in parts])
+    tiebreak = np.concatenate([part.tiebreak for part in parts])
+    kind = np.concatenate([part.kind for part in parts])
+    sizes = np.concatenate([part.sizes for part in parts])
+    # Every part's payload pieces laid end to end, then the comma: one contiguous array to take from
+    # (a take from a chunked array would concatenate it anyway, once per call). A window holds at most
+    # lanes x max_bytes <= 64 x 20 MiB, so the array's 32-bit offsets suffice.
+    pieces: list[pa.Array] = []
+    sources = []
+    base = 0
+    for part in parts:
+        sources.append(part.order + base)
+        pieces.extend(part.pieces)
+        base += sum(len(piece) for piece in part.pieces)
+    source = pa.concat_arrays([*pieces, _COMMA])
+    source_rows = np.concatenate(sources)
+    lanes = person % np.uint64(layout.lanes)
     batches: list[Batch] = []
     for lane in range(layout.lanes):
         indices = np.flatnonzero(lanes == lane)
         if len(indices) == 0:
             continue
-        part = table.take(pa.array(indices))
-        sizes = pc.binary_length(part.column("payload")).to_numpy()
-        payloads = part.column("payload").to_pylist()
-        tiebreaks = part.column("tiebreak").to_pylist()
-        kinds = part.column("kind").to_pylist()
-        for start, end in _cut_lane(sizes, layout):
-            batches.append(Batch(first_seq + len(batches), lane, payloads[start:end],
-                                 tiebreaks[start:end], kinds[start:end]))
+        for start, end in _cut_lane(sizes[indices], layout):
+            rows = indices[start:end]
+            data, starts, ends = _gather(source, source_rows[rows], base)
+            batches.append(Batch(first_seq + len(batches), lane, data, starts, ends, tiebreak[rows], kind[rows]))
     return batches
 
 
 def cut_windows(
-    chunks: Iterator[pa.Table], start: MergeCursor, first_seq: int, layout: BatchLayout
+    chunks: Iterable[MergedSlice], start: MergeCursor, first_seq: int, layout: BatchLayout
 ) -> Iterator[Window]:
-    """Group the merged stream into windows of about ``lanes`` full batches each."""
+    """Group the merged stream (:func:`~migrate.spool.merge_slices`) into windows of about ``lanes``
+    full batches each."""
     window_events = layout.lanes * layout.max_events
     window_bytes = layout.lanes * layout.max_payload_bytes
-    pending: list[pa.Table] = []
+    pending: list[MergedSlice] = []
     pending_events = pending_bytes = 0
     cursor, seq = start, first_seq
 
     def emit() -> Window:
         nonlocal pending, pending_events, pending_bytes, cursor, seq
-        table = pa.concat_tables(pending)
-        end = cursor.advanced(table.column("run").to_numpy())
-        window = Window(seq, cursor, end, _window_batches(table, seq, layout))
+        end = cursor.advanced(np.concatenate([part.run for part in pending]))
+        window = Window(seq, cursor, end, _window_batches(pending, seq, layout))
         cursor, seq = end, window.end_seq
         pending, pending_events, pending_bytes = [], 0, 0
         return window
 
     for chunk in chunks:
         while chunk.num_rows:
-            sizes = np.cumsum(pc.binary_length(chunk.column("payload")).to_numpy().astype(np.int64) + 1)
+            sizes = np.cumsum(chunk.sizes.astype(np.int64) + 1)
             fits_bytes = int(np.searchsorted(sizes, window_bytes - pending_bytes, side="right"))
             take = min(window_events - pending_events, fits_bytes, chunk.num_rows)
             if take == 0 and not pending:

@@ -8,19 +8,20 @@ again; ``dry_run`` writes the same request bodies to files instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from migrate.batches import BatchLayout, Window, build_body, cut_windows
+from migrate.batches import BatchLayout, Window, cut_windows
 from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.job import Job
 from migrate.report import RejectsWriter, progress_bar
 from migrate.sender import BatchResult, Dispatcher, SendCounters, Sender, SendSettings
-from migrate.spool import EVENT_FROM_ROW, MergeCursor, merge_runs, split_tiebreak
+from migrate.spool import EVENT_FROM_ROW, MergeCursor, MergedSlice, merge_slices, split_tiebreak
 
 
 @dataclass
@@ -36,9 +37,20 @@ def _layout(settings: Settings) -> BatchLayout:
     return BatchLayout(lanes=settings.concurrency, max_events=settings.batch_size, max_bytes=settings.batch_bytes)
 
 
-def _windows(job: Job, manifest: dict, cursor: MergeCursor, first_seq: int, layout: BatchLayout):
+def _windows(job: Job, manifest: dict, cursor: MergeCursor, first_seq: int, layout: BatchLayout,
+             between_slices: Callable[[], None] | None = None) -> Iterator[Window]:
+    """The batches of the job from ``cursor`` on; ``between_slices`` is called after each merge step."""
     run_paths = [job.runs_dir / run["file"] for run in manifest["runs"]]
-    return cut_windows(merge_runs(run_paths, cursor), cursor, first_seq, layout)
+    slices = merge_slices(run_paths, cursor)
+    if between_slices is not None:
+        slices = _calling_between(slices, between_slices)
+    return cut_windows(slices, cursor, first_seq, layout)
+
+
+def _calling_between(slices: Iterator[MergedSlice], call: Callable[[], None]) -> Iterator[MergedSlice]:
+    for merged in slices:
+        yield merged
+        call()
 
 
 def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> SendOutcome:
@@ -83,11 +95,11 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     def on_acknowledged(window: Window, result: BatchResult) -> None:
         batch = result.batch
         for index, message in sorted(result.rejected.items()):
-            file_index, row, _ = split_tiebreak(batch.tiebreaks[index])
+            file_index, row, _ = split_tiebreak(int(batch.tiebreaks[index]))
             rejects.write("server_rejected", message, job.source_name(file_index), row,
-                          orjson.loads(batch.payloads[index]))
+                          orjson.loads(batch.payload(index)))
         rejected_rows = sum(1 for i in result.rejected if batch.kinds[i] == EVENT_FROM_ROW)
-        accepted_rows = batch.kinds.count(EVENT_FROM_ROW) - rejected_rows
+        accepted_rows = batch.count_kind(EVENT_FROM_ROW) - rejected_rows
         progress.events_sent += batch.n_events - len(result.rejected)
         progress.rows_sent += accepted_rows
         progress.server_rejected_events += len(result.rejected)
@@ -108,7 +120,10 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.persisted_seq)
     checkpoints = CheckpointWriter(state, progress.next_seq, on_persisted=dispatcher.wake)
     try:
-        windows = _windows(job, manifest, MergeCursor(tuple(progress.cursor)), progress.window_first_seq, layout)
+        # Cutting a window takes a while (merging ~8k events): acknowledgements are reported, and so
+        # checkpointed, between its merge steps, so the next window's batches may start as soon as it is cut.
+        windows = _windows(job, manifest, MergeCursor(tuple(progress.cursor)), progress.window_first_seq, layout,
+                           between_slices=dispatcher.poll)
         dispatcher.run(windows, progress.next_seq, on_acknowledged)
         progress.finished = True
         checkpoints.submit(progress)
@@ -134,12 +149,12 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
     cursor = MergeCursor.start(len(manifest["runs"]))
     for window in _windows(job, manifest, cursor, 0, layout):
         for batch in window.batches:
-            body = build_body(batch.payloads, DRY_RUN_KEY_PLACEHOLDER)
+            body = batch.body(DRY_RUN_KEY_PLACEHOLDER)
             (out_dir / f"batch-{batch.seq:06d}.json").write_bytes(body)
             counters.count("dry-run", len(body))
             progress.batches_sent += 1
             progress.events_sent += batch.n_events
-            progress.rows_sent += batch.kinds.count(EVENT_FROM_ROW)
+            progress.rows_sent += batch.count_kind(EVENT_FROM_ROW)
     return SendOutcome(progress, counters, time.monotonic() - started, dry_run_dir=out_dir)
 
 

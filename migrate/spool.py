@@ -4,7 +4,9 @@ pyarrow has no out-of-core sort. So ``prepare`` fills a buffer up to a share of 
 sorts it and writes it as an LZ4-compressed Arrow IPC "run"; ``send`` merges the runs. The merge is
 batch-wise, not row-wise (row-wise ``heapq.merge`` measured ~25x slower): from every run's current
 record batch it takes all rows up to the smallest "last key" among those batches, sorts that slice,
-and emits it. Memory is one record batch per run plus one merged slice.
+and emits it. Memory is one record batch per run plus one merged slice. Only the fixed-width key
+columns are sorted; the payloads stay in the record batches they were read into until the batch cutter
+gathers them, once, into request order (see :class:`MergedSlice`).
 
 The sort key is ``(ts, tiebreak)``: the timestamp in microseconds, then the event's place in the input
 (file index, row number, sub-event), so equal timestamps keep input order and every key is unique.
@@ -165,14 +167,24 @@ class MergeCursor:
         return MergeCursor(tuple(int(a + b) for a, b in zip(self.taken, counts, strict=True)))
 
 
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
+
+
 class _RunReader:
-    """Reads one run's record batches in order, starting after ``skip`` rows."""
+    """Reads one run's record batches in order, starting after ``skip`` rows.
+
+    The merge looks at the current batch through numpy views of its columns and a read ``position``
+    instead of slicing the batch at every step: a step then costs a couple of ``searchsorted`` per run.
+    """
 
     def __init__(self, path: Path, skip: int):
-        self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+        # Single-threaded decoding: handing each ~256 KiB batch's LZ4 blocks to Arrow's thread pool cost
+        # about three times the CPU of decompressing them here (and was slower, too).
+        self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"), options=_READ_OPTIONS)
         self._next_batch = 0
-        self.current: pa.RecordBatch | None = None
         self._skip = skip
+        self.current: pa.RecordBatch | None = None
+        self.position = 0
         self.load_next()
 
     def load_next(self) -> None:
@@ -183,58 +195,117 @@ class _RunReader:
             if self._skip >= batch.num_rows:
                 self._skip -= batch.num_rows
                 continue
-            if self._skip:
-                batch = batch.slice(self._skip)
-                self._skip = 0
             self.current = batch
+            self.position, self._skip = self._skip, 0
+            # Zero-copy views (the spool has no nulls); the sizes are computed once per record batch.
+            self.ts = batch.column(0).to_numpy()
+            self.tiebreak = batch.column(1).to_numpy()
+            self.person = batch.column(2).to_numpy()
+            self.kind = batch.column(3).to_numpy()
+            self.payload = batch.column(4)
+            self.sizes = pc.binary_length(self.payload).to_numpy()
             return
 
     def last_key(self) -> tuple[int, int]:
-        assert self.current is not None
-        n = self.current.num_rows - 1
-        return self.current.column(0)[n].as_py(), self.current.column(1)[n].as_py()
+        return int(self.ts[-1]), int(self.tiebreak[-1])
+
+    def rows_up_to(self, bound_ts: int, bound_tiebreak: int) -> int:
+        """The position just past the last row whose key is <= the bound (at least the current position)."""
+        ts = self.ts
+        high = int(ts.searchsorted(bound_ts, side="right"))
+        if high and ts[high - 1] == bound_ts:  # rows with the bound's timestamp: their tiebreaks decide
+            low = int(ts.searchsorted(bound_ts, side="left"))
+            high = low + int(self.tiebreak[low:high].searchsorted(bound_tiebreak, side="right"))
+        return max(high, self.position)
 
 
-def _rows_up_to(batch: pa.RecordBatch, bound_ts: int, bound_tiebreak: int) -> int:
-    """How many leading rows of a (ts, tiebreak)-sorted batch have a key <= the bound."""
-    ts = batch.column(0).to_numpy()
-    low = int(np.searchsorted(ts, bound_ts, side="left"))
-    high = int(np.searchsorted(ts, bound_ts, side="right"))
-    if low == high:
-        return low
-    tiebreaks = batch.column(1).to_numpy()[low:high]
-    return low + int(np.searchsorted(tiebreaks, bound_tiebreak, side="right"))
+@dataclass
+class MergedSlice:
+    """A stretch of the merged stream: the key columns in (ts, tiebreak) order, payloads left where read.
+
+    ``pieces`` are zero-copy slices of the runs' payload columns; merged row ``i`` is row ``order[i]``
+    of those pieces laid end to end. Sorting moves only the small fixed-width columns, and whoever needs
+    the payloads in a new order (the batch cutter) gathers them once, straight into request order.
+    """
+
+    ts: np.ndarray
+    tiebreak: np.ndarray
+    person: np.ndarray
+    kind: np.ndarray
+    run: np.ndarray      # which run each row came from (int32): see MergeCursor.advanced
+    sizes: np.ndarray    # payload lengths in bytes
+    order: np.ndarray    # int64 index into the pieces laid end to end
+    pieces: list[pa.Array]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.order)
+
+    def slice(self, start: int, stop: int | None = None) -> MergedSlice:
+        """Rows ``start:stop`` (views; the payload pieces are shared)."""
+        part = slice(start, stop)
+        return MergedSlice(self.ts[part], self.tiebreak[part], self.person[part], self.kind[part],
+                           self.run[part], self.sizes[part], self.order[part], self.pieces)
+
+    def payloads(self) -> pa.Array:
+        """The payloads in merged order (a copy)."""
+        return pa.concat_arrays(self.pieces).take(pa.array(self.order))
+
+    def to_table(self) -> pa.Table:
+        """The slice as a table of SPOOL_SCHEMA plus the ``run`` column."""
+        return pa.table(
+            [pa.array(self.ts, pa.int64()), pa.array(self.tiebreak, pa.int64()),
+             pa.array(self.person, pa.uint64()), pa.array(self.kind, pa.uint8()), self.payloads(),
+             pa.array(self.run, pa.int32())],
+            schema=SPOOL_SCHEMA.append(pa.field("run", pa.int32())),
+        )
 
 
-def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iterator[pa.Table]:
-    """Yield all runs' events in (ts, tiebreak) order, as tables with an extra ``run`` column.
+def merge_slices(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iterator[MergedSlice]:
+    """Yield all runs' events in (ts, tiebreak) order, as :class:`MergedSlice` s.
 
     Starting from ``cursor`` skips the rows it says were taken. The ``run`` column tells which run each
     row came from, so a consumer can compute the cursor at any row (``MergeCursor.advanced``).
     """
     cursor = cursor or MergeCursor.start(len(run_paths))
     readers = [_RunReader(path, skip) for path, skip in zip(run_paths, cursor.taken, strict=True)]
-    while True:
-        active = [(index, reader) for index, reader in enumerate(readers) if reader.current is not None]
-        if not active:
-            return
-        bound = min(reader.last_key() for _, reader in active)
-        pieces = []
+    active = [(index, reader) for index, reader in enumerate(readers) if reader.current is not None]
+    while active:
+        bound_ts, bound_tiebreak = min(reader.last_key() for _, reader in active)
+        parts: list[tuple[int, _RunReader, int, int]] = []
         for index, reader in active:
-            batch = reader.current
-            take = _rows_up_to(batch, *bound)
-            if take == 0:
-                continue
-            piece = pa.Table.from_batches([batch.slice(0, take)])
-            pieces.append(piece.append_column("run", pa.array(np.full(take, index, dtype=np.int32))))
-            if take == batch.num_rows:
+            start, stop = reader.position, reader.rows_up_to(bound_ts, bound_tiebreak)
+            if stop > start:
+                parts.append((index, reader, start, stop))
+        # Slice every column of every part before advancing a reader (that replaces its arrays).
+        pieces = [reader.payload.slice(start, stop - start) for _, reader, start, stop in parts]
+        if len(parts) == 1:
+            index, reader, start, stop = parts[0]
+            merged = MergedSlice(reader.ts[start:stop], reader.tiebreak[start:stop], reader.person[start:stop],
+                                 reader.kind[start:stop], np.full(stop - start, index, dtype=np.int32),
+                                 reader.sizes[start:stop], np.arange(stop - start, dtype=np.int64), pieces)
+        else:
+            columns = [np.concatenate([getattr(reader, name)[start:stop] for _, reader, start, stop in parts])
+                       for name in ("ts", "tiebreak", "person", "kind", "sizes")]
+            run = np.repeat(np.array([index for index, *_ in parts], dtype=np.int32),
+                            [stop - start for _, _, start, stop in parts])
+            # Each part is sorted and every key is unique: a lexsort of these few hundred rows is the merge.
+            order = np.lexsort((columns[1], columns[0]))
+            ts, tiebreak, person, kind, sizes = (column[order] for column in columns)
+            merged = MergedSlice(ts, tiebreak, person, kind, run[order], sizes, order, pieces)
+        for _, reader, _, stop in parts:
+            if stop == len(reader.ts):
                 reader.load_next()
             else:
-                reader.current = batch.slice(take)
-        merged = pa.concat_tables(pieces)
-        if len(pieces) > 1:
-            merged = merged.take(pc.sort_indices(merged, [("ts", "ascending"), ("tiebreak", "ascending")]))
+                reader.position = stop
+        active = [(index, reader) for index, reader in active if reader.current is not None]
         yield merged
+
+
+def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iterator[pa.Table]:
+    """:func:`merge_slices` as tables (SPOOL_SCHEMA plus an int32 ``run`` column), payloads in order."""
+    for merged in merge_slices(run_paths, cursor):
+        yield merged.to_table()
 
 
 def compact_runs(directory: Path, runs: list[tuple[str, int]], fan_in: int = MAX_MERGE_FAN_IN,

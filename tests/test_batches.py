@@ -9,8 +9,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from migrate.batches import ENVELOPE_BYTES, BatchLayout, _cut_lane, build_body, cut_windows
-from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs
+from migrate.batches import ENVELOPE_BYTES, Batch, BatchLayout, _cut_lane, build_body, cut_windows
+from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, merge_slices
 
 
 def _prepared_runs(tmp_path, count, seed=5, people=30, max_payload=400):
@@ -27,7 +27,7 @@ def _prepared_runs(tmp_path, count, seed=5, people=30, max_payload=400):
 
 def _windows(run_paths, layout, cursor=None, first_seq=0):
     cursor = cursor or MergeCursor.start(len(run_paths))
-    return list(cut_windows(merge_runs(run_paths, cursor), cursor, first_seq, layout))
+    return list(cut_windows(merge_slices(run_paths, cursor), cursor, first_seq, layout))
 
 
 @pytest.mark.parametrize("lanes,max_events,max_bytes", [(1, 100, 1 << 20), (4, 250, 30_000), (3, 10_000, 20_000)])
@@ -102,3 +102,31 @@ def test_window_holds_about_lanes_times_batch_events(tmp_path):
     windows = _windows(run_paths, BatchLayout(lanes=4, max_events=100, max_bytes=1 << 22))
     assert all(w.end.position - w.start.position == 400 for w in windows[:-1])
     assert pa.concat_tables(list(merge_runs(run_paths))).num_rows == 3_000
+
+
+def test_batches_hold_each_lanes_events_in_merged_order_byte_for_byte(tmp_path):
+    # The reference: the merged stream as plain tables, split by lane in order, one window at a time.
+    run_paths = _prepared_runs(tmp_path, 3_000)
+    layout = BatchLayout(lanes=3, max_events=120, max_bytes=25_000)
+    merged = pa.concat_tables(list(merge_runs(run_paths)))
+    payloads, people = merged.column("payload").to_pylist(), merged.column("person").to_pylist()
+    for window in _windows(run_paths, layout):
+        rows = range(window.start.position, window.end.position)
+        for lane in range(layout.lanes):
+            expected = [payloads[row] for row in rows if people[row] % layout.lanes == lane]
+            got = [p for batch in window.batches if batch.lane == lane for p in batch.payloads]
+            assert got == expected
+
+
+def test_batch_bodies_and_halves_are_build_body_of_their_events(tmp_path):
+    run_paths = _prepared_runs(tmp_path, 1_000)
+    batches = [b for w in _windows(run_paths, BatchLayout(lanes=2, max_events=90)) for b in w.batches]
+    given = Batch.from_payloads(7, 0, [b'{"a":1}', b'{"bb":[2]}', b'{}'], [1, 2, 3], [0, 1, 0])
+    for batch in [*batches, given]:
+        payloads = batch.payloads
+        assert batch.body("phc_key") == build_body(payloads, "phc_key")
+        middle = batch.n_events // 2
+        assert batch.body("phc_key", 0, middle) == build_body(payloads[:middle], "phc_key")
+        assert batch.body("phc_key", middle) == build_body(payloads[middle:], "phc_key")
+        assert [batch.payload(i) for i in range(batch.n_events)] == payloads
+    assert given.count_kind(1) == 1 and list(given.tiebreaks) == [1, 2, 3]

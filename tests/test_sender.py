@@ -22,7 +22,7 @@ from migrate.sender import (
     SendSettings,
     parse_retry_after,
 )
-from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs
+from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_slices
 
 from .conftest import TEST_API_KEY
 
@@ -35,7 +35,8 @@ def _event(n: int, person: str = "p1", **extra) -> bytes:
 
 
 def _batch(payloads: list[bytes], seq: int = 0, lane: int = 0) -> Batch:
-    return Batch(seq, lane, payloads, [make_tiebreak(0, i + 1) for i in range(len(payloads))], [0] * len(payloads))
+    tiebreaks = [make_tiebreak(0, i + 1) for i in range(len(payloads))]
+    return Batch.from_payloads(seq, lane, payloads, tiebreaks, [0] * len(payloads))
 
 
 def _sender(url: str, **options) -> tuple[Sender, SendCounters, threading.Event]:
@@ -181,7 +182,7 @@ def _windows(tmp_path, people: int, events: int, lanes: int, max_events: int):
         writer.add(n, make_tiebreak(0, n + 1), person_hash(person), 0, _event(n, person))
     runs = writer.close()
     cursor = MergeCursor.start(len(runs))
-    return cut_windows(merge_runs(runs, cursor), cursor, 0, BatchLayout(lanes, max_events, 1 << 20))
+    return cut_windows(merge_slices(runs, cursor), cursor, 0, BatchLayout(lanes, max_events, 1 << 20))
 
 
 def test_concurrent_sending_never_reorders_a_persons_events(make_server, tmp_path):
@@ -215,3 +216,39 @@ def test_dispatcher_skips_batches_before_the_watermark(capture_server, tmp_path)
     Dispatcher(sender, 2, stop).run(_windows(tmp_path, 5, 1_000, 2, 100), 3,
                                     lambda window, result: acknowledged.append(result.batch.seq))
     assert acknowledged[0] == 3 and acknowledged == list(range(3, 3 + len(acknowledged)))
+
+
+def test_dispatcher_keeps_one_connection_per_sending_thread(capture_server, tmp_path, monkeypatch):
+    import migrate.sender as sender_module
+
+    made = []
+    pinned = sender_module._pinned_session
+    monkeypatch.setattr(sender_module, "_pinned_session", lambda url: made.append(url) or pinned(url))
+    sender, _, stop = _sender(capture_server.url)
+    acknowledged: list[int] = []
+    Dispatcher(sender, 3, stop).run(_windows(tmp_path, 9, 2_000, 3, 50), 0,
+                                    lambda window, result: acknowledged.append(result.batch.seq))
+    assert len(acknowledged) >= 30
+    assert 1 <= len(made) <= 3  # sessions (and their kept-alive connections) are per thread, not per batch
+
+
+def test_poll_reports_acknowledgements_while_the_next_window_is_being_cut(capture_server, tmp_path):
+    sender, _, stop = _sender(capture_server.url)
+    dispatcher = Dispatcher(sender, 1, stop)
+    acknowledged: list[int] = []
+    seen_while_cutting: list[int] = []
+
+    def windows():
+        produced = _windows(tmp_path, 3, 300, 1, 100)
+        yield next(produced)
+        deadline = time.monotonic() + 10
+        while not acknowledged and time.monotonic() < deadline:  # "cutting" the next window
+            dispatcher.poll()
+            time.sleep(0.01)
+        seen_while_cutting.extend(acknowledged)
+        yield from produced
+
+    dispatcher.poll()  # before run: nothing to report, no error
+    dispatcher.run(windows(), 0, lambda window, result: acknowledged.append(result.batch.seq))
+    assert seen_while_cutting == [0]
+    assert acknowledged == [0, 1, 2]
