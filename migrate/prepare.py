@@ -40,7 +40,7 @@ from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from migrate.identity import IdentityCollector, identify_event
 from migrate.job import Job, describe_fingerprint_change, job_fingerprint, person_hash
 from migrate.mapping import Filtered
-from migrate.report import PrepareStats, RejectsWriter, progress_bar
+from migrate.report import EventTally, PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
 from migrate.spool import (
     EVENT_ADDED,
@@ -99,7 +99,10 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
             stats.filtered[other_shard] += 1
 
     # Bound once: this loop runs for every row of the job.
-    to_events, person_of, finish, add_event = adapter.to_events, adapter.person_of, finisher.finish, stats.add_event
+    to_events, person_of, finish = adapter.to_events, adapter.person_of, finisher.finish
+    tally = EventTally()  # counted into stats after each chunk
+    tally_name, tally_source = tally.names.append, tally.source_names.append
+    tally_time, tally_person = tally.timestamps.append, tally.people.append
     file_bits = make_tiebreak(source.index, 0)
     for chunk in adapter.read(source):
         if job.stop.is_set():
@@ -145,8 +148,14 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
             row_bits = file_bits | (row_number << TIEBREAK_SUB_BITS)
             for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
                 person = person_hash(event.distinct_id)
-                add_event(event.event, event.timestamp_us, person, now_us, event.added, event.source_event)
+                tally_name(event.event)
+                tally_source(event.source_event)
+                tally_time(event.timestamp_us)
+                tally_person(person)
+                if event.added:
+                    tally.added += 1
                 on_event(event, payload, row_bits | sub_event, person)
+        stats.add_tally(tally, now_us)
         if on_progress is not None:
             on_progress(len(chunk))
         if after_chunk is not None and chunk:

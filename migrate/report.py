@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 from tqdm import tqdm
 
@@ -37,6 +39,14 @@ def _day_number(day: str) -> int:
     return (date.fromisoformat(day) - date(1970, 1, 1)).days
 
 
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """int.bit_length of each uint64, exactly: frexp's exponent is the bit length, and every 32-bit half
+    converts to a float64 without rounding (a whole 64-bit value might round up to the next power of 2)."""
+    high = (values >> np.uint64(32)).astype(np.float64)
+    low = (values & np.uint64(0xFFFF_FFFF)).astype(np.float64)
+    return np.where(high > 0, 32 + np.frexp(high)[1], np.frexp(low)[1]).astype(np.int64)
+
+
 class DistinctCounter:
     """HyperLogLog over 64-bit hashes: counts distinct ids in constant memory."""
 
@@ -51,6 +61,15 @@ class DistinctCounter:
         if rank > self.registers[index]:
             self.registers[index] = rank
 
+    def add_many(self, hashes: np.ndarray) -> None:
+        """:meth:`add` for a whole array of uint64 hashes at once (the same registers result)."""
+        if not len(hashes):
+            return
+        index = (hashes >> np.uint64(64 - HLL_PRECISION)).astype(np.intp)
+        rest = hashes << np.uint64(HLL_PRECISION)  # uint64 arithmetic drops the index bits, as the mask does
+        rank = np.where(rest != 0, 65 - _bit_length(rest), 64 - HLL_PRECISION + 1).astype(np.uint8)
+        np.maximum.at(np.frombuffer(self.registers, dtype=np.uint8), index, rank)
+
     def merge(self, other: DistinctCounter) -> None:
         self.registers = bytearray(max(a, b) for a, b in zip(self.registers, other.registers, strict=True))
 
@@ -62,6 +81,34 @@ class DistinctCounter:
         if raw <= 2.5 * m and zeros:  # small counts: linear counting is the better estimate
             return round(m * math.log(m / zeros))
         return round(raw)
+
+
+def _count_capped(counter: Counter, counts: Counter, other: str | None = OTHER_EVENTS) -> None:
+    """Add ``counts`` (in first-seen order) to ``counter``, which tracks at most MAX_TRACKED_EVENT_NAMES
+    keys; the counts of keys beyond that go to ``other`` (or nowhere when it is None)."""
+    for key, count in counts.items():
+        if key in counter or len(counter) < MAX_TRACKED_EVENT_NAMES:
+            counter[key] += count
+        elif other is not None:
+            counter[other] += count
+
+
+class EventTally:
+    """The numbers :class:`PrepareStats` needs of each event, gathered with a few appends per event in the
+    mapping loop and counted a chunk at a time by :meth:`PrepareStats.add_tally` (add_event per event
+    cost ~5% of prepare)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.source_names: list[str | None] = []
+        self.timestamps = array("q")
+        self.people = array("Q")
+        self.added = 0
+
+    def clear(self) -> None:
+        """Empty, in place: the mapping loop holds these lists' bound ``append`` methods."""
+        del self.names[:], self.source_names[:], self.timestamps[:], self.people[:]
+        self.added = 0
 
 
 @dataclass
@@ -86,7 +133,7 @@ class PrepareStats:
 
     def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool,
                   source_name: str | None = None) -> None:
-        """Count one event. Called for every event of the job: plain statements, no helper calls."""
+        """Count one event (the mapping loop counts a chunk at a time instead: :meth:`add_tally`)."""
         self.events += 1
         if added:
             self.added_events += 1
@@ -108,6 +155,32 @@ class PrepareStats:
         if timestamp_us > now_us - RECENT_EVENT_AGE_US:  # is_recent, inlined
             self.recent_events += 1
         self.people.add(person)
+
+    def add_tally(self, tally: EventTally, now_us: int) -> None:
+        """Count a chunk's events at once: the same result as :meth:`add_event` for each, in order, at a
+        fraction of the cost (the numbers are counted by numpy, the names by Counter)."""
+        if not tally.names:
+            return
+        self.events += len(tally.names)
+        self.added_events += tally.added
+        _count_capped(self.event_names, Counter(tally.names))
+        renamed = Counter(f"{source} → {name}" for source, name in zip(tally.source_names, tally.names, strict=True)
+                          if source is not None and source != name)
+        if renamed:
+            _count_capped(self.renamed, renamed, other=None)
+        # Copies, not views: a view would keep the arrays from being emptied for the next chunk.
+        timestamps = np.frombuffer(tally.timestamps, dtype=np.int64).copy()
+        days, counts = np.unique(timestamps // MICROSECONDS_PER_DAY, return_counts=True)
+        for day, count in zip(days.tolist(), counts.tolist(), strict=True):
+            self.per_day[day] += count
+        first, last = int(timestamps.min()), int(timestamps.max())
+        if self.first_us is None or first < self.first_us:
+            self.first_us = first
+        if self.last_us is None or last > self.last_us:
+            self.last_us = last
+        self.recent_events += int(np.count_nonzero(timestamps > now_us - RECENT_EVENT_AGE_US))
+        self.people.add_many(np.frombuffer(tally.people, dtype=np.uint64).copy())
+        tally.clear()
 
     def merge(self, other: PrepareStats) -> None:
         """Add another file's counts to these (prepare counts each input file on its own)."""
