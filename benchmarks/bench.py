@@ -6,13 +6,14 @@ One run on one machine:
   3. runs `posthog-migrate run` against it with no rate limit,
   4. runs the baseline a user would otherwise write: posthog-python's `capture()` in a loop over the
      events sorted in memory, gzip on, `historical_migration=True`, a queue big enough to drop nothing,
-  5. prints events/second for both, their ratio, each one's peak resident memory, and checks that the
+  5. prints events/second for both, their ratio, each one's peak memory (its processes together), and checks that the
      server received every event from each.
 
     python benchmarks/bench.py                 # N = 1,000,000
     python benchmarks/bench.py -n 200000       # quicker
     python benchmarks/bench.py --scaling       # the tool alone at N and 4N: peak-memory ratio
     python benchmarks/bench.py --skip-baseline # the tool alone
+    python benchmarks/bench.py --shards 4      # --shard 1/4 .. 4/4 one after another, as 4 machines would
 
 The baseline needs `pip install posthog`. Generated data and outputs go to benchmarks/out/ (git-ignored).
 """
@@ -20,6 +21,7 @@ The baseline needs `pip install posthog`. Generated data and outputs go to bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import random
@@ -27,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -81,15 +84,62 @@ def free_port() -> int:
 
 
 def run_measured(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str]:
-    """Run a process; return (seconds, peak RSS in MiB, stderr tail)."""
+    """Run a process; return (seconds, peak memory in MiB of it and its worker processes together, stdout)."""
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    sampler = MemorySampler(process.pid)
+    sampler.start()
+    _, status, _ = os.wait4(process.pid, 0)
     elapsed = time.monotonic() - started
+    sampler.stop()
     stdout, stderr = process.stdout.read().decode(), process.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) not in (0, 3):
         raise SystemExit(f"{command[:4]} failed:\n{stdout}\n{stderr}")
-    return elapsed, usage.ru_maxrss // 1024, stdout
+    return elapsed, sampler.peak_kib // 1024, stdout
+
+
+class MemorySampler(threading.Thread):
+    """The peak memory of a process tree taken together, sampled every 100 ms.
+
+    posthog-migrate runs worker processes, so one process's peak RSS (what wait4 reports: the largest
+    single process) would understate it. Each sample adds up every process of the tree; PSS counts
+    shared pages once (RSS where /proc has no smaps_rollup).
+    """
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kib = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            self.peak_kib = max(self.peak_kib, sum(map(_memory_kib, _process_tree(self.pid))))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _process_tree(pid: int) -> list[int]:
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):  # it may just have ended
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    return tree
+
+
+def _memory_kib(pid: int) -> int:
+    for path, field in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(field):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 class Server:
@@ -125,14 +175,14 @@ class Server:
         self.process.wait()
 
 
-def run_tool(data: Path, count: int, label: str) -> dict:
+def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = ()) -> dict:
     work = OUT / f"job-{label}"
     server = Server(OUT / f"received-{label}.jsonl")
     try:
         env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
         seconds, rss, summary = run_measured(
             [sys.executable, "-m", "migrate", "run", str(data), "--format", "amplitude",
-             "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q"], OUT, env)
+             "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q", *extra], OUT, env)
         received = server.received()
     finally:
         server.stop()
@@ -151,13 +201,31 @@ def run_baseline(data: Path, count: int) -> dict:
     return {"name": "posthog-python", "seconds": seconds, "rss": rss, "received": received, "count": count}
 
 
-def report(result: dict) -> str:
+def run_shards(data: Path, count: int, shards: int) -> None:
+    """Each shard as its own machine would run it (one after another here, so each has both cores), then
+    the wall time N machines would take: the slowest shard. Every event must arrive exactly once."""
+    whole = run_tool(data, count, "n")
+    print(report(whole), flush=True)
+    results = []
+    for k in range(1, shards + 1):
+        result = run_tool(data, count, f"shard-{k}-of-{shards}", ("--shard", f"{k}/{shards}"))
+        result["name"] = f"shard {k}/{shards}"
+        results.append(result)
+        print(report(result, rate=False), flush=True)
+    received = sum(result["received"] for result in results)
+    slowest = max(result["seconds"] for result in results)
+    print(f"{shards} machines: {slowest:.1f} s (the slowest shard) vs {whole['seconds']:.1f} s on one: "
+          f"{whole['seconds'] / slowest:.1f}x; received {received:,} events in all "
+          f"({'the same as one machine' if received == whole['received'] else 'NOT the same as one machine'})")
+
+
+def report(result: dict, rate: bool = True) -> str:
     summary = result.get("summary", "").splitlines()
     phases = [line.strip() for line in summary if line.startswith(("Prepared:", "Sent:"))]
-    rate = result["count"] / result["seconds"]
-    lost = result["count"] - result["received"]
-    return (f"{result['name']:<16} {result['count']:>11,} events  {result['seconds']:>8.1f} s  {rate:>10,.0f} ev/s"
-            f"  peak RSS {result['rss']:>6,} MiB  received {result['received']:,}"
+    lost = result["count"] - result["received"] if rate else 0  # a shard receives only its share
+    speed = f"{result['count'] / result['seconds']:>10,.0f} ev/s" if rate else " " * 15
+    return (f"{result['name']:<16} {result['count']:>11,} events  {result['seconds']:>8.1f} s  {speed}"
+            f"  peak memory {result['rss']:>6,} MiB  received {result['received']:,}"
             + (f"  ({lost:,} LOST)" if lost > 0 else "") + "".join(f"\n    {phase}" for phase in phases))
 
 
@@ -179,6 +247,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--scaling", action="store_true", help="run the tool at N and 4N; print the memory ratio")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--shards", type=int, metavar="N", help="run --shard 1/N .. N/N as N machines would")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
@@ -190,6 +259,9 @@ def main() -> None:
         print(f"peak memory ratio 4N/N: {large['rss'] / small['rss']:.2f}")
         return
     data = dataset(args.events, args.seed)
+    if args.shards:
+        run_shards(data, args.events, args.shards)
+        return
     tool = run_tool(data, args.events, "n")
     print(report(tool), flush=True)
     if args.skip_baseline:
