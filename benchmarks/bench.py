@@ -99,7 +99,7 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None) -> tupl
 
 
 class MemorySampler(threading.Thread):
-    """The peak memory of a process tree taken together, sampled every 100 ms.
+    """The peak memory of a process tree taken together, sampled every 250 ms (reading smaps costs CPU).
 
     posthog-migrate runs worker processes, so one process's peak RSS (what wait4 reports: the largest
     single process) would understate it. Each sample adds up every process of the tree; PSS counts
@@ -113,7 +113,7 @@ class MemorySampler(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(0.1):
+        while not self._done.wait(0.25):
             self.peak_kib = max(self.peak_kib, sum(map(_memory_kib, _process_tree(self.pid))))
 
     def stop(self) -> None:
