@@ -116,7 +116,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 reject(record.reason, record.detail, row_number, record.raw)
                 continue
             mine = False  # True once the row's person is known to belong to this shard
-            if shard is not None and (person := person_of(record)) is not None:
+            if shard is not None and type(person := _person_of(person_of, record)) is str:
                 # Decided before mapping (every shard answers the same for a row): other shards' rows
                 # cost a read, not a mapping.
                 if person_shard(person_hash(person), shard[1]) != shard[0]:
@@ -161,6 +161,14 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
         if after_chunk is not None and chunk:
             after_chunk(chunk[-1][0])
     stats.files += 1
+
+
+def _person_of(person_of: Callable[[dict], str | None], record: dict) -> str | None:
+    """An adapter's person_of, where a failure means "not known before mapping" (mapping then decides)."""
+    try:
+        return person_of(record)
+    except Exception:  # a plugin's bug must not stop the file: the row is mapped and judged as usual
+        return None
 
 
 # --- one input file ----------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ from collections import defaultdict
 
 import orjson
 
+from adapters.jsonl import JsonLinesAdapter
+from migrate.config import resolve_settings
+from migrate.job import open_job
+from migrate.pipeline import dry_run
+from migrate.prepare import prepare
+
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
 
 
@@ -99,3 +105,33 @@ def test_amplitude_shards_skip_other_people_before_mapping_and_match_one_run(tmp
         + summed.pop("belongs to another shard than 3/3", 0)
     assert other > 0
     assert dict(summed) == whole_counts  # each filtered or rejected row counted by exactly one shard
+
+
+class _UnreliablePersonOf(JsonLinesAdapter):
+    """A plugin whose person_of raises for some rows and answers a non-text for others."""
+
+    def person_of(self, record):
+        number = int(record["insert_id"][1:])
+        if number % 3 == 0:
+            raise KeyError("no such field")
+        if number % 3 == 1:
+            return 12345  # not text: must count as "not known before mapping"
+        return record["distinct_id"]
+
+
+def test_a_failing_person_of_costs_nothing_but_speed(tmp_path):
+    # The shards fall back to mapping the row and deciding by its event: still every event exactly once.
+    rows = make_rows(600, people=50, seed=5)
+    for n, row in enumerate(rows):
+        row["insert_id"] = f"r{n}"
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    sent: list[str] = []
+    for k in (1, 2):
+        settings = resolve_settings({"sources": (str(tmp_path / "events.jsonl"),), "dry_run": True, "quiet": True,
+                                     "workdir": str(tmp_path / f"shard-{k}"), "shard": f"{k}/2"})
+        job = open_job(settings, {})
+        job.adapter = _UnreliablePersonOf(job.mapping)
+        outcome = dry_run(job, prepare(job), tmp_path / f"shard-{k}" / "bodies")
+        sent += [event["uuid"] for path in sorted(outcome.dry_run_dir.glob("batch-*.json"))
+                 for event in orjson.loads(path.read_bytes())["batch"]]
+    assert len(sent) == len(set(sent)) == 600
