@@ -116,10 +116,10 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 reject(record.reason, record.detail, row_number, record.raw)
                 continue
             mine = False  # True once the row's person is known to belong to this shard
-            if shard is not None and type(person := _person_of(person_of, record)) is str:
+            if shard is not None and type(row_person := _person_of(person_of, record)) is str:
                 # Decided before mapping (every shard answers the same for a row): other shards' rows
                 # cost a read, not a mapping.
-                if person_shard(person_hash(person), shard[1]) != shard[0]:
+                if person_shard(person_hash(row_person), shard[1]) != shard[0]:
                     stats.filtered[other_shard] += 1
                     continue
                 mine = True
