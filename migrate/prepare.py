@@ -241,7 +241,7 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
 @contextlib.contextmanager
 def _rare_young_collections() -> Iterator[None]:
     """Mapping allocates a few dicts per row and frees them a moment later, never in cycles. Python's
-    default collects the young generation every 700 such allocations, which costs ~8% of prepare for
+    default collects the young generation every 700 such allocations, which costs ~5% of prepare for
     nothing; collect every YOUNG_COLLECTION_THRESHOLD instead (memory stays bounded: it is a count)."""
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *before[1:])
