@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -39,6 +40,8 @@ CONTENT_NAMESPACE = uuid_module.UUID("3d5e6f70-8192-5a3b-8c4d-5e6f708192a3")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+# The mapping's default --source-timezone (ZoneInfo keeps one instance per key): the same as UTC.
+_ZONEINFO_UTC = ZoneInfo("UTC")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MICROSECONDS_PER_DAY = 86_400_000_000
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -83,7 +86,7 @@ def _epoch_number_to_us(value: float, unit: str) -> int:
 
 def _datetime_to_us(moment: datetime, naive_zone: tzinfo) -> int:
     if moment.tzinfo is None:
-        if naive_zone is UTC:  # the common case: no zone to attach, plain arithmetic
+        if naive_zone is UTC or naive_zone is _ZONEINFO_UTC:  # the usual case: plain arithmetic, no zone
             delta = moment - _EPOCH_NAIVE
             return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         # fold=0 picks the first of two ambiguous local times (DST fall-back): deterministic.
