@@ -21,14 +21,13 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from migrate.event import RECENT_EVENT_AGE_US, format_timestamp, json_default
+from migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000
 OTHER_EVENTS = "(other event names)"
 # HyperLogLog precision: 2^14 registers, ~0.8% error, 16 KiB, whatever the number of people.
 HLL_PRECISION = 14
-MICROSECONDS_PER_DAY = 86_400 * 1_000_000
 
 
 def _day_name(day_number: int) -> str:
