@@ -461,6 +461,7 @@ def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWri
     with the same timestamp, so the merge sorts it just before that event.
     """
     now_us = utc_now_us()
+    tally = EventTally()
     for user, device, ts, tiebreak in identities.first_sightings():
         try:
             events = job.finisher.finish([identify_event(user, device, ts)])
@@ -469,10 +470,12 @@ def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWri
             continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
         person = person_hash(user)
         writer.add(ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, EVENT_ADDED, payload)
-        stats.add_event(events[0].event, ts, person, now_us, True, events[0].source_event)
+        tally.add(events[0].event, events[0].source_event, ts, person, True)
         if writer.full:
             writer.spill()
+            stats.add_tally(tally, now_us)
     writer.spill()
+    stats.add_tally(tally, now_us)
 
 
 # --- inspect -----------------------------------------------------------------------------------------

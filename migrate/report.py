@@ -52,20 +52,13 @@ class DistinctCounter:
     def __init__(self, registers: bytes | None = None):
         self.registers = bytearray(registers or bytes(1 << HLL_PRECISION))
 
-    def add(self, hash64: int) -> None:
-        index = hash64 >> (64 - HLL_PRECISION)
-        # The rank is the position of the first 1 bit in the 50 bits left after the index (1-based).
-        rest = (hash64 << HLL_PRECISION) & 0xFFFF_FFFF_FFFF_FFFF
-        rank = 65 - rest.bit_length() if rest else 64 - HLL_PRECISION + 1
-        if rank > self.registers[index]:
-            self.registers[index] = rank
-
     def add_many(self, hashes: np.ndarray) -> None:
-        """:meth:`add` for a whole array of uint64 hashes at once (the same registers result)."""
+        """Count an array of uint64 hashes. Each hash's first HLL_PRECISION bits pick a register, which keeps
+        the largest rank seen: the 1-based position of the first 1 bit in the bits after them."""
         if not len(hashes):
             return
         index = (hashes >> np.uint64(64 - HLL_PRECISION)).astype(np.intp)
-        rest = hashes << np.uint64(HLL_PRECISION)  # uint64 arithmetic drops the index bits, as the mask does
+        rest = hashes << np.uint64(HLL_PRECISION)  # uint64 arithmetic drops the index bits
         rank = np.where(rest != 0, 65 - _bit_length(rest), 64 - HLL_PRECISION + 1).astype(np.uint8)
         np.maximum.at(np.frombuffer(self.registers, dtype=np.uint8), index, rank)
 
@@ -93,9 +86,9 @@ def _count_capped(counter: Counter, counts: Counter, other: str | None = OTHER_E
 
 
 class EventTally:
-    """The numbers :class:`PrepareStats` needs of each event, gathered with a few appends per event in the
-    mapping loop and counted a chunk at a time by :meth:`PrepareStats.add_tally` (add_event per event
-    cost ~5% of prepare)."""
+    """The numbers :class:`PrepareStats` needs of each event, gathered with a few appends per event and
+    counted a chunk at a time by :meth:`PrepareStats.add_tally` (counting each event on its own cost ~5%
+    of prepare). The mapping loop appends to the lists directly; other callers use :meth:`add`."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -103,6 +96,13 @@ class EventTally:
         self.timestamps = array("q")
         self.people = array("Q")
         self.added = 0
+
+    def add(self, name: str, source_name: str | None, timestamp_us: int, person: int, added: bool) -> None:
+        self.names.append(name)
+        self.source_names.append(source_name)
+        self.timestamps.append(timestamp_us)
+        self.people.append(person)
+        self.added += added
 
     def clear(self) -> None:
         """Empty, in place: the mapping loop holds these lists' bound ``append`` methods."""
@@ -130,34 +130,8 @@ class PrepareStats:
     # "source name → PostHog name" for events the adapter renamed: inspect's mapping table.
     renamed: Counter = field(default_factory=Counter)
 
-    def add_event(self, name: str, timestamp_us: int, person: int, now_us: int, added: bool,
-                  source_name: str | None = None) -> None:
-        """Count one event (the mapping loop counts a chunk at a time instead: :meth:`add_tally`)."""
-        self.events += 1
-        if added:
-            self.added_events += 1
-        names = self.event_names
-        if name in names or len(names) < MAX_TRACKED_EVENT_NAMES:
-            names[name] += 1
-        else:
-            names[OTHER_EVENTS] += 1
-        if source_name is not None and source_name != name:
-            pair = f"{source_name} → {name}"
-            if pair in self.renamed or len(self.renamed) < MAX_TRACKED_EVENT_NAMES:
-                self.renamed[pair] += 1
-        self.per_day[timestamp_us // MICROSECONDS_PER_DAY] += 1  # day numbers: cheap; named in to_dict
-        first, last = self.first_us, self.last_us
-        if first is None or timestamp_us < first:
-            self.first_us = timestamp_us
-        if last is None or timestamp_us > last:
-            self.last_us = timestamp_us
-        if timestamp_us > now_us - RECENT_EVENT_AGE_US:  # is_recent, inlined
-            self.recent_events += 1
-        self.people.add(person)
-
     def add_tally(self, tally: EventTally, now_us: int) -> None:
-        """Count a chunk's events at once: the same result as :meth:`add_event` for each, in order, at a
-        fraction of the cost (the numbers are counted by numpy, the names by Counter)."""
+        """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally."""
         if not tally.names:
             return
         self.events += len(tally.names)
