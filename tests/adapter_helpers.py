@@ -32,6 +32,11 @@ def as_json(events: list[Event]) -> list[dict]:
              "link": list(e.link) if e.link else None, "added": e.added} for e in events]
 
 
+def as_sent(events: list[Event]) -> list[dict]:
+    """Like :func:`as_json`, with the event's own fields at the top level beside the pipeline's."""
+    return [{**view["json"], **{k: v for k, v in view.items() if k != "json"}} for view in as_json(events)]
+
+
 def events_of(adapter: Adapter, path: Path) -> list[Event]:
     """Every event of a file whose rows must all be readable."""
     out = []

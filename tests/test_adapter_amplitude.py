@@ -29,7 +29,7 @@ from migrate.errors import ConfigError
 from migrate.event import MAX_TIMESTAMP_US, Event, Rejection, parse_timestamp, uuid_from_content, validate
 from migrate.mapping import ColumnMapping, Filtered
 
-from .adapter_helpers import rows_of, source
+from .adapter_helpers import as_sent, rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, read_received, run_cli
 
 SAMPLE = PROJECT_ROOT / "sample_data" / "amplitude"
@@ -56,9 +56,7 @@ def adapter(**mapping) -> AmplitudeAdapter:
 
 def emitted(row: dict, **mapping) -> list[dict]:
     """Each event as sent, plus what the pipeline reads beside it."""
-    events = adapter(**mapping).to_events(row)
-    return [{**orjson.loads(e.to_json()), "source_event": e.source_event,
-             "link": list(e.link) if e.link else None, "added": e.added} for e in events]
+    return as_sent(adapter(**mapping).to_events(row))
 
 
 def ios_row(**changes) -> dict:

@@ -27,7 +27,7 @@ from migrate.errors import ConfigError
 from migrate.event import MAX_TIMESTAMP_US, Event, Rejection, format_timestamp, uuid_from_content, validate
 from migrate.mapping import ColumnMapping, Filtered
 
-from .adapter_helpers import rows_of, source
+from .adapter_helpers import as_sent, rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli
 
 SAMPLE = PROJECT_ROOT / "sample_data" / "mixpanel"
@@ -40,9 +40,8 @@ def adapter(**mapping) -> MixpanelAdapter:
 
 
 def emitted(row: dict, **mapping) -> list[dict]:
-    events = adapter(**mapping).to_events(row)
-    return [{**orjson.loads(e.to_json()), "source_event": e.source_event,
-             "link": list(e.link) if e.link else None, "added": e.added} for e in events]
+    """Each event as sent, plus what the pipeline reads beside it."""
+    return as_sent(adapter(**mapping).to_events(row))
 
 
 def wall_clock(text: str) -> int:
