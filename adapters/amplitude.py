@@ -146,8 +146,7 @@ class AmplitudeAdapter(Adapter):
         name = EVENT_NAMES.get(source_name, source_name)
         if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id = _identifier(record, "user_id")
-        device_id = _identifier(record, "device_id")
+        user_id, device_id = _user_and_device(record)
         distinct_id = user_id or device_id
         if distinct_id is None:
             raise Rejection("missing_distinct_id", "the row has neither a user_id nor a device_id")
@@ -201,7 +200,8 @@ class AmplitudeAdapter(Adapter):
 
     def person_of(self, record: dict) -> str | None:
         try:
-            return _identifier(record, "user_id") or _identifier(record, "device_id")
+            user_id, device_id = _user_and_device(record)
+            return user_id or device_id  # to_events' distinct_id
         except Rejection:
             return None  # to_events rejects the row; which shard reports it is decided the usual way
 
@@ -221,6 +221,11 @@ class AmplitudeAdapter(Adapter):
 
 
 # --- field helpers ---------------------------------------------------------------------------------
+
+
+def _user_and_device(record: dict) -> tuple[str | None, str | None]:
+    """The row's user and device ids (either may be missing); the user's, else the device's, is its person."""
+    return _identifier(record, "user_id"), _identifier(record, "device_id")
 
 
 def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
