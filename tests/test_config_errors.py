@@ -6,10 +6,7 @@ file, s3:// URIs with a ?query, and resuming a prepared job under another job na
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -197,39 +194,22 @@ def test_expand_sources_still_globs_local_paths(tmp_path):
         "a.jsonl", "b.jsonl"]
 
 
-def test_an_s3_uri_with_a_query_is_one_file_not_a_pattern(tmp_path):
-    pytest.importorskip("moto")
+def test_an_s3_uri_with_a_query_is_one_file_not_a_pattern(tmp_path, s3_endpoint):
     from pyarrow import fs as pafs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
-        s3 = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="test",
-                               secret_key="test", region="us-east-1", allow_bucket_creation=True)
-        s3.create_dir("exports")
-        with s3.open_output_stream("exports/x.jsonl") as out:
-            out.write(b"".join(orjson.dumps(row) + b"\n" for row in make_rows(25)))
-        uri = f"s3://exports/x.jsonl?endpoint_override=127.0.0.1:{port}&scheme=http"
-        env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                              AWS_REGION="us-east-1")
-        result = run_cli(["run", uri, "--dry-run", "-q", "--workdir", "work"], tmp_path, env)
-        assert result.returncode == 0, result.stderr
-        manifest = orjson.loads((tmp_path / "work" / "manifest.json").read_bytes())
-        assert manifest["sources"] == [uri]
-    finally:
-        server.terminate()
-        server.wait()
+    host = s3_endpoint.removeprefix("http://")
+    s3 = pafs.S3FileSystem(endpoint_override=host, scheme="http", access_key="test",
+                           secret_key="test", region="us-east-1", allow_bucket_creation=True)
+    s3.create_dir("exports")
+    with s3.open_output_stream("exports/x.jsonl") as out:
+        out.write(b"".join(orjson.dumps(row) + b"\n" for row in make_rows(25)))
+    uri = f"s3://exports/x.jsonl?endpoint_override={host}&scheme=http"
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                          AWS_REGION="us-east-1")
+    result = run_cli(["run", uri, "--dry-run", "-q", "--workdir", "work"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((tmp_path / "work" / "manifest.json").read_bytes())
+    assert manifest["sources"] == [uri]
 
 
 # --- 5. the job's name is part of what a prepared job depends on ------------------------------------

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import socket
-import subprocess
-import sys
-import time
 
 import orjson
 import pyarrow as pa
@@ -17,26 +13,6 @@ from pyarrow import fs as pafs
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli
 
 pytest.importorskip("moto")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait()
 
 
 @pytest.fixture(scope="module")
