@@ -1,10 +1,11 @@
 """Cutting the merged event stream into size-capped batches, and the batch's request body.
 
-Batches are cut in *windows* of the merged stream. Each window holds about ``lanes`` batches' worth of
-events, split into ``lanes`` by a hash of the distinct_id, and each lane's share is cut into batches
-under the caps. Two batches of one window never share a person, so they can be in flight at once;
-a batch only waits for the previous batch of its own lane. That keeps every person's events in order
-with several requests in flight, while the window keeps the whole stream close to oldest-first.
+Batches are cut in *windows* of the merged stream. Each window holds a little less than ``lanes``
+batches' worth of events, split into ``lanes`` by a hash of the distinct_id, and each lane's share is
+cut into batches under the caps (usually one). Two batches of different lanes never share a person,
+so they can be in flight at once; a batch only waits for the previous batch of its own lane. That
+keeps every person's events in order with several requests in flight, while the window keeps the
+whole stream close to oldest-first.
 
 A window starts at a :class:`~migrate.spool.MergeCursor`, so the send phase can resume at the window
 holding its first unacknowledged batch. The layout is a pure function of the sorted events and the
@@ -33,6 +34,11 @@ DEFAULT_BATCH_EVENTS = 2_000
 # Room kept in each batch for {"api_key":"...","historical_migration":true,"batch":[...]}.
 ENVELOPE_BYTES = 256
 BODY_SUFFIX = b"]}"
+# Bumped whenever the same settings cut or number batches differently (2: windows filled to WINDOW_FILL,
+# lanes interleaved). A checkpoint of another version sends its current window again, numbered anew.
+LAYOUT_VERSION = 2
+# How full a window of several lanes is, as a share of ``lanes`` full batches (see BatchLayout).
+WINDOW_FILL = 0.9
 # Gathered between payloads: the take that orders a batch's events also puts the commas in.
 _COMMA = pa.array([b","], pa.binary())
 
@@ -127,6 +133,27 @@ class BatchLayout:
     def max_payload_bytes(self) -> int:
         return self.max_bytes - ENVELOPE_BYTES
 
+    @property
+    def window_events(self) -> int:
+        return self._window_share(self.max_events)
+
+    @property
+    def window_bytes(self) -> int:
+        return self._window_share(self.max_payload_bytes)
+
+    def _window_share(self, cap: int) -> int:
+        # A window of exactly ``lanes`` full batches would put a little over a batch in about half of the
+        # lanes (a hash splits it, so each lane's share varies by a few percent), and each of those would
+        # go as two half batches. With some room, each lane's share is one batch.
+        if self.lanes == 1:
+            return cap
+        return max(self.lanes, int(self.lanes * cap * WINDOW_FILL))
+
+    def as_dict(self) -> dict:
+        """As recorded in the checkpoint: a resume that cuts differently resends its current window."""
+        return {"lanes": self.lanes, "max_events": self.max_events, "max_bytes": self.max_bytes,
+                "version": LAYOUT_VERSION}
+
 
 def _cut_lane(sizes: np.ndarray, layout: BatchLayout) -> list[tuple[int, int]]:
     """Split one lane's events (their serialised ``sizes``) into batches of even size under both caps.
@@ -189,15 +216,23 @@ def _window_batches(parts: list[MergedSlice], first_seq: int, layout: BatchLayou
     source = pa.concat_arrays([*pieces, _COMMA])
     source_rows = np.concatenate(sources)
     lanes = person % np.uint64(layout.lanes)
-    batches: list[Batch] = []
+    # Each lane's batches (index ranges), then numbered round robin: every lane's first batch, then every
+    # second one, ... Batches start in number order and a lane's second batch must wait for its first,
+    # so numbering a lane's batches one after another would hold up the lanes after it.
+    cuts_by_lane: list[tuple[int, np.ndarray, list[tuple[int, int]]]] = []
     for lane in range(layout.lanes):
         indices = np.flatnonzero(lanes == lane)
-        if len(indices) == 0:
-            continue
-        for start, end in _cut_lane(sizes[indices], layout):
-            rows = indices[start:end]
-            data, starts, ends = _gather(source, source_rows[rows], base)
-            batches.append(Batch(first_seq + len(batches), lane, data, starts, ends, tiebreak[rows], kind[rows]))
+        if len(indices):
+            cuts_by_lane.append((lane, indices, _cut_lane(sizes[indices], layout)))
+    batches: list[Batch] = []
+    for turn in range(max((len(cuts) for _, _, cuts in cuts_by_lane), default=0)):
+        for lane, indices, cuts in cuts_by_lane:
+            if turn < len(cuts):
+                start, end = cuts[turn]
+                rows = indices[start:end]
+                data, starts, ends = _gather(source, source_rows[rows], base)
+                batches.append(Batch(first_seq + len(batches), lane, data, starts, ends, tiebreak[rows],
+                                     kind[rows]))
     return batches
 
 
@@ -206,8 +241,7 @@ def cut_windows(
 ) -> Iterator[Window]:
     """Group the merged stream (:func:`~migrate.spool.merge_slices`) into windows of about ``lanes``
     full batches each."""
-    window_events = layout.lanes * layout.max_events
-    window_bytes = layout.lanes * layout.max_payload_bytes
+    window_events, window_bytes = layout.window_events, layout.window_bytes
     pending: list[MergedSlice] = []
     pending_events = pending_bytes = 0
     cursor, seq = start, first_seq

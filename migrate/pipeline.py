@@ -72,7 +72,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     if not progress.cursor:
         progress = SendProgress(cursor=[0] * runs, rejects_bytes=manifest["rejects_bytes"])
         progress.mark_window_start()
-    layout_dict = {"lanes": layout.lanes, "max_events": layout.max_events, "max_bytes": layout.max_bytes}
+    layout_dict = layout.as_dict()
     if progress.layout and progress.layout != layout_dict:
         # Batches are cut differently now: the window holding the watermark is sent again, numbered anew,
         # so what was counted (and rejected) in it so far is counted again from its start.

@@ -97,11 +97,46 @@ def test_body_is_the_batch_shape_with_historical_flag_and_no_sent_at():
     assert "sent_at" not in body
 
 
-def test_window_holds_about_lanes_times_batch_events(tmp_path):
+def test_window_holds_a_little_less_than_lanes_times_batch_events(tmp_path):
     run_paths = _prepared_runs(tmp_path, 3_000)
     windows = _windows(run_paths, BatchLayout(lanes=4, max_events=100, max_bytes=1 << 22))
-    assert all(w.end.position - w.start.position == 400 for w in windows[:-1])
+    assert all(w.end.position - w.start.position == 360 for w in windows[:-1])  # 4 x 100 x WINDOW_FILL
     assert pa.concat_tables(list(merge_runs(run_paths))).num_rows == 3_000
+    one_lane = _windows(run_paths, BatchLayout(lanes=1, max_events=100, max_bytes=1 << 22))
+    assert all(w.end.position - w.start.position == 100 for w in one_lane[:-1])  # one lane: full batches
+
+
+def test_each_lanes_share_of_a_window_is_usually_one_batch(tmp_path):
+    # 4 lanes of 2,000-event batches and many people: a window of exactly 4 x 2,000 events put more than
+    # 2,000 in about half of the lanes, each then sent as two half batches (758 requests per 1M events).
+    run_paths = _prepared_runs(tmp_path, 60_000, people=20_000, max_payload=20)
+    layout = BatchLayout(lanes=4, max_events=2_000, max_bytes=1 << 22)
+    windows = _windows(run_paths, layout)
+    assert sum(len(w.batches) for w in windows) == 4 * len(windows)
+    assert all(b.n_events <= 2_000 for w in windows for b in w.batches)
+
+
+def test_a_windows_batches_are_numbered_round_robin_over_its_lanes(tmp_path):
+    # One person with most events: their lane needs several batches. The other lanes' batches are
+    # numbered among the first, so they start at once instead of waiting behind that lane's second batch.
+    rng = random.Random(3)
+    writer = RunWriter(tmp_path, 1 << 30)
+    for row in range(2_000):
+        person = 0 if row % 4 else rng.randrange(1, 400)
+        writer.add(row, make_tiebreak(0, row), person * 7919, 0, orjson.dumps({"row": row, "p": person}))
+    run_paths = writer.close()
+    layout = BatchLayout(lanes=4, max_events=100, max_bytes=1 << 22)
+    for window in _windows(run_paths, layout):
+        lanes = [batch.lane for batch in window.batches]
+        turns: list[list[int]] = []
+        for lane in lanes:  # split the numbering into rounds: a round ends when a lane comes again
+            if not turns or lane in turns[-1]:
+                turns.append([])
+            turns[-1].append(lane)
+        assert turns[0] == sorted(set(lanes)), lanes  # every lane of the window in the first round
+        assert all(set(later) <= set(earlier) for earlier, later in zip(turns, turns[1:], strict=False))
+    heavy = [w for w in _windows(run_paths, layout) if len(w.batches) > len({b.lane for b in w.batches})]
+    assert heavy, "the test needs windows where a lane has several batches"
 
 
 def test_batches_hold_each_lanes_events_in_merged_order_byte_for_byte(tmp_path):
@@ -130,3 +165,13 @@ def test_batch_bodies_and_halves_are_build_body_of_their_events(tmp_path):
         assert batch.body("phc_key", middle) == build_body(payloads[middle:], "phc_key")
         assert [batch.payload(i) for i in range(batch.n_events)] == payloads
     assert given.count_kind(1) == 1 and list(given.tiebreaks) == [1, 2, 3]
+
+
+def test_a_checkpoint_of_the_earlier_layout_counts_as_another_layout():
+    # Version 1 cut full windows and numbered a window's batches lane by lane, and recorded only these
+    # three settings. A resume compares the recorded layout with this one: equal would mean "skip the
+    # batches already acknowledged in the current window", but the same numbers now name other batches.
+    layout = BatchLayout(lanes=4, max_events=2_000, max_bytes=5 << 20)
+    version_1 = {"lanes": 4, "max_events": 2_000, "max_bytes": 5 << 20}
+    assert layout.as_dict() != version_1
+    assert layout.as_dict() == BatchLayout(lanes=4, max_events=2_000, max_bytes=5 << 20).as_dict()
