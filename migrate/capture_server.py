@@ -21,6 +21,7 @@ import os
 import random
 import re
 import selectors
+import signal
 import socket
 import socketserver
 import sys
@@ -680,11 +681,14 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
     timeout = 0  # handle_request() is only called once the listener is readable: it must never wait
 
-    def __init__(self, address: tuple[str, int], capture: CaptureServer):
+    def __init__(self, address: tuple[str, int], capture: CaptureServer, listen: bool = True):
         self.capture = capture
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=listen)
+        if not listen:  # a worker of `serve --processes`: its parent listens and hands it connections
+            self.socket.close()
+            self.server_name, self.server_port = address[:2]
         self._stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
 
@@ -777,19 +781,28 @@ class CaptureServer:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def start(self) -> CaptureServer:
-        """Bind (port 0 picks a free one) and serve on a daemon thread. A server runs once."""
+    def start(self, listen: bool = True) -> CaptureServer:
+        """Bind (port 0 picks a free one) and serve on a daemon thread. A server runs once.
+
+        ``listen=False`` binds nothing: the server serves only the connections given to
+        :meth:`serve_connection`, accepted by another process (``serve --processes``, see
+        migrate/capture_workers.py).
+        """
         if self._httpd is not None:
             raise RuntimeError("this CaptureServer has already been started")
         if self.out_path is not None:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = open(self.out_path, "ab")  # noqa: SIM115 - open until stop()
+            # Unbuffered: each request's lines go out in one write(), which O_APPEND places whole at
+            # the file's end, so several servers (serve --processes) can share one file.
+            self._out = open(self.out_path, "ab", buffering=0)  # noqa: SIM115 - open until stop()
         try:
-            self._httpd = _HTTPServer((self.host, self.port), self)
+            self._httpd = _HTTPServer((self.host, self.port), self, listen)
         except BaseException:
             if self._out is not None:
                 self._out.close()
             raise
+        if not listen:
+            return self
         self._thread = threading.Thread(
             target=self._httpd.serve_until_stopped,
             name=f"capture-server:{self._httpd.server_port}",
@@ -812,6 +825,13 @@ class CaptureServer:
             if self._out is not None:
                 self._out.close()
                 self._out = None
+
+    def serve_connection(self, connection: socket.socket) -> None:
+        """Serve a connection another process accepted, on its own thread (a ``listen=False`` server)."""
+        if self._httpd is None or self._stopped:
+            connection.close()
+            return
+        self._httpd.process_request(connection, connection.getpeername())
 
     def __enter__(self) -> CaptureServer:
         return self.start()
@@ -854,7 +874,6 @@ class CaptureServer:
                 self._records.append(record)
             if blob and self._out is not None:
                 self._out.write(blob)
-                self._out.flush()
             counts = self._counts
             counts["requests"] += 1
             counts["events_accepted"] += len(events)
@@ -871,38 +890,69 @@ def serve(
     fault_kinds: Sequence[str],
     seed: int | None,
     host: str = "127.0.0.1",
+    processes: int = 1,
 ) -> None:
-    """Run a capture server in the foreground until Ctrl-C (``posthog-migrate serve``)."""
-    # This process does nothing but serve, so it may tune the cycle collector for that. A request's
-    # parsed events (two tracked dicts each) die by reference counting once it is answered, but at
-    # the default threshold (700 more live objects) the collector runs several times per request and
-    # traverses them while they are alive: about a tenth of the server's CPU, to find no garbage.
-    # At 50,000 it runs only within very big requests, and any cycle is still reclaimed in the end.
-    gc.set_threshold(50_000)
+    """Run a capture server in the foreground until Ctrl-C or SIGTERM (``posthog-migrate serve``).
+
+    ``processes`` above 1 serves in that many worker processes (see migrate/capture_workers.py).
+    """
     faults = None
     if fault_specs or fault_rate:
         faults = FaultPlan.parse(fault_specs, fault_rate, fault_kinds, seed)
-    server = CaptureServer(host, port, out_path, strict, faults, quiet=True, keep_in_memory=False)
+        if processes > 1:
+            raise ConfigError("faults are scripted in request order for one server: use --processes 1 with "
+                              "--fault or --fault-rate")
+    mode = "strict, like PostHog's capture code" if strict else "lenient, like PostHog's docs"
+    where = f"appended to {out_path}" if out_path else "counted, not stored (add --out FILE to keep them)"
+    with stop_on_sigterm():
+        if processes > 1:
+            from migrate.capture_workers import serve_in_processes
+
+            serve_in_processes(host, port, out_path, strict, processes, mode, where)
+            return
+        tune_collector_for_serving()
+        server = CaptureServer(host, port, out_path, strict, faults, quiet=True, keep_in_memory=False)
+        try:
+            server.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+        try:
+            fault_note = f"; faults: {len(fault_specs)} scripted, rate {fault_rate}" if faults is not None else ""
+            print(f"Capture endpoint at {server.url} ({mode}{fault_note}). Accepted events are {where}. "
+                  "Ctrl-C stops.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+        finally:
+            server.stop()
+        print(f"Stopped: {stopped_summary(server.stats)}.", flush=True)
+
+
+def tune_collector_for_serving() -> None:
+    """For a process that does nothing but serve.
+
+    A request's parsed events (two tracked dicts each) die by reference counting once it is answered,
+    but at the default threshold (700 more live objects) the cycle collector runs several times per
+    request and traverses them while they are alive: about a tenth of the server's CPU, to find no
+    garbage. At 50,000 it runs only within very big requests, and any cycle is still reclaimed in the end.
+    """
+    gc.set_threshold(50_000)
+
+
+def stopped_summary(stats: CaptureStats) -> str:
+    return (f"{stats.requests} requests, {stats.events_accepted} events accepted, "
+            f"{stats.requests_rejected} requests rejected")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (kill, a supervisor, a benchmark's stop) stops the server like Ctrl-C: the out file is
+    closed, worker processes are stopped and the summary is printed."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        server.start()
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason}; pick another --port") from None
-    try:
-        where = f"appended to {out_path}" if out_path else "counted, not stored (add --out FILE to keep them)"
-        mode = "strict, like PostHog's capture code" if strict else "lenient, like PostHog's docs"
-        fault_note = f"; faults: {len(fault_specs)} scripted, rate {fault_rate}" if faults is not None else ""
-        print(
-            f"Capture endpoint at {server.url} ({mode}{fault_note}). Accepted events are {where}. Ctrl-C stops.",
-            flush=True,
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        yield
     finally:
-        server.stop()
-    stats = server.stats
-    print(
-        f"Stopped: {stats.requests} requests, {stats.events_accepted} events accepted, "
-        f"{stats.requests_rejected} requests rejected.",
-        flush=True,
-    )
+        signal.signal(signal.SIGTERM, previous)

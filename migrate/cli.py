@@ -425,14 +425,21 @@ def describe_status(root: Path) -> str:
               help="After the script: chance that a request gets a random fault.")
 @click.option("--fault-kinds", default="429,503,drop", show_default=True, help="Kinds for --fault-rate.")
 @click.option("--seed", type=int, default=None, help="Seed for random faults (reproducible runs).")
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Serve in this many processes, each taking its turn of the connections, so that a fast "
+                   "sender on the same machine is not held back by one server core (the benchmark uses "
+                   "2). Not with --fault or --fault-rate.")
 def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate: float, fault_kinds: str,
-          seed: int | None) -> None:
-    """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests."""
+          seed: int | None, processes: int) -> None:
+    """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests.
+
+    Ctrl-C or SIGTERM stops it and prints how many requests and events it took."""
     from migrate.capture_server import serve as serve_forever
 
     try:
         serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,
-                      fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed)
+                      fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed,
+                      processes=processes)
     except MigrateError as error:
         fail(error)
     except OSError as error:

@@ -1,0 +1,181 @@
+"""``posthog-migrate serve --processes N``: the local capture server in N worker processes.
+
+One server process handles one request at a time on one core (Python's GIL), and a fast sender on
+the same machine waits for it: in the 1M-event benchmark the server was the bottleneck of the send
+phase, busy 85% of a core while the sender used 45% of the other. With N processes the server's
+work is spread over N cores.
+
+How the connections are shared:
+- The parent process listens and accepts. It hands each new connection to the next worker in turn
+  (round robin) over a Unix socket (SCM_RIGHTS), so a sender's few long-lived keep-alive connections
+  are split evenly. SO_REUSEPORT would let the kernel choose instead, but it hashes each connection
+  to a process: with 4 connections and 2 processes, half the time one process gets 3 of them.
+- Each worker is a :class:`CaptureServer` that does not listen: it serves the connections it is handed
+  and appends what it accepts to the shared ``--out`` file, one write() per request, so the lines of
+  different requests never interleave.
+- Ctrl-C or SIGTERM stops the parent, which closes every worker's channel. A worker then stops its
+  server and sends its counts back; the parent prints their sum. A worker whose parent was killed
+  sees its channel close and stops too, so no server is left behind.
+
+Fault injection is not offered here: a fault script is a sequence over one server's requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import orjson
+
+from migrate.capture_server import (
+    CaptureServer,
+    CaptureStats,
+    stop_on_sigterm,
+    stopped_summary,
+    tune_collector_for_serving,
+)
+from migrate.errors import ConfigError
+
+# Seconds a new worker has to import, open the out file and say it is ready.
+WORKER_START_SECONDS = 60
+# Seconds a stopping worker has to close its connections and send its counts.
+WORKER_STOP_SECONDS = 30
+_READY = b"ready"
+_CONNECTION = b"c"  # the message carrying one connection's descriptor (the byte itself means nothing)
+
+
+class _Worker:
+    """The parent's handle on one worker process: the process and the channel connections go through."""
+
+    def __init__(self, index: int, host: str, port: int, out_path: str | None, strict: bool):
+        self.index = index
+        # SEQPACKET keeps each message (and the descriptor it carries) separate; a closed channel reads b"".
+        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        settings = {"host": host, "port": port, "out_path": out_path, "strict": strict}
+        with child_end:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "migrate.capture_workers", str(child_end.fileno()),
+                 orjson.dumps(settings).decode()],
+                pass_fds=(child_end.fileno(),),
+            )
+        self.requests = 0
+
+    def wait_until_ready(self) -> None:
+        self.channel.settimeout(WORKER_START_SECONDS)
+        try:
+            answer = self.channel.recv(64)
+        except TimeoutError:
+            answer = b""
+        self.channel.settimeout(None)
+        if answer != _READY:
+            raise ConfigError(f"capture worker {self.index + 1} did not start (its error, if any, is above)")
+
+    def hand_over(self, connection: socket.socket) -> None:
+        socket.send_fds(self.channel, [_CONNECTION], [connection.fileno()])
+
+    def stop(self) -> CaptureStats | None:
+        """Close the channel's sending side (the worker's cue to stop) and collect its counts."""
+        with contextlib.suppress(OSError):
+            self.channel.shutdown(socket.SHUT_WR)
+        self.channel.settimeout(WORKER_STOP_SECONDS)
+        try:
+            counts = orjson.loads(self.channel.recv(4096) or b"null")
+        except (OSError, orjson.JSONDecodeError):
+            counts = None
+        self.channel.close()
+        try:
+            self.process.wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return CaptureStats(**counts) if isinstance(counts, dict) else None
+
+
+def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool, processes: int,
+                       mode: str, where: str) -> None:
+    """Listen, start the workers, hand them connections until Ctrl-C or SIGTERM, then print the totals."""
+    if out_path is not None:  # say here, not in N workers, that the file cannot be written
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "ab"):
+            pass
+    try:
+        listener = socket.create_server((host, port), backlog=128)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+    bound_host, bound_port = listener.getsockname()[:2]
+    workers: list[_Worker] = []
+    try:
+        with listener:
+            workers = [_Worker(index, host, bound_port, out_path, strict) for index in range(processes)]
+            for worker in workers:
+                worker.wait_until_ready()
+            print(f"Capture endpoint at http://{bound_host}:{bound_port} ({mode}; {processes} processes). "
+                  f"Accepted events are {where}. Ctrl-C stops.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                _hand_out_connections(listener, workers)
+    finally:
+        totals = [worker.stop() for worker in workers]
+    counted = [stats for stats in totals if stats is not None]
+    total = CaptureStats(**{key: sum(getattr(stats, key) for stats in counted) for key in asdict(CaptureStats())})
+    shares = " + ".join(str(stats.requests) if stats is not None else "?" for stats in totals)
+    print(f"Stopped: {stopped_summary(total)} ({processes} processes: {shares} requests).", flush=True)
+    lost = len(totals) - len(counted)
+    if lost:
+        print(f"{lost} worker(s) did not report their counts; the totals above leave them out.", file=sys.stderr)
+
+
+def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> None:
+    """Accept forever, giving each connection to the next worker still alive."""
+    alive = list(workers)
+    turn = 0
+    while alive:
+        connection, _ = listener.accept()
+        with connection:  # the worker holds its own copy of the descriptor once handed over
+            while alive:
+                worker = alive[turn % len(alive)]
+                turn += 1
+                try:
+                    worker.hand_over(connection)
+                    break
+                except OSError:
+                    alive.remove(worker)
+                    print(f"capture worker {worker.index + 1} stopped (exit code {worker.process.poll()}); "
+                          f"serving with {len(alive)} process(es)", file=sys.stderr, flush=True)
+    raise ConfigError("every capture worker process has stopped")
+
+
+# --- inside a worker process ---------------------------------------------------------------------------
+
+
+def _worker_main(channel_fd: int, settings: dict) -> None:
+    tune_collector_for_serving()
+    channel = socket.socket(fileno=channel_fd)
+    server = CaptureServer(settings["host"], settings["port"], settings["out_path"], settings["strict"],
+                           quiet=True, keep_in_memory=False).start(listen=False)
+    try:
+        channel.sendall(_READY)
+        # Ctrl-C and SIGTERM often reach the whole process group (a terminal, `timeout`, a supervisor):
+        # either one ends this loop just as the parent closing the channel does.
+        with stop_on_sigterm(), contextlib.suppress(KeyboardInterrupt):
+            while True:
+                message, descriptors, _, _ = socket.recv_fds(channel, 16, 1)
+                if not message:
+                    break  # the parent closed the channel (it is stopping, or was killed)
+                for descriptor in descriptors:
+                    server.serve_connection(socket.socket(fileno=descriptor))
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # stopping now; a second signal must not cut it short
+            signal.signal(signum, signal.SIG_IGN)
+        server.stop()
+    with contextlib.suppress(OSError):
+        channel.sendall(orjson.dumps(asdict(server.stats)))
+    channel.close()
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), orjson.loads(sys.argv[2]))
