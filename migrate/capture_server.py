@@ -828,10 +828,14 @@ class CaptureServer:
 
     def serve_connection(self, connection: socket.socket) -> None:
         """Serve a connection another process accepted, on its own thread (a ``listen=False`` server)."""
-        if self._httpd is None or self._stopped:
+        try:
+            if self._httpd is None or self._stopped:
+                raise ConnectionAbortedError("the server is stopped")
+            address = connection.getpeername()
+        except OSError:  # stopped, or the client has gone already
             connection.close()
             return
-        self._httpd.process_request(connection, connection.getpeername())
+        self._httpd.process_request(connection, address)
 
     def __enter__(self) -> CaptureServer:
         return self.start()

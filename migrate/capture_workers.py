@@ -46,7 +46,8 @@ WORKER_START_SECONDS = 60
 # Seconds a stopping worker has to close its connections and send its counts.
 WORKER_STOP_SECONDS = 30
 _READY = b"ready"
-_CONNECTION = b"c"  # the message carrying one connection's descriptor (the byte itself means nothing)
+_CONNECTION = b"c"  # the byte carrying one connection's descriptor (its value means nothing)
+_MAX_HANDED = 64  # descriptors (and bytes) a worker takes in one read
 
 
 class _Worker:
@@ -54,8 +55,9 @@ class _Worker:
 
     def __init__(self, index: int, host: str, port: int, out_path: str | None, strict: bool):
         self.index = index
-        # SEQPACKET keeps each message (and the descriptor it carries) separate; a closed channel reads b"".
-        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # A stream pair (SEQPACKET is Linux-only): each descriptor travels with its own byte, and the
+        # worker reads up to _MAX_HANDED at a time, so a read never leaves a descriptor behind.
+        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         settings = {"host": host, "port": port, "out_path": out_path, "strict": strict}
         with child_end:
             self.process = subprocess.Popen(
@@ -67,10 +69,10 @@ class _Worker:
 
     def wait_until_ready(self) -> None:
         self.channel.settimeout(WORKER_START_SECONDS)
-        try:
-            answer = self.channel.recv(64)
-        except TimeoutError:
-            answer = b""
+        answer = b""
+        with contextlib.suppress(OSError):  # a timeout or a reset: not ready either way
+            while len(answer) < len(_READY) and (piece := self.channel.recv(len(_READY) - len(answer))):
+                answer += piece
         self.channel.settimeout(None)
         if answer != _READY:
             raise ConfigError(f"capture worker {self.index + 1} did not start (its error, if any, is above)")
@@ -83,9 +85,13 @@ class _Worker:
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_WR)
         self.channel.settimeout(WORKER_STOP_SECONDS)
+        answer = b""
+        with contextlib.suppress(OSError):  # the worker sends its counts, then closes its end
+            while piece := self.channel.recv(4096):
+                answer += piece
         try:
-            counts = orjson.loads(self.channel.recv(4096) or b"null")
-        except (OSError, orjson.JSONDecodeError):
+            counts = orjson.loads(answer)
+        except orjson.JSONDecodeError:
             counts = None
         self.channel.close()
         try:
@@ -99,6 +105,8 @@ class _Worker:
 def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool, processes: int,
                        mode: str, where: str) -> None:
     """Listen, start the workers, hand them connections until Ctrl-C or SIGTERM, then print the totals."""
+    if not hasattr(socket, "send_fds"):
+        raise ConfigError("--processes above 1 needs a Unix system (it passes connections between processes)")
     if out_path is not None:  # say here, not in N workers, that the file cannot be written
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "ab"):
@@ -163,7 +171,7 @@ def _worker_main(channel_fd: int, settings: dict) -> None:
         # either one ends this loop just as the parent closing the channel does.
         with stop_on_sigterm(), contextlib.suppress(KeyboardInterrupt):
             while True:
-                message, descriptors, _, _ = socket.recv_fds(channel, 16, 1)
+                message, descriptors, _, _ = socket.recv_fds(channel, _MAX_HANDED, _MAX_HANDED)
                 if not message:
                     break  # the parent closed the channel (it is stopping, or was killed)
                 for descriptor in descriptors:
