@@ -35,7 +35,6 @@ import orjson
 from migrate.capture_server import (
     CaptureServer,
     CaptureStats,
-    stop_on_sigterm,
     stopped_summary,
     tune_collector_for_serving,
 )
@@ -65,7 +64,6 @@ class _Worker:
                  orjson.dumps(settings).decode()],
                 pass_fds=(child_end.fileno(),),
             )
-        self.requests = 0
 
     def wait_until_ready(self) -> None:
         self.channel.settimeout(WORKER_START_SECONDS)
@@ -160,16 +158,28 @@ def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> No
 # --- inside a worker process ---------------------------------------------------------------------------
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_main(channel_fd: int, settings: dict) -> None:
+    # Ctrl-C and SIGTERM often reach the whole process group (a terminal, `timeout`, a supervisor). Until
+    # this worker serves, and once it is stopping, they are ignored (the parent stops it); while it serves,
+    # either one ends the loop below just as the parent closing the channel does.
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     tune_collector_for_serving()
     channel = socket.socket(fileno=channel_fd)
     server = CaptureServer(settings["host"], settings["port"], settings["out_path"], settings["strict"],
                            quiet=True, keep_in_memory=False).start(listen=False)
     try:
         channel.sendall(_READY)
-        # Ctrl-C and SIGTERM often reach the whole process group (a terminal, `timeout`, a supervisor):
-        # either one ends this loop just as the parent closing the channel does.
-        with stop_on_sigterm(), contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, _interrupt)
             while True:
                 message, descriptors, _, _ = socket.recv_fds(channel, _MAX_HANDED, _MAX_HANDED)
                 if not message:
@@ -177,7 +187,7 @@ def _worker_main(channel_fd: int, settings: dict) -> None:
                 for descriptor in descriptors:
                     server.serve_connection(socket.socket(fileno=descriptor))
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # stopping now; a second signal must not cut it short
+        for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         server.stop()
     with contextlib.suppress(OSError):
