@@ -3,6 +3,7 @@ on 127.0.0.1, stopped the ways people and supervisors stop them (SIGTERM, Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,19 +24,35 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30
 
 
-def _serve(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """Start `serve --port 0` in its own process group; return it and its URL once it says it is ready."""
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`serve --port 0` in its own process group, once it says it is ready: (process, url). Killed at exit."""
     process = subprocess.Popen(
         [sys.executable, "-m", "migrate", "serve", "--port", "0", "--out", str(tmp_path / "received.jsonl"),
          *options],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    banner = process.stdout.readline() if process.stdout else ""
-    match = re.search(r"http://127\.0\.0\.1:\d+", banner)
-    if not match:
+    try:
+        banner = process.stdout.readline() if process.stdout else ""
+        match = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        if not match:
+            process.kill()
+            pytest.fail(f"serve did not start: {banner!r} {process.communicate()[1]}")
+        yield process, match.group(0)
+    finally:
         process.kill()
-        pytest.fail(f"serve did not start: {banner!r} {process.communicate()[1]}")
-    return process, match.group(0)
+
+
+def _stop(process: subprocess.Popen, signum: int = signal.SIGTERM, whole_group: bool = False) -> tuple[str, str]:
+    """Stop serve with a signal (to the whole process group, as a terminal's Ctrl-C does, if asked);
+    it must exit cleanly. Returns its stdout and stderr."""
+    if whole_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, stderr
+    return stdout, stderr
 
 
 def _body(first: int, count: int) -> bytes:
@@ -62,8 +80,7 @@ def _received(tmp_path: Path) -> list[dict]:
 
 
 def test_connections_take_turns_over_the_processes_and_every_event_is_kept_once(tmp_path):
-    process, url = _serve(tmp_path, "--processes", "2")
-    try:
+    with _serving(tmp_path, "--processes", "2") as (process, url):
         workers = _children(process.pid)
         assert len(workers) == 2
         sessions = [requests.Session(), requests.Session()]  # one kept-alive connection each
@@ -72,11 +89,7 @@ def test_connections_take_turns_over_the_processes_and_every_event_is_kept_once(
                 first = (round_number * 2 + index) * 100
                 answer = session.post(url + "/batch/", data=_body(first, 100), timeout=TIMEOUT)
                 assert answer.status_code == 200, answer.text
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
+        stdout, _ = _stop(process)
     # The two connections went to different processes, and the totals are the sum of both.
     assert "Stopped: 10 requests, 1000 events accepted, 0 requests rejected (2 processes: 5 + 5 requests)." in stdout
     received = _received(tmp_path)
@@ -85,15 +98,11 @@ def test_connections_take_turns_over_the_processes_and_every_event_is_kept_once(
 
 
 def test_the_tool_migrates_the_sample_into_a_server_of_two_processes(tmp_path):
-    process, url = _serve(tmp_path, "--processes", "2")
-    try:
+    with _serving(tmp_path, "--processes", "2") as (process, url):
         result = run_cli(["run", str(ROOT / "sample_data" / "csv" / "events.csv"), "--host", url, "--rate", "0",
                           "--batch-size", "50", "--concurrency", "4", "--workdir", str(tmp_path / "job"), "-q"],
                          cwd=tmp_path, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY))
-        process.send_signal(signal.SIGTERM)
-        stdout, _ = process.communicate(timeout=TIMEOUT)
-    finally:
-        process.kill()
+        stdout, _ = _stop(process)
     assert result.returncode == 3, result.stderr  # the sample's deliberately bad rows are rejected
     sent = int(re.search(r"Events sent:\s+([\d,]+)", result.stdout).group(1).replace(",", ""))
     received = _received(tmp_path)
@@ -103,26 +112,21 @@ def test_the_tool_migrates_the_sample_into_a_server_of_two_processes(tmp_path):
 
 
 def test_ctrl_c_to_the_whole_group_still_collects_every_processs_counts(tmp_path):
-    process, url = _serve(tmp_path, "--processes", "2")
-    try:
+    with _serving(tmp_path, "--processes", "2") as (process, url):
         for first in (0, 10):
             with requests.Session() as session:
                 assert session.post(url + "/batch/", data=_body(first, 10), timeout=TIMEOUT).status_code == 200
-        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
+        stdout, stderr = _stop(process, signal.SIGINT, whole_group=True)
     assert "Stopped: 2 requests, 20 events accepted" in stdout and "?" not in stdout
     assert "Traceback" not in stderr
 
 
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
-    process, _ = _serve(tmp_path, "--processes", "3")
-    workers = _children(process.pid)
-    assert len(workers) == 3
-    process.kill()  # SIGKILL: the parent cannot tell anyone
-    process.communicate(timeout=TIMEOUT)
+    with _serving(tmp_path, "--processes", "3") as (process, _):
+        workers = _children(process.pid)
+        assert len(workers) == 3
+        process.kill()  # SIGKILL: the parent cannot tell anyone
+        process.communicate(timeout=TIMEOUT)
     deadline = time.monotonic() + TIMEOUT
     while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -136,13 +140,8 @@ def test_faults_need_a_single_process():
 
 
 def test_sigterm_stops_a_single_process_server_with_its_summary(tmp_path):
-    process, url = _serve(tmp_path)
-    try:
+    with _serving(tmp_path) as (process, url):
         assert requests.post(url + "/batch/", data=_body(0, 3), timeout=TIMEOUT).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
+        stdout, _ = _stop(process)
     assert "Stopped: 1 requests, 3 events accepted, 0 requests rejected." in stdout
     assert len(_received(tmp_path)) == 3
