@@ -260,13 +260,18 @@ def _runs_list(writer: RunWriter) -> list[dict]:
 _rows_counter = None
 
 
-def _worker_init(counter) -> None:
+def _worker_init(counter, coordinator: int) -> None:
     """Workers leave Ctrl-C to the coordinator, which stops them; they report rows read through ``counter``;
-    and they die with the coordinator (kill -9 included), so no orphan keeps writing into the job."""
+    and they die with the coordinator (kill -9 included), so no orphan keeps writing into the job.
+
+    ``coordinator`` is its pid as the coordinator says it, not os.getppid() read here: a worker can start
+    after the coordinator died, and would then take its new parent (init) for the coordinator, and wait
+    forever (holding open the dead run's output pipes).
+    """
     global _rows_counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _rows_counter = counter
-    parent = os.getppid()
+    parent = coordinator
 
     def exit_when_orphaned() -> None:
         while os.getppid() == parent:
@@ -372,7 +377,8 @@ def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_b
     context = multiprocessing.get_context("spawn")  # no fork: the parent has threads (progress, signals)
     counter = context.Value("q", 0)
     parts = (job.settings, job.root, job.sources, job.format_name, job.mapping, job.job_id, job.import_source)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(counter,))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                               initargs=(counter, os.getpid()))
     futures = {pool.submit(_prepare_file_in_worker, parts, source, run_bytes) for source in pending}
     shown = 0
     try:

@@ -154,7 +154,7 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
                             capture_output=True, text=True)
     assert single.returncode == 3, single.stderr
     crashed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, capture_output=True,
-                             text=True, env={**env, CRASH_POINT_VARIABLE: "after-prepare-file@2"})
+                             text=True, env={**env, CRASH_POINT_VARIABLE: "after-prepare-file@2"}, timeout=120)
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
     assert len(list((tmp_path / "two" / "parts").glob("result-*.json"))) == 2
     status = subprocess.run([sys.executable, "-m", "migrate", "status", "--workdir", "two"], cwd=tmp_path, env=env,
@@ -166,6 +166,22 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
     assert resumed.returncode == 3, resumed.stderr
     assert "15,000 = 14,995 + 5 + 0  ✓ balanced" in resumed.stdout
     assert _dry_run_output(tmp_path, "two") == _dry_run_output(tmp_path, "one")
+
+
+def test_a_worker_that_starts_after_its_coordinator_died_exits_at_once():
+    # The pool may start a worker just as the coordinator is killed. Such a worker's parent is already
+    # init: it must still see that its coordinator is gone (before, it waited forever, and held the
+    # killed run's output pipes open, so whoever ran it never saw it end).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    started = time.monotonic()
+    code = f"import time; from migrate.prepare import _worker_init; _worker_init(None, {gone.pid}); time.sleep(60)"
+    worker = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=30,
+    )
+    assert worker.returncode == 1 and not worker.stderr, worker.stderr  # its own exit, not a failure
+    assert time.monotonic() - started < 15
 
 
 def test_a_resume_with_another_batch_layout_resends_the_window_and_still_balances(tmp_path):
