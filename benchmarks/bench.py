@@ -173,7 +173,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()  # SIGTERM: the server stops its worker processes and says what it took
-        self.process.communicate(timeout=60)
+        try:
+            self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # its workers stop when their channels close
+            self.process.communicate()
 
 
 def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = ()) -> dict:

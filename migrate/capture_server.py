@@ -835,6 +835,8 @@ class CaptureServer:
         except OSError:  # stopped, or the client has gone already
             connection.close()
             return
+        # Tracked now, not when its thread gets going: a stop() in between must still close it.
+        self._httpd.track(connection)
         self._httpd.process_request(connection, address)
 
     def __enter__(self) -> CaptureServer:
@@ -873,16 +875,40 @@ class CaptureServer:
     def _commit(self, events: list[dict[str, Any]], blob: bytes, record: RequestRecord) -> None:
         """Keep one request's accepted events and its record, atomically with respect to other requests."""
         with self._lock:
+            if self._stopped:
+                # A request that got this far after stop() began (its connection not yet closed): it is
+                # neither kept nor counted, so it must not be answered 200. The client sees the connection
+                # close and sends it again.
+                raise ConnectionAbortedError("the capture server is stopping")
             if self.keep_in_memory:
                 self._events.extend(events)
                 self._records.append(record)
             if blob and self._out is not None:
-                self._out.write(blob)
+                _write_all(self._out, blob)
             counts = self._counts
             counts["requests"] += 1
             counts["events_accepted"] += len(events)
             counts["requests_rejected"] += record.status != 200
             counts["faults_injected"] += record.fault is not None
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    """One write() in practice (a regular file takes it whole); a short one is finished, not dropped."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def check_out_file(out_path: str | None) -> None:
+    """Say at start, naming the file, when --out cannot be appended to."""
+    if out_path is None:
+        return
+    try:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "ab"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out {out_path}: {exc.strerror or exc}") from None
 
 
 def serve(
@@ -906,6 +932,7 @@ def serve(
         if processes > 1:
             raise ConfigError("faults are scripted in request order for one server: use --processes 1 with "
                               "--fault or --fault-rate")
+    check_out_file(out_path)
     mode = "strict, like PostHog's capture code" if strict else "lenient, like PostHog's docs"
     where = f"appended to {out_path}" if out_path else "counted, not stored (add --out FILE to keep them)"
     with stop_on_sigterm():

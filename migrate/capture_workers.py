@@ -14,8 +14,9 @@ How the connections are shared:
   and appends what it accepts to the shared ``--out`` file, one write() per request, so the lines of
   different requests never interleave.
 - Ctrl-C or SIGTERM stops the parent, which closes every worker's channel. A worker then stops its
-  server and sends its counts back; the parent prints their sum. A worker whose parent was killed
-  sees its channel close and stops too, so no server is left behind.
+  server and sends its counts back; the parent prints their sum. Workers run in a process group of
+  their own, so signals meant for the group (a terminal's Ctrl-C, `timeout`) reach the parent only.
+  A worker whose parent was killed sees its channel close and stops too: no server is left behind.
 
 Fault injection is not offered here: a fault script is a sequence over one server's requests.
 """
@@ -27,8 +28,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict
-from pathlib import Path
 
 import orjson
 
@@ -63,6 +64,9 @@ class _Worker:
                 [sys.executable, "-m", "migrate.capture_workers", str(child_end.fileno()),
                  orjson.dumps(settings).decode()],
                 pass_fds=(child_end.fileno(),),
+                # Its own process group: a terminal's Ctrl-C (or `timeout`, or a supervisor) signals the
+                # parent's group, and the parent stops the workers through their channels.
+                process_group=0,
             )
 
     def wait_until_ready(self) -> None:
@@ -105,10 +109,6 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
     """Listen, start the workers, hand them connections until Ctrl-C or SIGTERM, then print the totals."""
     if not hasattr(socket, "send_fds"):
         raise ConfigError("--processes above 1 needs a Unix system (it passes connections between processes)")
-    if out_path is not None:  # say here, not in N workers, that the file cannot be written
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "ab"):
-            pass
     try:
         listener = socket.create_server((host, port), backlog=128)
     except OSError as exc:
@@ -122,10 +122,12 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
                 worker.wait_until_ready()
             print(f"Capture endpoint at http://{bound_host}:{bound_port} ({mode}; {processes} processes). "
                   f"Accepted events are {where}. Ctrl-C stops.", flush=True)
+            all_stopped = False
             with contextlib.suppress(KeyboardInterrupt):
-                _hand_out_connections(listener, workers)
+                all_stopped = not _hand_out_connections(listener, workers)
     finally:
-        totals = [worker.stop() for worker in workers]
+        with _signals_ignored():  # a second Ctrl-C must not cut the stopping (and the counts) short
+            totals = [worker.stop() for worker in workers]
     counted = [stats for stats in totals if stats is not None]
     total = CaptureStats(**{key: sum(getattr(stats, key) for stats in counted) for key in asdict(CaptureStats())})
     shares = " + ".join(str(stats.requests) if stats is not None else "?" for stats in totals)
@@ -133,14 +135,31 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
     lost = len(totals) - len(counted)
     if lost:
         print(f"{lost} worker(s) did not report their counts; the totals above leave them out.", file=sys.stderr)
+    if all_stopped:
+        raise ConfigError("every capture worker process stopped (their errors, if any, are above)")
 
 
-def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> None:
-    """Accept forever, giving each connection to the next worker still alive."""
+@contextlib.contextmanager
+def _signals_ignored():
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> bool:
+    """Accept until interrupted, giving each connection to the next worker still alive; False once none is."""
     alive = list(workers)
     turn = 0
     while alive:
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except OSError as error:  # e.g. out of descriptors, or a connection reset while queued: keep serving
+            print(f"accepting a connection failed: {error}", file=sys.stderr, flush=True)
+            time.sleep(0.1)
+            continue
         with connection:  # the worker holds its own copy of the descriptor once handed over
             while alive:
                 worker = alive[turn % len(alive)]
@@ -150,45 +169,30 @@ def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> No
                     break
                 except OSError:
                     alive.remove(worker)
-                    print(f"capture worker {worker.index + 1} stopped (exit code {worker.process.poll()}); "
-                          f"serving with {len(alive)} process(es)", file=sys.stderr, flush=True)
-    raise ConfigError("every capture worker process has stopped")
+                    print(f"capture worker {worker.index + 1} stopped; serving with {len(alive)} process(es)",
+                          file=sys.stderr, flush=True)
+    return False
 
 
 # --- inside a worker process ---------------------------------------------------------------------------
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _worker_main(channel_fd: int, settings: dict) -> None:
-    # Ctrl-C and SIGTERM often reach the whole process group (a terminal, `timeout`, a supervisor). Until
-    # this worker serves, and once it is stopping, they are ignored (the parent stops it); while it serves,
-    # either one ends the loop below just as the parent closing the channel does.
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    # Signals do not reach a worker (its own process group, see _Worker): it serves until its channel
+    # closes, whether the parent is stopping or was killed.
     tune_collector_for_serving()
     channel = socket.socket(fileno=channel_fd)
     server = CaptureServer(settings["host"], settings["port"], settings["out_path"], settings["strict"],
                            quiet=True, keep_in_memory=False).start(listen=False)
     try:
         channel.sendall(_READY)
-        with contextlib.suppress(KeyboardInterrupt):
-            for signum in _STOP_SIGNALS:
-                signal.signal(signum, _interrupt)
-            while True:
-                message, descriptors, _, _ = socket.recv_fds(channel, _MAX_HANDED, _MAX_HANDED)
-                if not message:
-                    break  # the parent closed the channel (it is stopping, or was killed)
-                for descriptor in descriptors:
-                    server.serve_connection(socket.socket(fileno=descriptor))
+        while True:
+            message, descriptors, _, _ = socket.recv_fds(channel, _MAX_HANDED, _MAX_HANDED)
+            if not message:
+                break  # the parent closed the channel
+            for descriptor in descriptors:
+                server.serve_connection(socket.socket(fileno=descriptor))
     finally:
-        for signum in _STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
         server.stop()
     with contextlib.suppress(OSError):
         channel.sendall(orjson.dumps(asdict(server.stats)))

@@ -676,6 +676,30 @@ def test_stop_closes_kept_alive_connections_so_nothing_is_accepted_after_it(
     server.stop()  # stopping twice is harmless
 
 
+def test_a_request_still_in_hand_when_stop_begins_is_neither_kept_nor_answered_200(
+    make_server: Callable[..., CaptureServer], tmp_path: Path
+) -> None:
+    server = make_server(out_path=tmp_path / "out.jsonl", faults=FaultPlan.parse(["slow:1"]))
+    outcome: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            outcome["status"] = requests.post(server.url + "/batch/", data=batch_body([make_event()]),
+                                              timeout=TIMEOUT).status_code
+        except requests.RequestException as error:
+            outcome["error"] = error
+
+    client = threading.Thread(target=post)
+    client.start()
+    time.sleep(0.3)  # the request is in its slow fault: read and judged, not yet committed
+    server.stop()
+    client.join(TIMEOUT)
+    time.sleep(1.2)  # the handler wakes from its fault and reaches the point where it would keep the events
+    assert "status" not in outcome, "the client got an answer for events the server did not keep"
+    assert server.stats.events_accepted == 0 and server.stats.requests == 0
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
+
+
 def test_keep_in_memory_false_keeps_counts_only(make_server: Callable[..., CaptureServer]) -> None:
     server = make_server(keep_in_memory=False, faults=FaultPlan.parse(["503"]))
     post(server, batch_body([make_event(0)]))

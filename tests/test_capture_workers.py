@@ -20,6 +20,8 @@ import requests
 
 from .conftest import TEST_API_KEY, cli_environment, run_cli
 
+# The tests find the worker processes through /proc.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30
 
@@ -131,6 +133,15 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
     while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(_gone(pid) for pid in workers), "a worker outlived its parent"
+
+
+def test_an_out_file_that_cannot_be_written_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for processes in ("1", "2"):
+        result = run_cli(["serve", "--port", "0", "--processes", processes, "--out", str(tmp_path / "a-file" / "x")],
+                         cwd=ROOT)
+        assert result.returncode == 2
+        assert f"cannot write --out {tmp_path / 'a-file' / 'x'}" in result.stderr and "listen" not in result.stderr
 
 
 def test_faults_need_a_single_process():
