@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from migrate import __version__
+from migrate.batches import LAYOUT_VERSION
 from migrate.checkpoint import JobState, read_json
 from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
 from migrate.errors import ConfigError, MigrateError
@@ -386,6 +387,10 @@ def describe_status(root: Path) -> str:
     if progress.finished:
         phase = "done"
         next_step = "A re-run does nothing more (add --restart to send everything again)."
+    elif progress.batches_sent and progress.layout.get("version") != LAYOUT_VERSION:
+        phase = "sending"
+        next_step = (f"A resume sends again from batch {progress.window_first_seq:,}, the start of its window: an "
+                     "earlier version cut these batches (same uuids: PostHog collapses what it already has).")
     elif progress.batches_sent:
         phase = "sending"
         next_step = (f"A resume continues with batch {progress.next_seq:,}, at most {progress.layout.get('lanes', 1)} "

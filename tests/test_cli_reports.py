@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from migrate.batches import LAYOUT_VERSION
+
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 
 SAMPLES = PROJECT_ROOT / "sample_data"
@@ -73,3 +75,23 @@ def test_status_tells_phase_progress_and_what_a_resume_does(tmp_path, capture_se
     assert "done" in done.stdout and "300 of 300 events (100.0%)" in done.stdout
     state = orjson.loads((tmp_path / "job" / "state.json").read_bytes())
     assert state["send"]["finished"] is True
+
+
+def test_status_of_a_job_checkpointed_by_an_earlier_layout_says_its_window_is_sent_again(tmp_path, capture_server):
+    write_csv(tmp_path / "events.csv", make_rows(300))
+    env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
+    run = run_cli(["run", "events.csv", "--workdir", "job", "--host", capture_server.url, "--rate", "0",
+                   "--batch-size", "50", "-q"], tmp_path, env)
+    assert run.returncode == 0, run.stderr
+    state_path = tmp_path / "job" / "state.json"
+    state = orjson.loads(state_path.read_bytes())
+    # As an earlier version left it mid-way: batch 5 of a window starting at batch 4, no layout version.
+    state["send"].update(finished=False, next_seq=5, window_first_seq=4)
+    del state["send"]["layout"]["version"]
+    state_path.write_bytes(orjson.dumps(state))
+    status = run_cli(["status", "--workdir", "job"], tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "A resume sends again from batch 4, the start of its window" in status.stdout
+    state["send"]["layout"]["version"] = LAYOUT_VERSION  # this version's: the watermark holds
+    state_path.write_bytes(orjson.dumps(state))
+    assert "A resume continues with batch 5" in run_cli(["status", "--workdir", "job"], tmp_path).stdout
