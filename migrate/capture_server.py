@@ -946,16 +946,24 @@ def serve(
         try:
             server.start()
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+            raise cannot_listen(host, port, exc) from None
         try:
             fault_note = f"; faults: {len(fault_specs)} scripted, rate {fault_rate}" if faults is not None else ""
-            print(f"Capture endpoint at {server.url} ({mode}{fault_note}). Accepted events are {where}. "
-                  "Ctrl-C stops.", flush=True)
+            announce(server.url, f"{mode}{fault_note}", where)
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
         finally:
             server.stop()
         print(f"Stopped: {stopped_summary(server.stats)}.", flush=True)
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> ConfigError:
+    return ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --port")
+
+
+def announce(url: str, details: str, where: str) -> None:
+    """The line `serve` prints once it accepts requests (tests and the benchmark wait for it)."""
+    print(f"Capture endpoint at {url} ({details}). Accepted events are {where}. Ctrl-C stops.", flush=True)
 
 
 def tune_collector_for_serving() -> None:

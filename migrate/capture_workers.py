@@ -36,6 +36,8 @@ import orjson
 from migrate.capture_server import (
     CaptureServer,
     CaptureStats,
+    announce,
+    cannot_listen,
     stopped_summary,
     tune_collector_for_serving,
 )
@@ -112,7 +114,7 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
     try:
         listener = socket.create_server((host, port), backlog=128)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+        raise cannot_listen(host, port, exc) from None
     bound_host, bound_port = listener.getsockname()[:2]
     workers: list[_Worker] = []
     try:
@@ -120,8 +122,7 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
             workers = [_Worker(index, host, bound_port, out_path, strict) for index in range(processes)]
             for worker in workers:
                 worker.wait_until_ready()
-            print(f"Capture endpoint at http://{bound_host}:{bound_port} ({mode}; {processes} processes). "
-                  f"Accepted events are {where}. Ctrl-C stops.", flush=True)
+            announce(f"http://{bound_host}:{bound_port}", f"{mode}; {processes} processes", where)
             all_stopped = False
             with contextlib.suppress(KeyboardInterrupt):
                 all_stopped = not _hand_out_connections(listener, workers)
