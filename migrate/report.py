@@ -129,6 +129,9 @@ class PrepareStats:
     files: int = 0
     # "source name → PostHog name" for events the adapter renamed: inspect's mapping table.
     renamed: Counter = field(default_factory=Counter)
+    # Things the user should know that are neither rejects nor filters (text → how many rows, events or
+    # files it concerns): shown by inspect and at the end of run, kept in the manifest.
+    warnings: Counter = field(default_factory=Counter)
 
     def add_tally(self, tally: EventTally, now_us: int) -> None:
         """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally."""
@@ -159,7 +162,7 @@ class PrepareStats:
         """Add another file's counts to these (prepare counts each input file on its own)."""
         for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("rejected", "filtered", "per_day", "renamed"):
+        for name in ("rejected", "filtered", "per_day", "renamed", "warnings"):
             getattr(self, name).update(getattr(other, name))
         for name, count in other.event_names.items():
             if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
@@ -188,6 +191,7 @@ class PrepareStats:
             "per_day": {_day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
             "people_registers": self.people.registers.hex(), "files": self.files, "renamed": dict(self.renamed),
+            "warnings": dict(self.warnings),
         }
 
     @classmethod
@@ -200,6 +204,7 @@ class PrepareStats:
             first_us=data["first_us"], last_us=data["last_us"],
             recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
             files=data["files"], renamed=Counter(data.get("renamed", {})),
+            warnings=Counter(data.get("warnings", {})),
         )
 
 
@@ -305,7 +310,15 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
     if stats.filtered:
         lines.append("Filtered, by rule:")
         lines += format_counter(stats.filtered)
+    lines += warning_lines(stats)
     return "\n".join(lines)
+
+
+def warning_lines(stats: PrepareStats) -> list[str]:
+    """The stats' warnings, for inspect and the run summary (nothing when there are none)."""
+    if not stats.warnings:
+        return []
+    return ["Warnings:", *format_counter(stats.warnings)]
 
 
 def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
@@ -354,6 +367,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
         lines += format_counter(stats.filtered)
     if stats.recent_events:
         lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
+    lines += warning_lines(stats)
     if rejected_total:
         lines.append(f"Rejects file:      {rejects_path}")
     if dry_run_dir:

@@ -96,3 +96,18 @@ def test_a_tally_counts_exactly_what_counting_one_by_one_counts(monkeypatch):
         assert not tally.names and not tally.timestamps
     assert chunked.to_dict() == one_by_one.stats.to_dict()
     assert chunked.event_names[OTHER_EVENTS] > 0  # the cap was reached
+
+
+def test_warnings_add_up_across_files_survive_the_manifest_and_are_shown():
+    from migrate.report import preflight_report
+
+    first, second = PrepareStats(), PrepareStats()
+    first.warnings["events before 2000-01-01 (suspicious timestamps)"] += 3
+    second.warnings["events before 2000-01-01 (suspicious timestamps)"] += 4
+    second.warnings["file b.csv: duplicate column 'plan'"] += 1
+    first.merge(second)
+    restored = PrepareStats.from_dict(first.to_dict())
+    assert restored.warnings == Counter({"events before 2000-01-01 (suspicious timestamps)": 7,
+                                         "file b.csv: duplicate column 'plan'": 1})
+    report = preflight_report(restored, "csv")
+    assert "Warnings:" in report and "7  events before 2000-01-01" in report
