@@ -5,7 +5,8 @@ against the answers PostHog really gives, faults included. This server accepts t
 PostHog's capture (``/batch/``, ``/capture/``, ``/e/``, ``/i/v0/e/``), judges them by the rules the
 capture *code* applies (see ../shared/reference/posthog-ingestion-facts.md) and keeps what it accepts:
 in memory for tests, as JSON lines in a file for people. A :class:`FaultPlan` makes it misbehave on
-purpose (rate limits, 5xx, slow answers, dropped connections, partial 413s) so retries, splits and
+purpose (rate limits, 5xx, slow answers, dropped connections, partial 413s, and the hosts that are not
+PostHog: web pages, redirects, quota limits, errors echoing the request) so retries, splits, stops and
 resumes can be exercised on 127.0.0.1.
 
 It serves ``posthog-migrate serve``, the in-process target of ``posthog-migrate run --host local`` and
@@ -34,7 +35,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -66,6 +67,14 @@ _RAW_LIMIT_BY_PATH = {path: MAX_RAW_BODY_BYTES for path in BATCH_PATHS} | {
 }
 
 _OK_BODY = b'{"status":"Ok"}'
+# What the ``quota`` fault answers: capture's 200 when the project is over its billing quota.
+_QUOTA_LIMITED_BODY = b'{"status":"Ok","quota_limited":["events"]}'
+# What the ``html`` fault answers: a web page, as from the app URL, a proxy's login or a captive portal.
+_HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body><h1>Sign in to continue</h1>"
+              b"<form method=\"post\" action=\"/login\"><input name=\"user\"><input name=\"password\" "
+              b"type=\"password\"></form></body></html>\n")
+# How much of the request an ``echo`` fault sends back.
+_ECHO_CHARS = 1000
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + 15  # zlib's way of saying "a gzip container with a 32 KiB window"
 _GZIP_QUERY_VALUES = ("gzip", "gzip-js")
@@ -127,19 +136,24 @@ class CaptureStats:
 
 FAULT_SPEC_HELP = (
     "ok | 429 | 429:retry-after=N | any status 400-599 (e.g. 408, 500, 503), optionally :retry-after=N"
-    " | slow:SECONDS | drop | drop-after-accept | 413-partial"
+    " and/or :echo | slow:SECONDS | drop | drop-after-accept | 413-partial | html | quota"
+    " | 301/302/303/307/308:location=URL"
 )
-_STATUS_SPEC = re.compile(r"(?P<status>[45]\d\d)(?::retry-after=(?P<retry_after>\d+(?:\.\d+)?))?")
+_STATUS_SPEC = re.compile(r"(?P<status>[45]\d\d)(?::retry-after=(?P<retry_after>\d+(?:\.\d+)?))?(?P<echo>:echo)?")
+_REDIRECT_SPEC = re.compile(r"(?P<status>30[12378]):location=(?P<location>https?://\S+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Fault:
     """One injected misbehaviour. ``spec`` is the text it came from; it is what a RequestRecord shows.
 
-    ``kind`` is ``status`` (answer ``status``, with ``Retry-After`` when given), ``slow`` (wait
-    ``delay`` seconds, then handle normally), ``drop`` (close without answering, accept nothing),
-    ``drop-after-accept`` (accept as usual, then close without answering: the client cannot know) or
-    ``413-partial`` (accept the first half of a valid batch, then answer 413).
+    ``kind`` is ``status`` (answer ``status``, with ``Retry-After`` when given, and the request's body
+    quoted in the answer with ``echo``, as some servers do), ``slow`` (wait ``delay`` seconds, then handle
+    normally), ``drop`` (close without answering, accept nothing), ``drop-after-accept`` (accept as usual,
+    then close without answering: the client cannot know), ``413-partial`` (accept the first half of a
+    valid batch, then answer 413), ``html`` (answer 200 with a web page, accept nothing), ``quota``
+    (answer 200 saying the project is over its billing quota, accept nothing: PostHog drops the events)
+    or ``redirect`` (answer ``status`` with a Location of ``location`` plus the request's path).
     """
 
     spec: str
@@ -147,6 +161,8 @@ class Fault:
     status: int = 0
     retry_after: str | None = None
     delay: float = 0.0
+    echo: bool = False
+    location: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Fault | None:
@@ -154,8 +170,12 @@ class Fault:
         text = spec.strip().lower()
         if text == "ok":
             return None
-        if text in ("drop", "drop-after-accept", "413-partial"):
+        if text in ("drop", "drop-after-accept", "413-partial", "html", "quota"):
             return cls(spec=text, kind=text)
+        redirect = _REDIRECT_SPEC.fullmatch(spec.strip())  # not lowercased: the URL's path keeps its case
+        if redirect is not None:
+            location = redirect["location"].rstrip("/")
+            return cls(spec=spec.strip(), kind="redirect", status=int(redirect["status"]), location=location)
         if text.startswith("slow:"):
             try:
                 delay = float(text.removeprefix("slow:"))
@@ -167,7 +187,8 @@ class Fault:
         match = _STATUS_SPEC.fullmatch(text)
         if match is None:
             raise ConfigError(f"unknown fault {spec!r}; use one of: {FAULT_SPEC_HELP}")
-        return cls(spec=text, kind="status", status=int(match["status"]), retry_after=match["retry_after"])
+        return cls(spec=text, kind="status", status=int(match["status"]), retry_after=match["retry_after"],
+                   echo=match["echo"] is not None)
 
 
 class FaultPlan:
@@ -245,6 +266,7 @@ class _Verdict:
     historical_migration: bool | None = None
     has_sent_at: bool = False
     decoded_bytes: int = 0
+    decoded: bytes = b""  # the body as decompressed (for the echo fault)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -303,7 +325,7 @@ def _judge(raw: bytes, gzip: bool, strict: bool) -> _Verdict:
     verdict = _Verdict(gzip=gzip)
     try:
         decoded = _gunzip(raw, MAX_DECODED_BODY_BYTES) if gzip else raw
-        verdict.decoded_bytes = len(decoded)
+        verdict.decoded_bytes, verdict.decoded = len(decoded), decoded
         _judge_decoded(decoded, strict, verdict)
     except _Refusal as refusal:
         verdict.status, verdict.message = refusal.status, refusal.message
@@ -521,13 +543,23 @@ def _status_text(status: int) -> str:
         return str(status)
 
 
-def _apply_fault(fault: Fault | None, verdict: _Verdict) -> tuple[tuple[int, str] | None, int, list[tuple[str, str]]]:
-    """Let ``fault`` have its way with a judged request.
+class _Reply(NamedTuple):
+    """An answer to send: ``error`` is the plain-text body of a non-200; ``body`` replaces capture's own
+    200 body (``{"status":"Ok"}``) or the error text, with its ``content_type``."""
+
+    status: int
+    error: str
+    body: bytes | None = None
+    content_type: str | None = None
+
+
+def _apply_fault(fault: Fault | None, verdict: _Verdict, path: str) -> tuple[_Reply | None, int, list[tuple[str, str]]]:
+    """Let ``fault`` have its way with a judged request to ``path``.
 
     Returns what to answer (None: close the connection without answering), how many of the verdict's
     events to accept, and any extra headers.
     """
-    answer = (verdict.status, verdict.message)
+    answer = _Reply(verdict.status, verdict.message)
     n_accepted = len(verdict.events)
     if fault is None:
         return answer, n_accepted, []
@@ -535,14 +567,23 @@ def _apply_fault(fault: Fault | None, verdict: _Verdict) -> tuple[tuple[int, str
         time.sleep(fault.delay)
     elif fault.kind == "status":
         retry_after = [("Retry-After", fault.retry_after)] if fault.retry_after is not None else []
-        return (fault.status, f"{_status_text(fault.status)} (injected fault)"), 0, retry_after
+        message = f"{_status_text(fault.status)} (injected fault)"
+        if fault.echo:
+            message += ": could not process " + verdict.decoded[:_ECHO_CHARS].decode("utf-8", "replace")
+        return _Reply(fault.status, message), 0, retry_after
+    elif fault.kind == "html":
+        return _Reply(200, "", _HTML_PAGE, "text/html; charset=utf-8"), 0, []
+    elif fault.kind == "quota":
+        return _Reply(200, "", _QUOTA_LIMITED_BODY, "application/json"), 0, []
+    elif fault.kind == "redirect":
+        return _Reply(fault.status, f"moved to {fault.location}"), 0, [("Location", f"{fault.location}{path}")]
     elif fault.kind == "drop":
         return None, 0, []
     elif fault.kind == "drop-after-accept":
         return None, n_accepted, []
     elif fault.kind == "413-partial" and verdict.status == 200:
         message = "an event in this batch is too big (injected fault; its first half was kept)"
-        return (413, message), n_accepted // 2, []
+        return _Reply(413, message), n_accepted // 2, []
     return answer, n_accepted, []
 
 
@@ -590,9 +631,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         fault = capture.faults.next_fault() if capture.faults is not None else None
         verdict = self._read_and_judge(url.query, path, length, raw_limit)
-        answer, n_accepted, headers = _apply_fault(fault, verdict)
-        status = answer[0] if answer is not None else 0
-        error = answer[1] if answer is not None and status != 200 else None
+        answer, n_accepted, headers = _apply_fault(fault, verdict, path)
+        status = answer.status if answer is not None else 0
+        error = answer.error if answer is not None and status != 200 else None
         record = RequestRecord(
             path=path,
             status=status,
@@ -612,7 +653,7 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is None:
             self.close_connection = True  # no answer at all; the socket is closed after this returns
             return
-        self._answer(status, error or "", headers)
+        self._answer(status, error or "", headers, answer.body, answer.content_type)
 
     def _read_and_judge(self, query: str, path: str, length: int, raw_limit: int) -> _Verdict:
         compression = parse_qs(query).get("compression", [""])[-1].lower()
@@ -649,10 +690,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ConnectionResetError("the client closed the connection in the middle of its body")
             length -= len(chunk)
 
-    def _answer(self, status: int, error: str, headers: Sequence[tuple[str, str]]) -> None:
-        body, content_type = (
-            (_OK_BODY, "application/json") if status == 200 else (error.encode(), "text/plain; charset=utf-8")
-        )
+    def _answer(self, status: int, error: str, headers: Sequence[tuple[str, str]], body: bytes | None = None,
+                content_type: str | None = None) -> None:
+        if body is None:
+            body, content_type = (
+                (_OK_BODY, "application/json") if status == 200 else (error.encode(), "text/plain; charset=utf-8")
+            )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -425,7 +425,10 @@ def describe_status(root: Path) -> str:
                    "lenient: such events are dropped with a 200 (PostHog's docs).")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="Scripted answer for the next request, in order: ok, 429, 429:retry-after=N, 500, 503, "
-                   "408, slow:SECONDS, drop, drop-after-accept, 413-partial. Repeatable.")
+                   "408, slow:SECONDS, drop, drop-after-accept, 413-partial; hosts that are not PostHog: html "
+                   "(a 200 web page), quota (a 200 over the billing quota), 301:location=URL (or 302, 303, 307, "
+                   "308: a redirect to URL), STATUS:echo (e.g. 400:echo, 401:echo: the request quoted in the "
+                   "error). Repeatable.")
 @click.option("--fault-rate", type=float, default=0.0, show_default=True,
               help="After the script: chance that a request gets a random fault.")
 @click.option("--fault-kinds", default="429,503,drop", show_default=True, help="Kinds for --fault-rate.")

@@ -16,6 +16,7 @@ import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 from migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
 from migrate.errors import ConfigError
@@ -130,12 +131,37 @@ class Settings:
             raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
         if self.memory < MIN_MEMORY_BYTES:
             raise ConfigError(f"--memory {self.memory:,}: at least {MIN_MEMORY_BYTES:,} bytes")
-        if self.host and self.host != LOCAL_HOST and not re.match(r"https?://", self.host):
-            raise ConfigError(
-                f"--host {self.host!r} must start with http:// or https:// (e.g. https://us.i.posthog.com), "
-                "or be 'local' for the built-in capture server"
-            )
+        if self.host and self.host != LOCAL_HOST:
+            check_host(self.host)
         return self
+
+
+def check_host(host: str) -> None:
+    """Refuse a --host that is not a plain http(s) base URL, before anything is sent.
+
+    A user name or password in it (``https://user:pass@host``) would be printed in the summary and
+    ``status`` and stored in state.json, and PostHog never needs them: the project API key authenticates.
+    """
+    example = "e.g. https://us.i.posthog.com, or 'local' for the built-in capture server"
+    if not re.match(r"https?://", host):
+        raise ConfigError(f"--host {host!r} must start with http:// or https:// ({example})")
+    try:
+        parts = urlsplit(host)
+        parts.port  # noqa: B018 - parsing the port is what raises for "host:abc"
+    except ValueError as error:
+        raise ConfigError(f"--host {host!r} is not a valid URL ({error}); write it like https://us.i.posthog.com "
+                          "or http://[::1]:8010") from None
+    if parts.username is not None or parts.password is not None:
+        address = parts.netloc.rpartition("@")[2]  # the credentials themselves are never repeated
+        raise ConfigError(
+            f"--host {urlunsplit(parts._replace(netloc='…@' + address))}: remove the user name and password "
+            f"from the URL (--host {urlunsplit(parts._replace(netloc=address))}). PostHog never needs them (the "
+            "project API key is what authenticates), and in the URL they would be shown and stored with the job."
+        )
+    if not parts.hostname:
+        raise ConfigError(f"--host {host!r} names no host ({example})")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--host {host!r}: give the base URL, without ?query or #fragment ({example})")
 
 
 def default_job_name(sources: tuple[str, ...]) -> str:

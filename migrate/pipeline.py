@@ -7,20 +7,23 @@ again; ``dry_run`` writes the same request bodies to files instead.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from tqdm import tqdm
 
 from migrate.batches import BatchLayout, Window, cut_windows
 from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.job import Job
-from migrate.report import RejectsWriter, progress_bar
-from migrate.sender import BatchResult, Dispatcher, SendCounters, Sender, SendSettings
+from migrate.report import RejectsWriter, human_duration, progress_bar
+from migrate.sender import BatchResult, Dispatcher, RetryNotice, SendCounters, Sender, SendSettings
 from migrate.spool import EVENT_FROM_ROW, MergeCursor, MergedSlice, merge_slices, split_tiebreak
 
 
@@ -57,13 +60,14 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     """Send every prepared event not yet acknowledged; the checkpoint advances after each batch.
 
     ``host_label`` is what the checkpoint records as the target (``local`` for the built-in server,
-    whose port changes from run to run); a resume to another target is refused.
+    whose port changes from run to run); a resume to another target is refused once the recorded one
+    acknowledged a batch (before that, e.g. after a redirect, the job may move to the right host).
     """
     settings = job.settings
     layout = _layout(settings)
     state = JobState(job.state_path)
     progress = state.send
-    if progress.host and progress.host != host_label:
+    if progress.host and progress.host != host_label and progress.batches_sent:
         raise ConfigError(
             f"job {job.root} was being sent to {progress.host}; it cannot continue to {host_label}. "
             "Use --restart to send everything to the new host, or --job NAME for a separate job."
@@ -83,13 +87,14 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     rejects = RejectsWriter(job.rejects_path, truncate_to=progress.rejects_bytes)
     counters = SendCounters()
     stop = job.stop
+    bar = progress_bar(total, "events", "sending", settings.quiet)
+    bar.update(progress.events_sent + progress.server_rejected_events)
+    retries = RetryDisplay(bar)
     sender = Sender(
         SendSettings(host=url, api_key=api_key, rate=settings.rate,
                      max_retries=settings.max_retries, retry_base=settings.retry_delay, timeout=settings.timeout),
-        counters, stop,
+        counters, stop, on_retry=retries.show,
     )
-    bar = progress_bar(total, "events", "sending", settings.quiet)
-    bar.update(progress.events_sent + progress.server_rejected_events)
     started = time.monotonic()
 
     def on_acknowledged(window: Window, result: BatchResult) -> None:
@@ -115,6 +120,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         if at_window_end:
             progress.mark_window_start()
         checkpoints.submit(progress)
+        retries.clear()
         bar.update(batch.n_events)
 
     dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.persisted_seq)
@@ -132,6 +138,40 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         checkpoints.close()
         rejects.close()
     return SendOutcome(progress, counters, time.monotonic() - started, resumed_from=resumed_from)
+
+
+class RetryDisplay:
+    """Shows the sender's retries as they happen: "connection refused, retry 3/10 in 8.0 s; gives up in about
+    1m30s". On the sending bar, and as a line on stderr (with --quiet too, for logs) when the problem changes
+    or 2 s have passed since the last line, so that four threads retrying fast do not flood it."""
+
+    LINE_INTERVAL_SECONDS = 2.0
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+        self._lock = threading.Lock()  # called from every sending thread
+        self._last_problem = ""
+        self._last_line_at = float("-inf")
+        self._on_bar = False
+
+    def show(self, notice: RetryNotice) -> None:
+        digits = 2 if notice.delay < 1 else 1 if notice.delay < 10 else 0
+        text = (f"{notice.problem}, retry {notice.retry}/{notice.max_retries} in {notice.delay:.{digits}f} s; "
+                f"gives up in about {human_duration(notice.gives_up_in)} if it goes on")
+        with self._lock:
+            self.bar.set_postfix_str(text)
+            self._on_bar = True
+            now = time.monotonic()
+            if notice.problem != self._last_problem or now - self._last_line_at >= self.LINE_INTERVAL_SECONDS:
+                self._last_problem, self._last_line_at = notice.problem, now
+                tqdm.write(f"Retrying: {text}", file=sys.stderr)
+
+    def clear(self) -> None:
+        """A batch got through: the bar stops showing the last retry."""
+        if self._on_bar:
+            with self._lock:
+                self.bar.set_postfix_str("")
+                self._on_bar = False
 
 
 def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:

@@ -1,14 +1,19 @@
 """HTTP to PostHog's /batch/: gzip, retries with backoff, Retry-After, splitting, in-flight limits, rate.
 
 We own the retry loop instead of urllib3's ``Retry``: it does not retry POSTs by default and would
-honour a Retry-After of hours. Rules (from reference/posthog-ingestion-facts.md):
+honour a Retry-After of hours. What each answer means is decided in one place, migrate.answers
+(from reference/posthog-ingestion-facts.md); here it is acted on:
 
-* network errors, timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter; a 429
-  pauses *every* sender thread (the limit is per project, not per connection); Retry-After is capped;
+* accepted (200 with capture's ``{"status": "Ok"}`` or ``1``, 204 empty): the request is acknowledged;
+* network errors, timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter, each retry
+  reported to ``on_retry``; a 429 pauses *every* sender thread (the limit is per project, not per
+  connection); Retry-After is capped;
 * 400 and 413 split the batch in halves, sent in order, down to the one event the server refuses, which
-  is rejected with the server's message (everything else in the batch still goes);
-* 401/403 (the key) and 404/405 (not a capture endpoint) stop the whole run: no batch can succeed;
-* any other 4xx is final for that batch: its events are rejected with the server's message.
+  is rejected with the server's message (everything else in the batch still goes), unless the server
+  refuses everything (migrate.refusals: the batch is held back, then the run stops);
+* any other 4xx is final for that batch: its events are rejected with the server's message;
+* everything else stops the whole run, as no batch could succeed: a refused key (401/403), not a capture
+  endpoint (404/405), a redirect (never followed), a 2xx that is not capture's answer, a quota limit.
 
 The :class:`Dispatcher` keeps up to ``concurrency`` requests in flight, one per lane at a time, never
 more than ``concurrency`` batches ahead of the oldest unacknowledged one, and reports acknowledgements
@@ -17,38 +22,30 @@ in order so the caller can advance its checkpoint.
 
 from __future__ import annotations
 
-import email.utils
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import requests
 
+from migrate.answers import MAX_ERROR_TEXT, Answer, Verdict, judge_answer, scrub_key
 from migrate.batches import BODY_SUFFIX, Batch, Window, body_prefix
 from migrate.errors import SendFailed
+from migrate.refusals import BatchWatch, Ranges, RefusalMonitor, probe_index, without_index
 
 try:
     from isal import isal_zlib as _zlib  # ~3.5x faster than zlib at level 1, and a better ratio
 except ImportError:  # pragma: no cover - isal is optional
     import zlib as _zlib
 
-# A server asking us to wait longer than this is treated as if it asked for this: the run goes on.
-MAX_RETRY_AFTER_SECONDS = 120.0
 DEFAULT_MAX_RETRIES = 10
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 DEFAULT_READ_TIMEOUT_SECONDS = 60.0
-# How much of an error body is kept in messages and the rejects file.
-MAX_ERROR_TEXT = 500
-RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-SPLITTABLE_STATUSES = frozenset({400, 413})
-KEY_STATUSES = frozenset({401, 403})
-NOT_CAPTURE_STATUSES = frozenset({404, 405})
 
 
 GZIP_WBITS = 31  # zlib's way of asking for a gzip header and trailer
@@ -90,6 +87,10 @@ class BatchResult:
     rejected: dict[int, str] = field(default_factory=dict)
     requests: int = 0
     retries: int = 0
+
+    def reject(self, indices: Iterable[int], answer: Answer) -> None:
+        for index in indices:
+            self.rejected[index] = f"server answered {answer.status}: {answer.message}"
 
 
 @dataclass
@@ -154,23 +155,6 @@ class SharedPause:
                 raise Interrupted
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = (moment - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
 Acknowledge = Callable[[Window, BatchResult], None]
 
 
@@ -190,18 +174,35 @@ def _pinned_session(url: str) -> requests.Session:
 
 
 class FatalResponse(SendFailed):
-    """An answer that no batch could get past (bad key, wrong host)."""
+    """An answer that no batch could get past (bad key, wrong host, a redirect, a quota limit)."""
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """A request is about to be sent again (for the progress display)."""
+
+    problem: str        # a few words: "connection refused", "HTTP 503"
+    retry: int          # this is retry number ``retry`` of ``max_retries``
+    max_retries: int
+    delay: float        # seconds until it is sent again
+    gives_up_in: float  # roughly how long until the run stops, if every retry fails the same way
+
+
+OnRetry = Callable[[RetryNotice], None]
 
 
 class Sender:
     """Sends one batch to completion: retries, splits, and reports the events the server refused."""
 
-    def __init__(self, settings: SendSettings, counters: SendCounters, stop: threading.Event):
+    def __init__(self, settings: SendSettings, counters: SendCounters, stop: threading.Event,
+                 on_retry: OnRetry | None = None):
         self.settings = settings
         self.counters = counters
         self.stop = stop
+        self.on_retry = on_retry
         self.pause = SharedPause(stop)
         self.rate = RateLimiter(settings.rate, stop)
+        self.refusals = RefusalMonitor(settings.url, stop)
         # One Session (so one kept-alive connection) per sending thread: the Dispatcher's threads live for
         # the whole run, so a connection is opened once per thread, not once per batch.
         self._local = threading.local()
@@ -213,33 +214,66 @@ class Sender:
         return session
 
     def send(self, batch: Batch) -> BatchResult:
+        """Send the batch, bisecting what the server refuses (400/413) down to the events at fault."""
         result = BatchResult(batch)
         self.rate.acquire(batch.n_events)
-        self._send_part(batch, 0, batch.n_events, result)
+        watch = self.refusals.watch()
+        pending: Ranges = [(0, batch.n_events)]
+        while pending:
+            start, end = pending.pop()
+            answer = self._post_with_retries(batch.joined(start, end), result)
+            if answer.verdict is Verdict.ACCEPTED:
+                self.refusals.accepted(batch.payload(index) for index in range(start, end))
+                continue
+            if answer.verdict is Verdict.SPLIT and end - start > 1:
+                with self.counters.lock:
+                    self.counters.splits += 1
+                middle = start + (end - start) // 2
+                pending += [(middle, end), (start, middle)]  # the first half is sent first: order is kept
+            else:
+                result.reject(range(start, end), answer)
+            if answer.verdict is Verdict.SPLIT and self.refusals.refused(watch, answer):
+                pending = self._hold_if_refused_wholesale(batch, pending, result, watch)
         return result
 
-    def _send_part(self, batch: Batch, start: int, end: int, result: BatchResult) -> None:
-        """Send events ``start:end`` of the batch, bisecting on 400/413."""
-        status, message = self._post_with_retries(batch, start, end, result)
-        if 200 <= status < 300:
-            return
-        if status in SPLITTABLE_STATUSES and end - start > 1:
-            with self.counters.lock:
-                self.counters.splits += 1
-            middle = start + (end - start) // 2
-            self._send_part(batch, start, middle, result)   # first half first: order is kept
-            self._send_part(batch, middle, end, result)
-            return
-        for index in range(start, end):
-            result.rejected[index] = f"server answered {status}: {message}"
+    def _hold_if_refused_wholesale(self, batch: Batch, pending: Ranges, result: BatchResult,
+                                   watch: BatchWatch) -> Ranges:
+        """The batch is suspect (see migrate.refusals): try one event alone (the probe), and unless the
+        probe shows the refusals are about these events, hold the batch back. Returns the ranges to send."""
+        canary = self.refusals.canary
+        if canary is not None:
+            # Accepted before: sent again (PostHog collapses it) it says whether the server has changed.
+            answer = self._post_with_retries(canary, result)
+            if answer.verdict is Verdict.ACCEPTED:
+                self.refusals.accepted()
+                return pending
+        elif pending:
+            probe = probe_index(batch, pending)
+            pending = without_index(pending, probe)
+            answer = self._post_with_retries(batch.joined(probe, probe + 1), result)
+            if answer.verdict is Verdict.ACCEPTED:
+                self.refusals.accepted([batch.payload(probe)])
+                return pending
+            result.reject([probe], answer)
+            if answer.verdict is not Verdict.SPLIT or not self.refusals.refused(watch, answer):
+                return pending
+        if not self.refusals.hold(watch):
+            raise Interrupted
+        return pending  # something was accepted meanwhile: these refusals are about the events
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(MAX_BACKOFF_SECONDS, self.settings.retry_base * (2 ** attempt))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return self._backoff_ceiling(attempt) / 2 + random.uniform(0, self._backoff_ceiling(attempt) / 2)
 
-    def _post_with_retries(self, batch: Batch, start: int, end: int, result: BatchResult) -> tuple[int, str]:
+    def _backoff_ceiling(self, attempt: int) -> float:
+        return min(MAX_BACKOFF_SECONDS, self.settings.retry_base * (2 ** attempt))
+
+    def _post_with_retries(self, events: bytes | memoryview, result: BatchResult) -> Answer:
+        """The judged answer to a request of ``events`` (comma-joined), after retrying what is worth retrying.
+
+        Raises FatalResponse for an answer no batch can get past, SendFailed when the retries run out.
+        """
         # The body is build_body() of those events; compressed from its pieces, it is never assembled.
-        pieces = (body_prefix(self.settings.api_key), batch.joined(start, end), BODY_SUFFIX)
+        pieces = (body_prefix(self.settings.api_key), events, BODY_SUFFIX)
         raw_bytes = sum(len(piece) for piece in pieces)
         compressed = compress(*pieces)
         last_problem = ""
@@ -254,27 +288,31 @@ class Sender:
                 response = self._session().post(
                     self.settings.url, data=compressed, headers=HEADERS,
                     timeout=(CONNECT_TIMEOUT_SECONDS, self.settings.timeout),
+                    allow_redirects=False,  # a redirected POST loses its body, or takes the key elsewhere
                 )
             except requests.RequestException as error:
                 self.counters.count("network error", raw_bytes, len(compressed))
-                last_problem = f"network error: {type(error).__name__}: {str(error)[:MAX_ERROR_TEXT]}"
+                problem, pause_everyone = self._network_problem(error), False
+                detail = scrub_key(str(error), self.settings.api_key)[:MAX_ERROR_TEXT]
+                last_problem = f"network error: {type(error).__name__}: {detail}"
                 delay = self._backoff(attempt)
             else:
-                status = response.status_code
-                self.counters.count(str(status), raw_bytes, len(compressed))
-                text = response.text[:MAX_ERROR_TEXT].strip()
-                if status not in RETRYABLE_STATUSES:
-                    self._raise_if_fatal(status, text)
-                    return status, text
-                last_problem = f"HTTP {status}: {text}"
-                delay = parse_retry_after(response.headers.get("Retry-After"))
-                if delay is None:
-                    delay = self._backoff(attempt)
-                if status == 429:
-                    self.pause.extend(delay)
-                    delay = 0.0  # the shared pause does the waiting
+                self.counters.count(str(response.status_code), raw_bytes, len(compressed))
+                answer = judge_answer(response.status_code, response.headers, response.content,
+                                      self.settings.host, self.settings.api_key)
+                if answer.verdict is Verdict.FATAL:
+                    raise FatalResponse(answer.message)
+                if answer.verdict is not Verdict.RETRY:
+                    return answer
+                problem, pause_everyone = answer.problem, answer.status == 429
+                last_problem = f"HTTP {answer.status}: {answer.message}"
+                delay = answer.retry_after if answer.retry_after is not None else self._backoff(attempt)
             if attempt == self.settings.max_retries:
                 break
+            self._report_retry(problem, attempt, delay)
+            if pause_everyone:
+                self.pause.extend(delay)  # the shared pause does the waiting, for every thread
+                delay = 0.0
             if self.stop.wait(delay):
                 raise Interrupted
         raise SendFailed(
@@ -282,18 +320,28 @@ class Sender:
             "Everything acknowledged so far is checkpointed: run the same command again to resume."
         )
 
-    def _raise_if_fatal(self, status: int, text: str) -> None:
-        if status in KEY_STATUSES:
-            raise FatalResponse(
-                f"{self.settings.url} refused the project API key ({status}: {text}). Use the project's "
-                "public token (starts with phc_, from Project settings), via --api-key or POSTHOG_API_KEY; "
-                "a personal API key (phx_) does not work for capture."
-            )
-        if status in NOT_CAPTURE_STATUSES:
-            raise FatalResponse(
-                f"{self.settings.url} answered {status}: this does not look like a PostHog capture "
-                "endpoint. Check --host (e.g. https://us.i.posthog.com or https://eu.i.posthog.com)."
-            )
+    def _report_retry(self, problem: str, attempt: int, delay: float) -> None:
+        """Tell ``on_retry`` that retry ``attempt + 1`` comes in ``delay`` seconds, and roughly when the
+        run gives up if every retry fails alike (the backoffs still to come, at their average)."""
+        if self.on_retry is None:
+            return
+        later = sum(0.75 * self._backoff_ceiling(a) for a in range(attempt + 1, self.settings.max_retries))
+        self.on_retry(RetryNotice(problem, attempt + 1, self.settings.max_retries, delay, delay + later))
+
+    def _network_problem(self, error: requests.RequestException) -> str:
+        """A few words for a network error, for the retry display."""
+        if isinstance(error, requests.ConnectTimeout):
+            return f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s"
+        if isinstance(error, requests.ReadTimeout):
+            return f"no answer within {self.settings.timeout:g} s"
+        text = str(error)
+        for clue, words in (("refused", "connection refused"), ("Name or service", "host name not found"),
+                            ("NameResolution", "host name not found"), ("reset", "connection reset"),
+                            ("aborted", "connection closed without an answer"),
+                            ("RemoteDisconnected", "connection closed without an answer")):
+            if clue in text:
+                return words
+        return f"network error ({type(error).__name__})"
 
 
 class Dispatcher:
@@ -320,6 +368,7 @@ class Dispatcher:
         self._next = 0
         self._error: BaseException | None = None
         self._on_acknowledged: Acknowledge | None = None
+        sender.refusals.on_hold = self.wake
 
     def run(self, windows: Iterator[Window], skip_before: int, on_acknowledged: Acknowledge) -> None:
         """Send every batch with seq >= ``skip_before``; call ``on_acknowledged`` in seq order.
@@ -378,6 +427,8 @@ class Dispatcher:
                         and batch.seq < durable + self.concurrency):
                     self._busy_lanes.add(batch.lane)
                     return
+                if durable == self._next:  # else a checkpoint being written may yet let the batch start
+                    self._raise_if_stalled()
                 self._condition.wait(0.5)
 
     def wake(self) -> None:
@@ -394,12 +445,21 @@ class Dispatcher:
                     break
                 if deadline is None and self._error is not None:
                     break
+                if deadline is None:
+                    self._raise_if_stalled()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._condition.wait(0.2)
         self._report(on_acknowledged)
         if deadline is None and self._error is not None:
             raise self._error
+
+    def _raise_if_stalled(self) -> None:
+        """Stop the run when every request in flight is a batch held back (see migrate.refusals) and no
+        other batch may start: nothing could be accepted any more to release them. Condition held."""
+        held = self.sender.refusals.held
+        if held and held >= len(self._busy_lanes):
+            raise self.sender.refusals.failure()
 
     def _worker(self, work: queue.SimpleQueue[Batch | None]) -> None:
         while (batch := work.get()) is not None:
