@@ -60,6 +60,11 @@ class Answer:
     retry_after: float | None = None  # RETRY only: the server's capped Retry-After, if it gave one
 
     @property
+    def pauses_every_thread(self) -> bool:
+        """A 429: the rate limit is the project's, not the connection's, so every sending thread waits."""
+        return self.status == 429
+
+    @property
     def problem(self) -> str:
         """A few words for a retry line: "HTTP 503", "rate limited (429)"."""
         return "rate limited (429)" if self.status == 429 else f"HTTP {self.status}"
@@ -82,17 +87,17 @@ def scrub_key(text: str, api_key: str) -> str:
 
 def judge_answer(status: int, headers: Mapping[str, str], body: bytes, host: str, api_key: str) -> Answer:
     """What the answer ``status``/``headers``/``body`` of ``host``'s /batch/ means for the request."""
+    if 200 <= status < 300:
+        document = _json_object(body) if status == 200 else None
+        if _is_capture_acceptance(status, body, document):
+            quota = _quota_limited(document)
+            if quota:
+                return Answer(Verdict.FATAL, status, _quota_message(host, quota))
+            return Answer(Verdict.ACCEPTED, status, "")
     text = scrub_key(body.decode("utf-8", "replace"), api_key).strip()
     message = text[:MAX_ERROR_TEXT]
     if status in REDIRECT_STATUSES:
         return Answer(Verdict.FATAL, status, _redirect_message(host, status, headers.get("Location")))
-    if 200 <= status < 300:
-        if not _is_capture_acceptance(status, body):
-            return Answer(Verdict.FATAL, status, _not_capture_answer_message(host, status, text))
-        quota = _quota_limited(body)
-        if quota:
-            return Answer(Verdict.FATAL, status, _quota_message(host, quota))
-        return Answer(Verdict.ACCEPTED, status, message)
     if status in RETRYABLE_STATUSES:
         return Answer(Verdict.RETRY, status, message, parse_retry_after(headers.get("Retry-After")))
     if status in KEY_STATUSES:
@@ -110,6 +115,7 @@ def judge_answer(status: int, headers: Mapping[str, str], body: bytes, host: str
         return Answer(Verdict.SPLIT, status, message)
     if 400 <= status < 500:
         return Answer(Verdict.REFUSED, status, message)
+    # A 2xx that is not capture's answer, or a status capture never gives (1xx, other 3xx, 6xx...).
     return Answer(Verdict.FATAL, status, _not_capture_answer_message(host, status, text))
 
 
@@ -142,22 +148,22 @@ def _json_object(body: bytes) -> dict | None:
     return document if isinstance(document, dict) else None
 
 
-def _is_capture_acceptance(status: int, body: bytes) -> bool:
+def _is_capture_acceptance(status: int, body: bytes, document: dict | None) -> bool:
+    """204 with no body, or 200 whose body (``document``, parsed) says ``"status": "Ok"`` or ``1``."""
     if status == 204:
         return not body.strip()
-    document = _json_object(body) if status == 200 else None
     if document is None:
         return False
     ok = document.get("status")
     return ok == "Ok" or (type(ok) is int and ok == 1)
 
 
-def _quota_limited(body: bytes) -> list[str] | None:
-    """What a 200 says PostHog is dropping for billing, when that includes events; None otherwise.
+def _quota_limited(document: dict | None) -> list[str] | None:
+    """What an accepted answer says PostHog is dropping for billing, when that includes events; else None.
 
     Capture names the kinds over quota (``["events"]``, ``["recordings"]``); we send only events.
     """
-    limited = (_json_object(body) or {}).get("quota_limited")
+    limited = (document or {}).get("quota_limited")
     if not limited:
         return None
     names = limited if isinstance(limited, list) else [limited]

@@ -567,7 +567,8 @@ def _apply_fault(fault: Fault | None, verdict: _Verdict, path: str) -> tuple[_Re
         time.sleep(fault.delay)
     elif fault.kind == "status":
         retry_after = [("Retry-After", fault.retry_after)] if fault.retry_after is not None else []
-        message = f"{_status_text(fault.status)} (injected fault)"
+        # With a request id, as proxies and gateways give: no two refusals are worded exactly alike.
+        message = f"{_status_text(fault.status)} (injected fault, request id {os.urandom(6).hex()})"
         if fault.echo:
             message += ": could not process " + verdict.decoded[:_ECHO_CHARS].decode("utf-8", "replace")
         return _Reply(fault.status, message), 0, retry_after

@@ -141,8 +141,8 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
 
 
 class RetryDisplay:
-    """Shows the sender's retries as they happen: "connection refused, retry 3/10 in 8.0 s; gives up in about
-    1m30s". On the sending bar, and as a line on stderr (with --quiet too, for logs) when the problem changes
+    """Shows the sender's retries as they happen: "connection refused, retry 4/10 in 6.1 s; gives up in about
+    3m42s". On the sending bar, and as a line on stderr (with --quiet too, for logs) when the problem changes
     or 2 s have passed since the last line, so that four threads retrying fast do not flood it."""
 
     LINE_INTERVAL_SECONDS = 2.0

@@ -5,7 +5,8 @@ server that refuses *every* request (a proxy, a misconfigured host, a broken dep
 requests per event and marks every event rejected although none was at fault. So:
 
 * The :class:`RefusalMonitor`, shared by the sending threads, counts the refusals in a row, over all
-  batches, that carry the same status and message, with nothing accepted in between (the *streak*).
+  batches, that carry the same status and message, with nothing accepted in between (the *streak*). The
+  numbers and hex ids in messages are ignored: proxies put request ids and times in their pages.
 * A batch becomes suspect when the streak reaches :data:`WHOLESALE_STREAK`, nothing was accepted since the
   batch started (its own requests included) and all of its refusals were that one answer. Before it is
   held back, one event is tried alone (the *probe*). Accepted, the batch just holds a run of bad events
@@ -27,6 +28,7 @@ the streak, and the probe is there for several bad events in a row.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +50,9 @@ CANARY_CANDIDATES = 20
 # An event with any of these changes the person (or merges persons) when ingested: never a canary.
 PERSON_CHANGING_KEYS = ("$set", "$set_once", "$unset", "$ip")
 
+# A number, uuid or hex id in a message (request ids, times, positions): not part of its signature.
+_VARYING_TOKEN = re.compile(r"[0-9A-Fa-f-]*\d[0-9A-Fa-f-]*")
+
 Ranges = list[tuple[int, int]]
 """Event ranges of a batch still to be judged, in order, the next one *last* (a stack)."""
 
@@ -57,8 +62,9 @@ class BatchWatch:
     """What the monitor knows about one batch in flight."""
 
     acceptances_at_start: int
-    signature: tuple[int, str] | None = None  # the (status, message) of its first refusal
+    signature: tuple[int, str] | None = None  # the signature (see _signature) of its first refusal
     uniform: bool = True                      # every refusal so far had that signature
+    first_refusal: Answer | None = None       # its first refusal, as the server worded it
 
 
 class RefusalMonitor:
@@ -74,6 +80,8 @@ class RefusalMonitor:
         self._streak = 0
         self._held = 0
         self._canary: bytes | None = None
+        # The answer and streak that got the latest batch held back: what a stop quotes.
+        self._evidence: tuple[Answer | None, int] = (None, 0)
 
     @property
     def held(self) -> int:
@@ -105,14 +113,14 @@ class RefusalMonitor:
 
     def refused(self, watch: BatchWatch, answer: Answer) -> bool:
         """A request of ``watch``'s batch was refused (400/413); whether the batch is now suspect."""
-        signature = (answer.status, answer.message)
+        signature = _signature(answer)
         with self._condition:
             if signature == self._signature:
                 self._streak += 1
             else:
                 self._signature, self._streak = signature, 1
             if watch.signature is None:
-                watch.signature = signature
+                watch.signature, watch.first_refusal = signature, answer
             watch.uniform = watch.uniform and watch.signature == signature
             return (watch.uniform and self._streak >= WHOLESALE_STREAK
                     and self._acceptances == watch.acceptances_at_start)
@@ -123,6 +131,7 @@ class RefusalMonitor:
         with self._condition:
             if self._acceptances != watch.acceptances_at_start:
                 return True
+            self._evidence = (watch.first_refusal, self._streak)
             if self._held + 1 >= MAX_HELD_BATCHES:
                 raise self.failure()
             self._held += 1
@@ -141,8 +150,8 @@ class RefusalMonitor:
     def failure(self) -> SendFailed:
         """The error that stops the run: the server's answer, and that nothing was marked rejected."""
         with self._condition:
-            status, message = self._signature or (0, "")
-            streak = self._streak
+            answer, streak = self._evidence
+        status, message = (answer.status, answer.message) if answer is not None else (0, "")
         return SendFailed(
             f"{self.where} refused {streak:,} requests in a row, whole batches, their halves and single events "
             f"alike, with the same answer ({status}: {message}), and accepted nothing: it refuses everything "
@@ -150,6 +159,12 @@ class RefusalMonitor:
             "(--host, a proxy in between, the server; or, if these events really are all invalid, the mapping), "
             "then run the same command again to resume."
         )
+
+
+def _signature(answer: Answer) -> tuple[int, str]:
+    """What two refusals must share to count as the same answer: the status, and the message without its
+    numbers and ids."""
+    return answer.status, _VARYING_TOKEN.sub("#", answer.message)
 
 
 def harmless_to_resend(payload: bytes) -> bool:

@@ -262,7 +262,8 @@ class Sender:
         return pending  # something was accepted meanwhile: these refusals are about the events
 
     def _backoff(self, attempt: int) -> float:
-        return self._backoff_ceiling(attempt) / 2 + random.uniform(0, self._backoff_ceiling(attempt) / 2)
+        ceiling = self._backoff_ceiling(attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _backoff_ceiling(self, attempt: int) -> float:
         return min(MAX_BACKOFF_SECONDS, self.settings.retry_base * (2 ** attempt))
@@ -304,7 +305,7 @@ class Sender:
                     raise FatalResponse(answer.message)
                 if answer.verdict is not Verdict.RETRY:
                     return answer
-                problem, pause_everyone = answer.problem, answer.status == 429
+                problem, pause_everyone = answer.problem, answer.pauses_every_thread
                 last_problem = f"HTTP {answer.status}: {answer.message}"
                 delay = answer.retry_after if answer.retry_after is not None else self._backoff(attempt)
             if attempt == self.settings.max_retries:
@@ -368,7 +369,7 @@ class Dispatcher:
         self._next = 0
         self._error: BaseException | None = None
         self._on_acknowledged: Acknowledge | None = None
-        sender.refusals.on_hold = self.wake
+        sender.refusals.on_hold = self.wake  # a batch held back may leave nothing able to run: see _raise_if_stalled
 
     def run(self, windows: Iterator[Window], skip_before: int, on_acknowledged: Acknowledge) -> None:
         """Send every batch with seq >= ``skip_before``; call ``on_acknowledged`` in seq order.
