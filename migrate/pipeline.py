@@ -18,6 +18,7 @@ from migrate.batches import BatchLayout, Window, cut_windows
 from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from migrate.config import Settings
 from migrate.errors import ConfigError
+from migrate.integrity import check_prepared_job
 from migrate.job import Job
 from migrate.report import RejectsWriter, progress_bar
 from migrate.sender import BatchResult, Dispatcher, SendCounters, Sender, SendSettings
@@ -59,6 +60,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     ``host_label`` is what the checkpoint records as the target (``local`` for the built-in server,
     whose port changes from run to run); a resume to another target is refused.
     """
+    check_prepared_job(job.root, manifest)  # never send from a damaged run or an impossible checkpoint
     settings = job.settings
     layout = _layout(settings)
     state = JobState(job.state_path)
@@ -139,6 +141,7 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
 
     The project key is replaced by a placeholder: it never lands on disk.
     """
+    check_prepared_job(job.root, manifest)
     layout = _layout(job.settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("batch-*.json"):

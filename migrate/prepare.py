@@ -47,6 +47,7 @@ from migrate.spool import (
     EVENT_FROM_ROW,
     MAX_EVENTS_PER_ROW,
     TIEBREAK_SUB_BITS,
+    RunFile,
     RunWriter,
     compact_runs,
     make_tiebreak,
@@ -194,8 +195,7 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
     identities = IdentityCollector(job.identity_dir, run_bytes // 2, prefix=f"pairs-{index:05d}-")
     stats, skip_rows = PrepareStats(), 0
     if progress is not None:
-        runs = progress["runs"]
-        writer.adopt([job.runs_dir / run["file"] for run in runs], [run["rows"] for run in runs])
+        writer.adopt([RunFile.from_dict(run) for run in progress["runs"]])
         identities.run_names = list(progress["identity_runs"])
         stats, skip_rows = PrepareStats.from_dict(progress["stats"]), progress["row"]
     keep = {run["file"] for run in progress["runs"]} | set(progress["identity_runs"]) if progress else set()
@@ -252,7 +252,8 @@ def _rare_young_collections() -> Iterator[None]:
 
 
 def _runs_list(writer: RunWriter) -> list[dict]:
-    return [{"file": p.name, "rows": n} for p, n in zip(writer.run_paths, writer.run_rows, strict=True)]
+    """The writer's runs as the checkpoints and the manifest record them: name, rows, size and checksum."""
+    return [run.to_dict() for run in writer.runs]
 
 
 # --- worker processes --------------------------------------------------------------------------------
@@ -418,8 +419,8 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     runs += _runs_list(writer)
     for stale in job.runs_dir.glob("merged-*"):
         stale.unlink()  # from a compaction that was interrupted: redone
-    compacted = compact_runs(job.runs_dir, [(run["file"], run["rows"]) for run in runs])
-    runs = [{"file": name, "rows": rows} for name, rows in compacted]
+    compacted = compact_runs(job.runs_dir, [RunFile.from_dict(run) for run in runs])
+    runs = [run.to_dict() for run in compacted]
     rejects_bytes = _join_rejects(job)
     manifest = {
         "version": MANIFEST_VERSION,
