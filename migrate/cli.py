@@ -269,6 +269,10 @@ def _run_job(job, api_key: str) -> ExitStatus:
     already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
     prepare_seconds = None if already_prepared else time.monotonic() - started
+    if job.gone_inputs:
+        gone = sorted(job.gone_inputs)
+        click.echo(f"{len(gone):,} input file(s) no longer there ({gone[0]}{', …' if len(gone) > 1 else ''}): "
+                   "the job was prepared, so it is sent from its work directory.", err=True)
     stats = PrepareStats.from_dict(manifest["stats"])
     received_path = None
     if settings.dry_run:
@@ -348,7 +352,7 @@ def inspect(**kwargs: Any) -> None:
     overrides = mapping_overrides(kwargs)
     try:
         settings = settings_from(kwargs)
-        job = open_job(settings, overrides, create=False)
+        job = open_job(settings, overrides, create=False, reuse_prepared=False)
         stats, examples = inspect_sources(job)
         disk_estimate = estimate_work_bytes(job.sources)
         if (warning := disk_space_warning(job.root, disk_estimate)) is not None:

@@ -119,7 +119,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         checkpoints.submit(progress)
         bar.update(batch.n_events)
 
-    dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.persisted_seq)
+    dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.saved_seq())
     checkpoints = CheckpointWriter(state, progress.next_seq, on_persisted=dispatcher.wake)
     try:
         # Cutting a window takes a while (merging ~8k events): acknowledgements are reported, and so

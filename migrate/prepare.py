@@ -38,7 +38,7 @@ from migrate.checkpoint import atomic_write_json, crash_point, read_json
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from migrate.identity import IdentityCollector, identify_event
-from migrate.job import Job, describe_fingerprint_change, job_fingerprint, person_hash
+from migrate.job import Job, fingerprint_changes, job_fingerprint, person_hash
 from migrate.mapping import Filtered
 from migrate.report import EventTally, PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
@@ -319,7 +319,7 @@ def _start_or_resume(job: Job, fingerprint_now: dict) -> None:
     recording one more finished file costs the same however many there are.
     """
     state = read_json(job.prepare_progress_path)
-    if state is not None and state.get("fingerprint") == fingerprint_now:
+    if state is not None and not fingerprint_changes(state.get("fingerprint", {}), fingerprint_now):
         return
     for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
         shutil.rmtree(directory, ignore_errors=True)
@@ -341,10 +341,9 @@ def prepare(job: Job) -> dict:
     fingerprint_now = job_fingerprint(job)
     manifest = read_json(job.manifest_path)
     if manifest is not None:
-        if manifest.get("fingerprint") != fingerprint_now:
+        if changes := fingerprint_changes(manifest.get("fingerprint", {}), fingerprint_now):
             raise ConfigError(
-                f"job {job.root} was prepared from different inputs or mapping: "
-                f"{describe_fingerprint_change(manifest.get('fingerprint', {}), fingerprint_now)}. "
+                f"job {job.root} was prepared from different inputs or mapping: {'; '.join(changes)}. "
                 "To migrate the new inputs as a new job, give --job NAME; to start this job over "
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
