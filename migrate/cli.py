@@ -241,8 +241,10 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
         with JobLock(job.root):
             if settings.restart if restart is None else restart:
                 reset_job(job.root)
-            disk_estimate = estimate_work_bytes(job.sources, local_capture=settings.is_local)
-            if (warning := disk_space_warning(job.root, disk_estimate)) is not None:
+            events_as_json = settings.is_local or (settings.dry_run and not settings.out)
+            disk_estimate = estimate_work_bytes(job.sources, events_as_json)
+            warning = None if job.manifest_path.exists() else disk_space_warning(job.root, disk_estimate)
+            if warning is not None:  # before prepare, which writes nearly all of it
                 click.echo(f"Warning: {warning}", err=True)
             status = _run_job(job, api_key)
     except Interrupted:

@@ -34,22 +34,25 @@ RUN_BYTES_PER_JSON_BYTE = 0.62  # JSON lines and the platforms' JSON exports
 # A gzip'd export is this many times smaller than its JSON (measured 6.2x on Amplitude-shaped rows, 7.7x on
 # small flat ones). Zip members are listed with their uncompressed size already.
 GZIP_EXPANSION = 7.7
-# The built-in server (--host local) keeps what it receives beside the runs, as JSON lines: the events'
-# payloads, 2.6x (small rows) to 3.3x (Amplitude-shaped) the runs' size.
-LOCAL_CAPTURE_BYTES_PER_RUN_BYTE = 3.3
+# The events' JSON, as the built-in server (--host local) keeps what it receives and --dry-run its request
+# bodies in the work directory: 2.6x (small rows) to 3.3x (Amplitude-shaped) the runs' size.
+PAYLOAD_BYTES_PER_RUN_BYTE = 3.3
 # Sending writes checkpoints and rejects: a full disk asks for at least this much, whatever the estimate.
 MIN_FREE_BYTES = 16 << 20
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def estimate_work_bytes(sources: Iterable[SourceFile], local_capture: bool = False) -> int:
-    """The temporary disk a job of these inputs needs at its peak, from their sizes and kinds."""
+def estimate_work_bytes(sources: Iterable[SourceFile], events_as_json: bool = False) -> int:
+    """The temporary disk a job of these inputs needs at its peak, from their sizes and kinds.
+
+    ``events_as_json``: the work directory also gets every event's JSON (``--host local``, ``--dry-run``).
+    """
     sources = list(sources)
     runs = sum(source.size * _run_bytes_per_input_byte(source.uri) for source in sources)
     if len(sources) > MAX_MERGE_FAN_IN:
         runs *= 2  # at least one run per file: compaction writes the merged runs before deleting the others
-    capture = runs * LOCAL_CAPTURE_BYTES_PER_RUN_BYTE if local_capture else 0
-    return int(runs + capture)
+    payloads = runs * PAYLOAD_BYTES_PER_RUN_BYTE if events_as_json else 0
+    return int(runs + payloads)
 
 
 def _run_bytes_per_input_byte(uri: str) -> float:
