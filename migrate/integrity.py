@@ -92,14 +92,15 @@ def send_state_problems(send: Any, manifest: dict, runs: list[RunFile], rejects_
     if problems:
         return problems
     progress = SendProgress.from_dict(send)
-    if not progress.cursor:  # nothing sent yet: the counts are all that could be wrong, and they are zero
+    if not progress.cursor:  # sending starts from the first batch, with counts of its own (see pipeline.send)
         return problems
-    problems += _cursor_problems(progress.cursor, runs)
+    cursor_problems = _cursor_problems(progress.cursor, runs)
+    problems += cursor_problems
     counted = progress.events_sent + progress.server_rejected_events
     if counted > manifest["stats"]["events"]:
         problems.append(f"state.json counts {counted:,} events sent or refused; the job has "
                         f"{manifest['stats']['events']:,}")
-    elif not problems and sum(progress.cursor) > counted:
+    elif not cursor_problems and sum(progress.cursor) > counted:  # events before the cursor were all counted
         problems.append(f"state.json's cursor is past the events it counts as sent "
                         f"({sum(progress.cursor):,} > {counted:,})")
     if progress.window_first_seq > progress.next_seq:

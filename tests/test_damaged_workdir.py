@@ -367,3 +367,22 @@ def test_a_touched_input_is_unchanged_but_new_content_is_still_refused(tmp_path)
     resumed = _run(tmp_path)
     _no_traceback(resumed)
     _assert_every_event_arrived_once_and_balanced(tmp_path, resumed, resends=1)
+
+
+def test_a_touched_input_keeps_the_work_of_an_interrupted_prepare(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for part in range(2):
+        write_jsonl(folder / f"part-{part}.jsonl", make_rows(12_000, seed=80 + part))
+    command = ["run", "export", "--dry-run", "--memory", "1MiB", "--workdir", "job", "-q"]
+    crashed = run_cli(command, tmp_path, cli_environment(**{CRASH_POINT_VARIABLE: "after-prepare-checkpoint@1"}))
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    spilled = tmp_path / "job" / "runs" / "run-00000-0000.arrow"
+    written_at = spilled.stat().st_mtime_ns
+    for path in folder.iterdir():
+        os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+
+    resumed = run_cli(command, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "24,000 = 24,000 + 0 + 0  ✓ balanced" in resumed.stdout
+    assert spilled.stat().st_mtime_ns == written_at  # the run spilled before the crash was kept, not redone
