@@ -164,6 +164,18 @@ def test_the_merge_itself_turns_an_unreadable_run_into_the_damaged_job_message(t
     assert raised.value.exit_code == 2 and "--restart" in str(raised.value)
 
 
+def test_a_damaged_pairs_file_of_an_interrupted_prepare_is_named_not_a_traceback(tmp_path):
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "amplitude" / "export.zip"
+    command = ["run", str(sample), "--format", "amplitude", "--dry-run", "--workdir", "job", "-q"]
+    crashed = run_cli(command, tmp_path, cli_environment(**{CRASH_POINT_VARIABLE: "after-prepare-file@1"}))
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    [pairs] = (tmp_path / "job" / "identity").iterdir()  # the first file's (user, device) pairs
+    _truncate(pairs)
+    resumed = run_cli(command, tmp_path)
+    _no_traceback(resumed)
+    assert resumed.returncode == 2 and pairs.name in resumed.stderr and "--restart" in resumed.stderr
+
+
 def test_every_run_of_a_resumed_prepare_is_recorded_with_its_size_and_checksum(tmp_path):
     from migrate.spool import file_checksum
 
