@@ -169,6 +169,14 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
         self._thread.start()
 
+    def saved_seq(self) -> int:
+        """The watermark as saved on disk. Raises the error that stopped the writing thread (a full disk, say):
+        the dispatcher waits for this watermark to advance, and would otherwise wait for ever."""
+        with self._condition:
+            if self._error is not None:
+                raise self._error
+            return self.persisted_seq
+
     def submit(self, progress: SendProgress) -> None:
         """Queue a snapshot of ``progress`` (later snapshots replace earlier unwritten ones)."""
         snapshot = progress.to_dict()

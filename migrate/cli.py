@@ -22,11 +22,13 @@ from migrate import __version__
 from migrate.batches import LAYOUT_VERSION
 from migrate.checkpoint import JobState, read_json
 from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
-from migrate.errors import ConfigError, MigrateError
+from migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, human_bytes, is_disk_full
+from migrate.errors import ConfigError, DamagedJob, MigrateError
+from migrate.integrity import prepared_job_problems
 from migrate.job import Job, JobLock, open_job, open_retry_job, reset_job
 from migrate.pipeline import dry_run, send
 from migrate.prepare import inspect_sources, prepare
-from migrate.report import PrepareStats, day_of, human_duration, preflight_report, run_summary
+from migrate.report import Books, PrepareStats, books, day_of, human_duration, preflight_report, run_summary
 from migrate.sender import Interrupted
 
 
@@ -224,6 +226,7 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
     stop = threading.Event()
     catcher = SignalCatcher(stop)
     catcher.install()  # before any work: Ctrl-C while the inputs are listed must not print a traceback
+    job, disk_estimate = None, 0
     try:
         if not settings.host and not settings.dry_run:
             raise ConfigError(NO_HOST_MESSAGE)
@@ -238,6 +241,11 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
         with JobLock(job.root):
             if settings.restart if restart is None else restart:
                 reset_job(job.root)
+            events_as_json = settings.is_local or (settings.dry_run and not settings.out)
+            disk_estimate = estimate_work_bytes(job.sources, events_as_json)
+            warning = None if job.manifest_path.exists() else disk_space_warning(job.root, disk_estimate)
+            if warning is not None:  # before prepare, which writes nearly all of it
+                click.echo(f"Warning: {warning}", err=True)
             status = _run_job(job, api_key)
     except Interrupted:
         click.echo(
@@ -247,6 +255,11 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
         sys.exit(catcher.exit_status)
     except MigrateError as error:
         fail(error)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        # Every write the job trusts is atomic or checkpointed: what was done before this one is kept.
+        fail(MigrateError(disk_full_message(job.root if job else settings.job_directory(), disk_estimate)))
     sys.exit(status)
 
 
@@ -258,6 +271,10 @@ def _run_job(job, api_key: str) -> ExitStatus:
     already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
     prepare_seconds = None if already_prepared else time.monotonic() - started
+    if job.gone_inputs:
+        gone = sorted(job.gone_inputs)
+        click.echo(f"{len(gone):,} input file(s) no longer there ({gone[0]}{', …' if len(gone) > 1 else ''}): "
+                   "the job was prepared, so it is sent from its work directory.", err=True)
     stats = PrepareStats.from_dict(manifest["stats"])
     received_path = None
     if settings.dry_run:
@@ -278,8 +295,17 @@ def _run_job(job, api_key: str) -> ExitStatus:
         rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
         resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds,
     ))
-    rejected = stats.rejected_total + outcome.progress.server_rejected_rows
-    return ExitStatus.DONE_WITH_REJECTS if rejected else ExitStatus.DONE
+    job_books = books(stats, outcome.progress)
+    if not job_books.balanced:
+        raise MigrateError(unbalanced_message(job.root, job_books))
+    return ExitStatus.DONE_WITH_REJECTS if job_books.rejected else ExitStatus.DONE
+
+
+def unbalanced_message(root: Path, job_books: Books) -> str:
+    return (f"the books do not balance: rows read = sent + rejected + filtered says {job_books.equation()}. "
+            f"Something changed the work directory {root} while the job ran (a run file, state.json or "
+            "manifest.json). Run the same command with --restart to migrate the sources again (events already "
+            "sent are sent again with the same uuids, which PostHog collapses).")
 
 
 # --- retry-rejects -----------------------------------------------------------------------------------
@@ -328,14 +354,18 @@ def inspect(**kwargs: Any) -> None:
     overrides = mapping_overrides(kwargs)
     try:
         settings = settings_from(kwargs)
-        job = open_job(settings, overrides, create=False)
+        job = open_job(settings, overrides, create=False, reuse_prepared=False)
         stats, examples = inspect_sources(job)
+        disk_estimate = estimate_work_bytes(job.sources)
+        if (warning := disk_space_warning(job.root, disk_estimate)) is not None:
+            stats.warnings[warning] += 1
     except MigrateError as error:
         fail(error)
     except KeyboardInterrupt:  # inspect keeps no state: nothing to save, just stop quietly
         click.echo("Interrupted.", err=True)
         sys.exit(ExitStatus.INTERRUPTED_SIGINT)
     click.echo(preflight_report(stats, job.format_name))
+    click.echo(f"Temporary disk:    about {human_bytes(disk_estimate)} in {job.root} while the job runs")
     if examples:
         click.echo("First rejected rows:")
         for example in examples:
@@ -380,11 +410,18 @@ def describe_status(root: Path) -> str:
         return (f"Job {root}: preparing: {len(results)} of {total} input files done, {rows:,} rows read; "
                 "nothing has been sent.\n"
                 "A resume skips the finished files and continues each unfinished one after its last spill.")
+    problems = prepared_job_problems(root, manifest)
+    if problems:
+        return f"Job {root}: damaged\n{_sentence(str(DamagedJob(root, problems)))}"
     stats = PrepareStats.from_dict(manifest["stats"])
     progress = JobState(root / "state.json").send
     total = stats.events
     done = progress.events_sent + progress.server_rejected_events
-    if progress.finished:
+    job_books = books(stats, progress)
+    if progress.finished and not job_books.balanced:
+        phase = "damaged"
+        next_step = _sentence(unbalanced_message(root, job_books))
+    elif progress.finished:
         phase = "done"
         next_step = "A re-run does nothing more (add --restart to send everything again)."
     elif progress.batches_sent and progress.layout.get("version") != LAYOUT_VERSION:
@@ -412,6 +449,11 @@ def describe_status(root: Path) -> str:
         lines.append(f"Last checkpoint: {age} ago")
     lines.append(next_step)
     return "\n".join(lines)
+
+
+def _sentence(message: str) -> str:
+    """An error message (which starts in lower case, after "Error: ") as a sentence of its own."""
+    return message[:1].upper() + message[1:]
 
 
 # --- serve -------------------------------------------------------------------------------------------

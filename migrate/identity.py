@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from migrate.errors import DamagedJob
 from migrate.event import Event, uuid5_text
 from migrate.spool import MAX_MERGE_FAN_IN
 
@@ -115,10 +116,16 @@ class IdentityCollector:
             yield current
 
     def _read_run(self, name: str) -> Iterator[tuple[str, str, int, int]]:
-        reader = pa.ipc.open_file(pa.OSFile(str(self.directory / name), "rb"))
-        for index in range(reader.num_record_batches):
-            batch = reader.get_batch(index)
-            yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+        """A pairs run's rows, a record batch at a time. A file that Arrow cannot read (left by an interrupted
+        prepare and damaged since) is a damaged job, not a traceback."""
+        path = self.directory / name
+        try:
+            reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+            for index in range(reader.num_record_batches):
+                batch = reader.get_batch(index)
+                yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+        except (pa.ArrowException, OSError) as error:
+            raise DamagedJob(self.directory.parent, [f"{path} cannot be read ({error})"]) from None
 
 
 def identify_event(user: str, device: str, timestamp_us: int) -> Event:

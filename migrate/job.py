@@ -52,6 +52,9 @@ class Job:
     job_id: str = ""
     import_source: str = ""  # what $import_source says: the format the rows came in (csv, amplitude, ...)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Inputs of a prepared job that are no longer there, with the fingerprints prepare recorded: the job
+    # sends from its work directory, so a moved or deleted input is no change (see open_job).
+    gone_inputs: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
@@ -115,23 +118,56 @@ def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
     return formats.pop()
 
 
-def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Job:
-    """Find the inputs, pick the adapter and check the mapping against the files: all before any work."""
-    sources = expand_sources(settings.sources, explicit_format=settings.format != "auto")
+def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse_prepared: bool = True) -> Job:
+    """Find the inputs, pick the adapter and check the mapping against the files: all before any work.
+
+    A job whose prepare finished (``manifest.json`` written) never reads its sources again, so it opens
+    without them: its inputs are the ones it recorded, and those that are gone are noted in
+    ``Job.gone_inputs`` (prepare still refuses inputs that are there with another content, or new ones).
+    ``reuse_prepared=False`` (inspect, which reads the sources) and ``--restart`` always need the inputs.
+    """
+    root = settings.job_directory()
+    explicit_format = settings.format != "auto"
+    manifest = read_json(root / "manifest.json") if reuse_prepared and not settings.restart else None
+    if manifest is None:
+        sources, gone = expand_sources(settings.sources, explicit_format), {}
+    else:
+        sources, gone = _sources_of_prepared_job(settings.sources, explicit_format, manifest)
     format_name = choose_format(settings, sources)
     mapping = load_mapping(settings, cli_overrides)
     adapter = adapter_class(format_name)(mapping)
-    if format_name in ("csv", "jsonl", "parquet"):
+    if manifest is None and format_name in ("csv", "jsonl", "parquet"):
         # The first file that has columns stands for all: an empty file (no header) tells nothing.
         for source in sources:
             columns = adapter.columns(source)
             if columns:
                 mapping.check_columns(columns, source.uri)
                 break
-    root = settings.job_directory()
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id())
+    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(), gone_inputs=gone)
+
+
+def _sources_of_prepared_job(arguments: tuple[str, ...], explicit_format: bool, manifest: dict,
+                             ) -> tuple[list[SourceFile], dict[str, dict]]:
+    """The inputs of a prepared job: those it recorded (gone or not) and any the arguments name now.
+
+    Each argument is listed on its own, and one that names nothing any more (moved, deleted) adds nothing.
+    A file found now that the job did not record keeps its place in the sorted list, so that prepare
+    names it as added and refuses, as for any other change of inputs.
+    """
+    found: dict[str, SourceFile] = {}
+    for argument in arguments:
+        try:
+            found.update((source.uri, source) for source in expand_sources([argument], explicit_format))
+        except ConfigError:  # nothing there any more: the work directory holds what the job needs
+            continue
+    recorded = {entry["uri"]: entry for entry in manifest["fingerprint"]["inputs"]}
+    gone = {uri: entry for uri, entry in recorded.items() if uri not in found}
+    sources = [found.get(uri) or SourceFile(uri=uri, index=0, size=recorded[uri]["size"],
+                                            mtime_ns=recorded[uri]["mtime_ns"])
+               for uri in sorted(found.keys() | recorded.keys())]
+    return [replace(source, index=index) for index, source in enumerate(sources)], gone
 
 
 class JobLock:
@@ -171,12 +207,14 @@ def job_fingerprint(job: Job) -> dict:
         "format": job.format_name,
         "mapping": job.mapping.to_dict(),
         "shard": job.settings.shard_pair(),
-        "inputs": [fingerprint(source) for source in job.sources],
+        "inputs": [job.gone_inputs.get(source.uri) or fingerprint(source) for source in job.sources],
         "lookups": [fingerprint_path(uri) for uri in job.adapter.extra_inputs()],
     }))
 
 
-def describe_fingerprint_change(old: dict, new: dict) -> str:
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs between the fingerprint a job was prepared with and today's, as lines for a person
+    (none: the same job). Inputs are compared by content, so a file whose mtime alone changed is unchanged."""
     lines = []
     if old.get("job_id") != new.get("job_id"):
         lines.append(f"job name: {old.get('job_id', '(not recorded)')} → {new.get('job_id')}")
@@ -189,7 +227,9 @@ def describe_fingerprint_change(old: dict, new: dict) -> str:
         lines.append(f"mapping changed ({', '.join(changed)})")
     lines += describe_changes(old.get("inputs", []), new["inputs"])
     lines += describe_changes(old.get("lookups", []), new.get("lookups", []))
-    return "; ".join(lines) or "settings changed"
+    described = {"job_id", "format", "shard", "mapping", "inputs", "lookups"}
+    lines += [f"{key} changed" for key in sorted((old.keys() | new.keys()) - described) if old.get(key) != new.get(key)]
+    return lines
 
 
 PREPARED_FILES = ("manifest.json", "prepare.json", "state.json", "rejects.jsonl")

@@ -21,6 +21,7 @@ from migrate.batches import BatchLayout, Window, cut_windows
 from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from migrate.config import Settings
 from migrate.errors import ConfigError
+from migrate.integrity import check_prepared_job
 from migrate.job import Job
 from migrate.report import RejectsWriter, human_duration, progress_bar
 from migrate.sender import BatchResult, Dispatcher, RetryNotice, SendCounters, Sender, SendSettings
@@ -63,6 +64,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     whose port changes from run to run); a resume to another target is refused once the recorded one
     acknowledged a batch (before that, e.g. after a redirect, the job may move to the right host).
     """
+    check_prepared_job(job.root, manifest)  # never send from a damaged run or an impossible checkpoint
     settings = job.settings
     layout = _layout(settings)
     state = JobState(job.state_path)
@@ -123,7 +125,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
         retries.clear()
         bar.update(batch.n_events)
 
-    dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.persisted_seq)
+    dispatcher = Dispatcher(sender, settings.concurrency, stop, persisted=lambda: checkpoints.saved_seq())
     checkpoints = CheckpointWriter(state, progress.next_seq, on_persisted=dispatcher.wake)
     try:
         # Cutting a window takes a while (merging ~8k events): acknowledgements are reported, and so
@@ -179,6 +181,7 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
 
     The project key is replaced by a placeholder: it never lands on disk.
     """
+    check_prepared_job(job.root, manifest)
     layout = _layout(job.settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("batch-*.json"):

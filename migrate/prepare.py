@@ -38,7 +38,7 @@ from migrate.checkpoint import atomic_write_json, crash_point, read_json
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from migrate.identity import IdentityCollector, identify_event
-from migrate.job import Job, describe_fingerprint_change, job_fingerprint, person_hash
+from migrate.job import Job, fingerprint_changes, job_fingerprint, person_hash
 from migrate.mapping import Filtered
 from migrate.report import EventTally, PrepareStats, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
@@ -47,6 +47,7 @@ from migrate.spool import (
     EVENT_FROM_ROW,
     MAX_EVENTS_PER_ROW,
     TIEBREAK_SUB_BITS,
+    RunFile,
     RunWriter,
     compact_runs,
     make_tiebreak,
@@ -194,8 +195,7 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
     identities = IdentityCollector(job.identity_dir, run_bytes // 2, prefix=f"pairs-{index:05d}-")
     stats, skip_rows = PrepareStats(), 0
     if progress is not None:
-        runs = progress["runs"]
-        writer.adopt([job.runs_dir / run["file"] for run in runs], [run["rows"] for run in runs])
+        writer.adopt([RunFile.from_dict(run) for run in progress["runs"]])
         identities.run_names = list(progress["identity_runs"])
         stats, skip_rows = PrepareStats.from_dict(progress["stats"]), progress["row"]
     keep = {run["file"] for run in progress["runs"]} | set(progress["identity_runs"]) if progress else set()
@@ -252,7 +252,8 @@ def _rare_young_collections() -> Iterator[None]:
 
 
 def _runs_list(writer: RunWriter) -> list[dict]:
-    return [{"file": p.name, "rows": n} for p, n in zip(writer.run_paths, writer.run_rows, strict=True)]
+    """The writer's runs as the checkpoints and the manifest record them: name, rows, size and checksum."""
+    return [run.to_dict() for run in writer.runs]
 
 
 # --- worker processes --------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def _start_or_resume(job: Job, fingerprint_now: dict) -> None:
     recording one more finished file costs the same however many there are.
     """
     state = read_json(job.prepare_progress_path)
-    if state is not None and state.get("fingerprint") == fingerprint_now:
+    if state is not None and not fingerprint_changes(state.get("fingerprint", {}), fingerprint_now):
         return
     for directory in (job.runs_dir, job.identity_dir, job.parts_dir):
         shutil.rmtree(directory, ignore_errors=True)
@@ -340,10 +341,9 @@ def prepare(job: Job) -> dict:
     fingerprint_now = job_fingerprint(job)
     manifest = read_json(job.manifest_path)
     if manifest is not None:
-        if manifest.get("fingerprint") != fingerprint_now:
+        if changes := fingerprint_changes(manifest.get("fingerprint", {}), fingerprint_now):
             raise ConfigError(
-                f"job {job.root} was prepared from different inputs or mapping: "
-                f"{describe_fingerprint_change(manifest.get('fingerprint', {}), fingerprint_now)}. "
+                f"job {job.root} was prepared from different inputs or mapping: {'; '.join(changes)}. "
                 "To migrate the new inputs as a new job, give --job NAME; to start this job over "
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
@@ -418,8 +418,8 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     runs += _runs_list(writer)
     for stale in job.runs_dir.glob("merged-*"):
         stale.unlink()  # from a compaction that was interrupted: redone
-    compacted = compact_runs(job.runs_dir, [(run["file"], run["rows"]) for run in runs])
-    runs = [{"file": name, "rows": rows} for name, rows in compacted]
+    compacted = compact_runs(job.runs_dir, [RunFile.from_dict(run) for run in runs])
+    runs = [run.to_dict() for run in compacted]
     rejects_bytes = _join_rejects(job)
     manifest = {
         "version": MANIFEST_VERSION,

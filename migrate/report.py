@@ -321,6 +321,34 @@ def warning_lines(stats: PrepareStats) -> list[str]:
     return ["Warnings:", *format_counter(stats.warnings)]
 
 
+@dataclass(frozen=True)
+class Books:
+    """The accounting equation of a job: every row read ends as exactly one of sent, rejected or filtered."""
+
+    rows_read: int
+    rows_sent: int
+    rejected: int
+    filtered: int
+
+    @property
+    def accounted(self) -> int:
+        return self.rows_sent + self.rejected + self.filtered
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.accounted
+
+    def equation(self) -> str:
+        return f"{self.rows_read:,} = {self.rows_sent:,} + {self.rejected:,} + {self.filtered:,}"
+
+
+def books(stats: PrepareStats, sent: Any) -> Books:
+    """The one place that decides whether a job's books balance: the summary, run's exit status and status
+    all ask it. ``sent`` is the send phase's SendProgress (rows it sent and rows the server refused)."""
+    return Books(stats.rows_read, sent.rows_sent, stats.rejected_total + sent.server_rejected_rows,
+                 stats.filtered_total)
+
+
 def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
                 rejects_path: Path, dry_run_dir: Path | None = None, received_path: Path | None = None,
                 resumed_from: int = 0, prepare_seconds: float | None = None) -> str:
@@ -328,8 +356,8 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
 
     ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters.
     """
-    rejected_total = stats.rejected_total + sent.server_rejected_rows
-    balanced = stats.rows_read == sent.rows_sent + rejected_total + stats.filtered_total
+    job_books = books(stats, sent)
+    rejected_total = job_books.rejected
     verb = "written" if dry_run_dir else "sent"
     lines = [
         f"Target:            {target}",
@@ -337,8 +365,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
         f"  {verb:<16} {sent.rows_sent:,}",
         f"  rejected         {rejected_total:,}",
         f"  filtered         {stats.filtered_total:,}",
-        f"  check            {stats.rows_read:,} = {sent.rows_sent:,} + {rejected_total:,} + "
-        f"{stats.filtered_total:,}  {'✓ balanced' if balanced else '✗ NOT balanced: please report this'}",
+        f"  check            {job_books.equation()}  {'✓ balanced' if job_books.balanced else '✗ NOT balanced'}",
         f"{'Events ' + verb + ':':<19}{sent.events_sent:,} in {sent.batches_sent:,} batches"
         + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
     ]

@@ -178,14 +178,19 @@ def fingerprint_path(uri: str) -> dict:
     return fingerprint(SourceFile(uri=uri, index=-1, size=info.size or 0, mtime_ns=info.mtime_ns or 0))
 
 
+# What says an input's content changed. Not mtime_ns: a bare ``touch``, a copy or a checkout changes it
+# while the content, and so every event made from it, stays the same.
+CONTENT_FINGERPRINT = ("size", "sample_sha256")
+
+
 def describe_changes(before: list[dict], after: list[dict]) -> list[str]:
-    """Human lines saying which inputs differ between two fingerprint lists."""
+    """Human lines saying which inputs differ between two fingerprint lists (by content)."""
     old = {f["uri"]: f for f in before}
     new = {f["uri"]: f for f in after}
     lines = [f"removed: {uri}" for uri in sorted(old.keys() - new.keys())]
     lines += [f"added: {uri}" for uri in sorted(new.keys() - old.keys())]
     for uri in sorted(old.keys() & new.keys()):
-        changed = [key for key in ("size", "mtime_ns", "sample_sha256") if old[uri][key] != new[uri][key]]
+        changed = [key for key in CONTENT_FINGERPRINT if old[uri][key] != new[uri][key]]
         if changed:
             lines.append(f"changed ({', '.join(changed)}): {uri}")
     return lines

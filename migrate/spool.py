@@ -12,6 +12,10 @@ The sort key is ``(ts, tiebreak)``: the timestamp in microseconds, then the even
 (file index, row number, sub-event), so equal timestamps keep input order and every key is unique.
 A merge can start from a :class:`MergeCursor` (rows already taken from each run), which is how ``send``
 resumes without re-reading or re-sorting anything.
+
+Every run is recorded as a :class:`RunFile`: its name, rows, size and checksum, taken right after it is
+written, so that a later phase (or another process, days later) can tell a damaged run from a good one
+before sending anything from it (see ``migrate.integrity``).
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from migrate.errors import DamagedJob
+
+try:  # isal's CRC-32 is the same function as zlib's, ~3.5x faster (8 GB/s here); an optional dependency
+    from isal.isal_zlib import crc32
+except ImportError:
+    from zlib import crc32
 
 # Layout of the tie-breaker: file index (19 bits) | row number (36 bits) | sub-event (8 bits).
 TIEBREAK_ROW_BITS = 36
@@ -64,9 +75,49 @@ def split_tiebreak(tiebreak: int) -> tuple[int, int, int]:
     return tiebreak >> (TIEBREAK_ROW_BITS + TIEBREAK_SUB_BITS), row, sub
 
 
+CHECKSUM_READ_BYTES = 1 << 20
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def file_checksum(path: Path) -> str:
+    """The CRC-32 of a file's bytes, as ``crc32:xxxxxxxx``: recorded when a run is written, compared before
+    it is read. LZ4 in Arrow IPC carries no checksum of its own, so a flipped bit in a payload would
+    otherwise be sent as it is; CRC-32 catches every burst error up to 32 bits, at ~5 GB/s from the page
+    cache (a 36 MB run: 7 ms, against ~300 ms to sort and write it)."""
+    value = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHECKSUM_READ_BYTES):
+            value = crc32(chunk, value)
+    return f"crc32:{value:08x}"
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A run as the manifest records it: which file, how many rows, and its size and checksum when written.
+
+    ``bytes`` and ``checksum`` are None in a job prepared by a version that did not record them.
+    """
+
+    file: str
+    rows: int
+    bytes: int | None = None
+    checksum: str | None = None
+
+    @classmethod
+    def written(cls, path: Path, rows: int) -> RunFile:
+        """The record of a run just written (and fsync'd) at ``path``."""
+        return cls(path.name, rows, path.stat().st_size, file_checksum(path))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunFile:
+        return cls(data["file"], data["rows"], data.get("bytes"), data.get("checksum"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class RunWriter:
@@ -82,9 +133,12 @@ class RunWriter:
         self.directory = directory
         self.run_bytes = min(run_bytes, MAX_RUN_BYTES)
         self.prefix = prefix
-        self.run_paths: list[Path] = []
-        self.run_rows: list[int] = []
+        self.runs: list[RunFile] = []
         self._reset()
+
+    @property
+    def run_paths(self) -> list[Path]:
+        return [self.directory / run.file for run in self.runs]
 
     def _reset(self) -> None:
         self._ts = array("q")
@@ -111,9 +165,9 @@ class RunWriter:
         """The buffer reached its share of the memory budget: the caller spills at its next clean point."""
         return self.buffered_bytes >= self.run_bytes
 
-    def adopt(self, run_paths: list[Path], run_rows: list[int]) -> None:
+    def adopt(self, runs: list[RunFile]) -> None:
         """Continue after runs written by an earlier, interrupted process."""
-        self.run_paths, self.run_rows = list(run_paths), list(run_rows)
+        self.runs = list(runs)
 
     def spill(self) -> None:
         """Sort the buffer and write it as one run file (fsync'd: a later phase trusts it)."""
@@ -134,13 +188,12 @@ class RunWriter:
         self._reset()
         average_row = max(1, table.nbytes // max(1, table.num_rows))
         rows_per_batch = max(256, RUN_RECORD_BATCH_BYTES // average_row)
-        path = self.directory / f"{self.prefix}{len(self.run_paths):04d}.arrow"
+        path = self.directory / f"{self.prefix}{len(self.runs):04d}.arrow"
         options = pa.ipc.IpcWriteOptions(compression="lz4")
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPOOL_SCHEMA, options=options) as writer:
             writer.write_table(table, max_chunksize=rows_per_batch)
         _fsync_file(path)
-        self.run_paths.append(path)
-        self.run_rows.append(table.num_rows)
+        self.runs.append(RunFile.written(path, table.num_rows))
 
     def close(self) -> list[Path]:
         self.spill()
@@ -178,9 +231,13 @@ class _RunReader:
     """
 
     def __init__(self, path: Path, skip: int):
+        self.path = path
         # Single-threaded decoding: handing each ~256 KiB batch's LZ4 blocks to Arrow's thread pool cost
         # about three times the CPU of decompressing them here (and was slower, too).
-        self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"), options=_READ_OPTIONS)
+        try:
+            self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"), options=_READ_OPTIONS)
+        except (pa.ArrowException, OSError) as error:
+            raise self._damaged(error) from None
         self._next_batch = 0
         self._skip = skip
         self.current: pa.RecordBatch | None = None
@@ -190,7 +247,10 @@ class _RunReader:
     def load_next(self) -> None:
         self.current = None
         while self._next_batch < self._reader.num_record_batches:
-            batch = self._reader.get_batch(self._next_batch)
+            try:
+                batch = self._reader.get_batch(self._next_batch)
+            except (pa.ArrowException, OSError) as error:
+                raise self._damaged(error) from None
             self._next_batch += 1
             if self._skip >= batch.num_rows:
                 self._skip -= batch.num_rows
@@ -205,6 +265,11 @@ class _RunReader:
             self.payload = batch.column(4)
             self.sizes = pc.binary_length(self.payload).to_numpy()
             return
+
+    def _damaged(self, error: Exception) -> DamagedJob:
+        """A run that Arrow cannot read. Runs are checked before a merge starts (``migrate.integrity``):
+        this is the defence behind that check, for a file damaged while it is being merged."""
+        return DamagedJob(self.path.parent.parent, [f"{self.path.name} cannot be read ({error})"])
 
     def last_key(self) -> tuple[int, int]:
         return int(self.ts[-1]), int(self.tiebreak[-1])
@@ -308,8 +373,7 @@ def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iter
         yield merged.to_table()
 
 
-def compact_runs(directory: Path, runs: list[tuple[str, int]], fan_in: int = MAX_MERGE_FAN_IN,
-                 ) -> list[tuple[str, int]]:
+def compact_runs(directory: Path, runs: list[RunFile], fan_in: int = MAX_MERGE_FAN_IN) -> list[RunFile]:
     """Merge runs in groups of ``fan_in`` until at most ``fan_in`` remain (a multi-level external sort).
 
     The final merge holds one record batch per run, so its memory grows with the number of runs, and
@@ -326,9 +390,9 @@ def compact_runs(directory: Path, runs: list[tuple[str, int]], fan_in: int = MAX
             if len(group) == 1:
                 compacted.append(group[0])
                 continue
-            name = f"merged-{level}-{group_start // fan_in:05d}.arrow"
-            rows = _write_merged(directory / name, [directory / run for run, _ in group])
-            compacted.append((name, rows))
+            path = directory / f"merged-{level}-{group_start // fan_in:05d}.arrow"
+            rows = _write_merged(path, [directory / run.file for run in group])
+            compacted.append(RunFile.written(path, rows))
         runs = compacted
         level += 1
     return runs

@@ -201,5 +201,5 @@ def test_describe_changes_lists_removed_added_and_changed_inputs():
         "removed: /a",
         "added: /e",
         "changed (size): /b",
-        "changed (mtime_ns, sample_sha256): /c",
+        "changed (sample_sha256): /c",
     ]

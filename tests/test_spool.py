@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrate.spool import MergeCursor, RunWriter, compact_runs, make_tiebreak, merge_runs, split_tiebreak
+from migrate.spool import MergeCursor, RunFile, RunWriter, compact_runs, make_tiebreak, merge_runs, split_tiebreak
 
 
 def _spill(tmp_path, events, run_bytes):
@@ -90,8 +90,8 @@ def test_compaction_merges_runs_down_to_the_fan_in_without_changing_the_stream(t
     run_paths = _spill(tmp_path, events, run_bytes=8_000)
     assert len(run_paths) > 30
     before = pa.concat_tables(list(merge_runs(run_paths))).drop_columns(["run"])
-    runs = [(p.name, pa.ipc.open_file(str(p)).read_all().num_rows) for p in run_paths]
+    runs = [RunFile.written(p, pa.ipc.open_file(str(p)).read_all().num_rows) for p in run_paths]
     compacted = compact_runs(tmp_path, runs, fan_in=4)
-    assert len(compacted) <= 4 and sum(rows for _, rows in compacted) == 6_000
-    after = pa.concat_tables(list(merge_runs([tmp_path / name for name, _ in compacted]))).drop_columns(["run"])
+    assert len(compacted) <= 4 and sum(run.rows for run in compacted) == 6_000
+    after = pa.concat_tables(list(merge_runs([tmp_path / run.file for run in compacted]))).drop_columns(["run"])
     assert after.equals(before)
