@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from migrate.config import Settings
     from migrate.job import Job
 
+
 class ExitStatus(enum.IntEnum):
     DONE = 0
     FAILED = 1
