@@ -17,6 +17,8 @@ import orjson
 import pytest
 from tqdm import tqdm
 
+from migrate.spool import RunWriter, compact_runs, rows_to_compact
+
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 
 HEAVY_MODULES = {"numpy", "pyarrow", "requests", "tqdm", "adapters"}
@@ -169,3 +171,16 @@ def test_every_step_after_reading_shows_its_progress_and_quiet_shows_none(tmp_pa
     quiet = run_cli([*arguments, "--restart", "--quiet"], tmp_path)
     assert quiet.returncode == 3, quiet.stderr
     assert quiet.stderr == "", quiet.stderr
+
+
+def test_the_merging_bar_total_is_what_the_compaction_writes_over_all_its_levels(tmp_path):
+    writer = RunWriter(tmp_path, run_bytes=4_000)
+    for number in range(3_000):
+        writer.add(number * 7 % 1_000, number, 0, 0, b'{"n":%d}' % number)
+        if writer.full:
+            writer.spill()
+    runs = [(path.name, rows) for path, rows in zip(writer.close(), writer.run_rows, strict=True)]
+    assert len(runs) > 4 * 4  # a fan-in of 4 takes two levels
+    written: list[int] = []
+    compact_runs(tmp_path, runs, fan_in=4, on_rows=written.append)
+    assert sum(written) == rows_to_compact(runs, fan_in=4) > 3_000
