@@ -193,6 +193,15 @@ class _ZipMemberStream:
         self._file.close()
 
 
+_input_bytes_read = 0
+
+
+def input_bytes_read() -> int:
+    """Bytes this process has read from input files so far (as stored: gzip'd bytes for a .gz), for the
+    reading progress bar. Counted once per read call of up to 1 MiB, never per row."""
+    return _input_bytes_read
+
+
 class _ArrowStreamAdapter(io.RawIOBase):
     """Lets the stdlib's buffered, gzip and csv machinery read a pyarrow input stream."""
 
@@ -203,9 +212,11 @@ class _ArrowStreamAdapter(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        global _input_bytes_read
         data = self._stream.read(len(buffer))
         size = len(data)
         buffer[:size] = data
+        _input_bytes_read += size
         return size
 
     def close(self) -> None:

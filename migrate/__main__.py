@@ -1,5 +1,5 @@
 """``python -m migrate`` is the same as the ``posthog-migrate`` command."""
 
-from migrate.cli import main
+from migrate.entry import main
 
 main()

@@ -14,22 +14,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from migrate import __version__
-from migrate.batches import LAYOUT_VERSION
-from migrate.checkpoint import JobState, read_json
-from migrate.config import LOCAL_API_KEY, LOCAL_HOST, Settings, resolve_settings
-from migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, human_bytes, is_disk_full
 from migrate.errors import ConfigError, DamagedJob, MigrateError
-from migrate.integrity import prepared_job_problems
-from migrate.job import Job, JobLock, open_job, open_retry_job, reset_job
-from migrate.pipeline import dry_run, send
-from migrate.prepare import inspect_sources, prepare
-from migrate.report import Books, PrepareStats, books, day_of, human_duration, preflight_report, run_summary
-from migrate.sender import Interrupted
+
+# The pipeline's modules (numpy, pyarrow, requests...) are imported inside the commands that use them, so
+# that --help, --version and a mistyped option answer at once.
+if TYPE_CHECKING:
+    from migrate.config import Settings
+    from migrate.job import Job
+    from migrate.report import Books
 
 
 class ExitStatus(enum.IntEnum):
@@ -148,6 +145,8 @@ def mapping_overrides(kwargs: dict) -> dict:
 
 
 def settings_from(kwargs: dict) -> Settings:
+    from migrate.config import resolve_settings
+
     kwargs["format"] = kwargs.pop("format_")
     return resolve_settings(kwargs)
 
@@ -209,6 +208,8 @@ def run(**kwargs: Any) -> None:
 
     Running the same command again resumes the job; --restart starts it over.
     """
+    from migrate.job import open_job
+
     overrides = mapping_overrides(kwargs)
     settings = _settings_or_fail(kwargs)
     _migrate(settings, lambda: open_job(settings, overrides))
@@ -223,6 +224,11 @@ def _settings_or_fail(kwargs: dict) -> Settings:
 
 def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | None = None) -> None:
     """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
+    from migrate.config import LOCAL_API_KEY
+    from migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, is_disk_full
+    from migrate.job import JobLock, reset_job
+    from migrate.sender import Interrupted
+
     stop = threading.Event()
     catcher = SignalCatcher(stop)
     catcher.install()  # before any work: Ctrl-C while the inputs are listed must not print a traceback
@@ -263,7 +269,12 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
     sys.exit(status)
 
 
-def _run_job(job, api_key: str) -> ExitStatus:
+def _run_job(job: Job, api_key: str) -> ExitStatus:
+    from migrate.config import LOCAL_HOST
+    from migrate.pipeline import dry_run, send
+    from migrate.prepare import prepare
+    from migrate.report import PrepareStats, books, run_summary
+
     settings = job.settings
     if not settings.quiet:
         click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}", err=True)
@@ -324,6 +335,8 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
     own); events the server refused are re-sent as they were. Nothing already accepted is sent again.
     The retry is a job of its own in JOB's work directory: run the same command again to resume it.
     """
+    from migrate.job import open_retry_job
+
     original = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
     if original is None or not original.is_dir():
         fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"))
@@ -351,6 +364,11 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
 @source_options
 def inspect(**kwargs: Any) -> None:
     """Preflight report for SOURCE...: rows, time range, events per day, top events, rejects. Sends nothing."""
+    from migrate.diskspace import disk_space_warning, estimate_work_bytes, human_bytes
+    from migrate.job import open_job
+    from migrate.prepare import inspect_sources
+    from migrate.report import preflight_report
+
     overrides = mapping_overrides(kwargs)
     try:
         settings = settings_from(kwargs)
@@ -361,9 +379,6 @@ def inspect(**kwargs: Any) -> None:
             stats.warnings[warning] += 1
     except MigrateError as error:
         fail(error)
-    except KeyboardInterrupt:  # inspect keeps no state: nothing to save, just stop quietly
-        click.echo("Interrupted.", err=True)
-        sys.exit(ExitStatus.INTERRUPTED_SIGINT)
     click.echo(preflight_report(stats, job.format_name))
     click.echo(f"Temporary disk:    about {human_bytes(disk_estimate)} in {job.root} while the job runs")
     if examples:
@@ -395,7 +410,10 @@ def status(job: str | None, workdir: str | None) -> None:
 
 
 def describe_status(root: Path) -> str:
-    import time
+    from migrate.batches import LAYOUT_VERSION
+    from migrate.checkpoint import JobState, read_json
+    from migrate.integrity import prepared_job_problems
+    from migrate.report import PrepareStats, books, day_of, human_duration
 
     manifest = read_json(root / "manifest.json")
     if manifest is None:
@@ -486,6 +504,9 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
     Ctrl-C or SIGTERM stops it and prints how many requests and events it took."""
     from migrate.capture_server import serve as serve_forever
 
+    # The server stops on KeyboardInterrupt, closing its out file and printing its counts: Ctrl-C raises it
+    # again instead of ending the process at once (see migrate.entry).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,
                       fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed,

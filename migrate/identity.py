@@ -18,7 +18,7 @@ import heapq
 import itertools
 import os
 import uuid as uuid_module
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,9 +40,10 @@ class IdentityCollector:
     """Remembers the earliest sighting of each (user, device) pair, spilling sorted runs to disk."""
 
     def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None,
-                 prefix: str = "pairs-"):
+                 prefix: str = "pairs-", on_read: Callable[[int], None] | None = None):
         self.directory = directory
         self.prefix = prefix
+        self.on_read = on_read  # told of every n pairs read back from the runs: the identity pass's progress
         self.max_pairs = max(1_000, budget_bytes // BYTES_PER_PAIR)
         self.run_names: list[str] = list(run_names or [])
         self._first: dict[tuple[str, str], tuple[int, int]] = {}
@@ -123,6 +124,8 @@ class IdentityCollector:
             reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
             for index in range(reader.num_record_batches):
                 batch = reader.get_batch(index)
+                if self.on_read is not None:
+                    self.on_read(batch.num_rows)
                 yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
         except (pa.ArrowException, OSError) as error:
             raise DamagedJob(self.directory.parent, [f"{path} cannot be read ({error})"]) from None

@@ -190,14 +190,19 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
     started = time.monotonic()
     counters = SendCounters()
     cursor = MergeCursor.start(len(manifest["runs"]))
-    for window in _windows(job, manifest, cursor, 0, layout):
-        for batch in window.batches:
-            body = batch.body(DRY_RUN_KEY_PLACEHOLDER)
-            (out_dir / f"batch-{batch.seq:06d}.json").write_bytes(body)
-            counters.count("dry-run", len(body))
-            progress.batches_sent += 1
-            progress.events_sent += batch.n_events
-            progress.rows_sent += batch.count_kind(EVENT_FROM_ROW)
+    bar = progress_bar(manifest["stats"]["events"], "events", "writing request bodies", job.settings.quiet)
+    try:
+        for window in _windows(job, manifest, cursor, 0, layout):
+            for batch in window.batches:
+                body = batch.body(DRY_RUN_KEY_PLACEHOLDER)
+                (out_dir / f"batch-{batch.seq:06d}.json").write_bytes(body)
+                counters.count("dry-run", len(body))
+                progress.batches_sent += 1
+                progress.events_sent += batch.n_events
+                progress.rows_sent += batch.count_kind(EVENT_FROM_ROW)
+                bar.update(batch.n_events)
+    finally:
+        bar.close()
     return SendOutcome(progress, counters, time.monotonic() - started, dry_run_dir=out_dir)
 
 

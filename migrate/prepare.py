@@ -33,14 +33,14 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from adapters import adapter_class
-from adapters.base import BadRow, SourceFile
+from adapters.base import BadRow, SourceFile, input_bytes_read
 from migrate.checkpoint import atomic_write_json, crash_point, read_json
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from migrate.identity import IdentityCollector, identify_event
 from migrate.job import Job, fingerprint_changes, job_fingerprint, person_hash
 from migrate.mapping import Filtered
-from migrate.report import EventTally, PrepareStats, RejectsWriter, progress_bar
+from migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
 from migrate.spool import (
     EVENT_ADDED,
@@ -51,6 +51,7 @@ from migrate.spool import (
     RunWriter,
     compact_runs,
     make_tiebreak,
+    rows_to_compact,
 )
 
 MANIFEST_VERSION = 1
@@ -64,6 +65,8 @@ MIN_BYTES_FOR_WORKERS = 16 * 1024 * 1024
 PARENT_CHECK_SECONDS = 0.2
 # Allocations between two collections of the young generation while mapping (Python's default: 700).
 YOUNG_COLLECTION_THRESHOLD = 50_000
+# Joining the rejects parts copies this much at a time (and moves its progress bar as often).
+COPY_CHUNK_BYTES = 1 << 20
 
 
 # --- reading and mapping rows ------------------------------------------------------------------------
@@ -80,12 +83,14 @@ def position_shard(file_index: int, row_number: int, shards: int) -> int:
 
 def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callable, stats: PrepareStats,
              skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
-             on_progress: Callable[[int], None] | None = None) -> None:
+             on_progress: Callable[[int, int], None] | None = None) -> None:
     """Read one source, map and validate every row; hand events and rejects to the callbacks.
 
     Shared by :func:`prepare_file` (which spills events to runs) and :func:`inspect_sources` (which
     only counts). ``skip_rows`` resumes after a checkpoint; ``after_chunk(last_row)`` is called after
     each chunk of rows: a clean point to spill and checkpoint, since no row is ever half-handled there.
+    ``on_progress(rows, bytes)`` is told after each chunk how many rows and bytes of the file were read
+    since the last call; by the end, the bytes add up to the file's size.
     """
     now_us = utc_now_us()
     adapter, finisher, shard = job.adapter, job.finisher, job.settings.shard_pair()
@@ -105,6 +110,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     tally_name, tally_source = tally.names.append, tally.source_names.append
     tally_time, tally_person = tally.timestamps.append, tally.people.append
     file_bits = make_tiebreak(source.index, 0)
+    bytes_before, bytes_shown = input_bytes_read(), 0
     for chunk in adapter.read(source):
         if job.stop.is_set():
             raise Interrupted
@@ -158,9 +164,13 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 on_event(event, payload, row_bits | sub_event, person)
         stats.add_tally(tally, now_us)
         if on_progress is not None:
-            on_progress(len(chunk))
+            bytes_now = min(input_bytes_read() - bytes_before, source.size)
+            on_progress(len(chunk), bytes_now - bytes_shown)
+            bytes_shown = bytes_now
         if after_chunk is not None and chunk:
             after_chunk(chunk[-1][0])
+    if on_progress is not None:
+        on_progress(0, source.size - bytes_shown)  # what readers that bypass the count read (Parquet, zip)
     stats.files += 1
 
 
@@ -187,7 +197,7 @@ def _rejects_part(job: Job, index: int) -> Path:
 
 
 def prepare_file(job: Job, source: SourceFile, run_bytes: int,
-                 on_progress: Callable[[int], None] | None = None) -> dict:
+                 on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Read, map and spill one input file, resuming from its own last spill; return its result."""
     index = source.index
     progress = read_json(_progress_path(job, index))
@@ -258,20 +268,21 @@ def _runs_list(writer: RunWriter) -> list[dict]:
 
 # --- worker processes --------------------------------------------------------------------------------
 
-_rows_counter = None
+# Shared with the coordinator: [rows read, bytes read], what its reading bar shows.
+_read_counter = None
 
 
 def _worker_init(counter, coordinator: int) -> None:
-    """Workers leave Ctrl-C to the coordinator, which stops them; they report rows read through ``counter``;
-    and they die with the coordinator (kill -9 included), so no orphan keeps writing into the job.
+    """Workers leave Ctrl-C to the coordinator, which stops them; they report rows and bytes read through
+    ``counter``; and they die with the coordinator (kill -9 included), so no orphan keeps writing into the job.
 
     ``coordinator`` is its pid as the coordinator says it, not os.getppid() read here: a worker can start
     after the coordinator died, and would then take its new parent (init) for the coordinator, and wait
     forever (holding open the dead run's output pipes).
     """
-    global _rows_counter
+    global _read_counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _rows_counter = counter
+    _read_counter = counter
     parent = coordinator
 
     def exit_when_orphaned() -> None:
@@ -282,16 +293,17 @@ def _worker_init(counter, coordinator: int) -> None:
     threading.Thread(target=exit_when_orphaned, daemon=True).start()
 
 
-def _count_rows(rows: int) -> None:
-    with _rows_counter.get_lock():
-        _rows_counter.value += rows
+def _count_read(rows: int, read_bytes: int) -> None:
+    with _read_counter.get_lock():
+        _read_counter[0] += rows
+        _read_counter[1] += read_bytes
 
 
 def _prepare_file_in_worker(job_parts: tuple, source: SourceFile, run_bytes: int) -> tuple[int, dict]:
     settings, root, sources, format_name, mapping, job_id, import_source = job_parts
     job = Job(settings, root, sources, adapter_class(format_name)(mapping), format_name, mapping,
               job_id=job_id, import_source=import_source)
-    return source.index, prepare_file(job, source, run_bytes, _count_rows)
+    return source.index, prepare_file(job, source, run_bytes, _count_read)
 
 
 def _worker_count(job: Job, pending: list[SourceFile]) -> int:
@@ -353,8 +365,10 @@ def prepare(job: Job) -> dict:
     pending = [s for s in job.sources if s.index not in done]
     workers = _worker_count(job, pending)
     run_bytes = max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY // workers)
-    bar = progress_bar(None, "rows", f"reading ({workers} worker{'s' * (workers > 1)})", job.settings.quiet)
-    bar.update(sum(result["stats"]["rows_read"] for result in done.values()))
+    bar = ReadingProgress(sum(source.size for source in job.sources),
+                          f"reading ({workers} worker{'s' * (workers > 1)})", job.settings.quiet,
+                          rows_done=sum(result["stats"]["rows_read"] for result in done.values()),
+                          bytes_done=sum(source.size for source in job.sources if source.index in done))
 
     def finished(index: int, result: dict) -> None:
         atomic_write_json(_result_path(job, index), result)
@@ -364,7 +378,7 @@ def prepare(job: Job) -> dict:
     try:
         if workers == 1:
             for source in pending:
-                finished(source.index, prepare_file(job, source, run_bytes, bar.update))
+                finished(source.index, prepare_file(job, source, run_bytes, bar.advance))
         else:
             _prepare_in_workers(job, pending, workers, run_bytes, bar, finished)
     finally:
@@ -372,15 +386,16 @@ def prepare(job: Job) -> dict:
     return _finish(job, fingerprint_now, run_bytes)
 
 
-def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_bytes: int, bar,
+def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_bytes: int, bar: ReadingProgress,
                         finished: Callable[[int, dict], None]) -> None:
     context = multiprocessing.get_context("spawn")  # no fork: the parent has threads (progress, signals)
-    counter = context.Value("q", 0)
+    counter = context.Array("q", 2)  # see _read_counter
     parts = (job.settings, job.root, job.sources, job.format_name, job.mapping, job.job_id, job.import_source)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                initargs=(counter, os.getpid()))
-    futures = {pool.submit(_prepare_file_in_worker, parts, source, run_bytes) for source in pending}
-    shown = 0
+    with _ctrl_c_held_back():  # the workers are started by the submits
+        futures = {pool.submit(_prepare_file_in_worker, parts, source, run_bytes) for source in pending}
+    shown_rows = shown_bytes = 0
     try:
         while futures:
             done, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -388,8 +403,9 @@ def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_b
                 finished(*future.result())
             if job.stop.is_set():
                 raise Interrupted
-            bar.update(counter.value - shown)
-            shown = counter.value
+            rows, read_bytes = counter[:]
+            bar.advance(rows - shown_rows, read_bytes - shown_bytes)
+            shown_rows, shown_bytes = rows, read_bytes
     except BaseException:
         # Ctrl-C, a crash in a worker: stop them all. Unfinished files resume from their last spill.
         for process in list(getattr(pool, "_processes", {}).values()):
@@ -399,26 +415,47 @@ def _prepare_in_workers(job: Job, pending: list[SourceFile], workers: int, run_b
     pool.shutdown(wait=True)
 
 
+@contextlib.contextmanager
+def _ctrl_c_held_back() -> Iterator[None]:
+    """Hold back SIGINT while worker processes start: they inherit the blocked signal, so a terminal's Ctrl-C
+    (sent to every process of the group) cannot kill one with a traceback while it is still importing,
+    before _worker_init ignores it. The coordinator gets its own SIGINT as soon as the block is lifted."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
-    """All files done: the identity pass, the rejects joined in file order, then the manifest."""
-    done = finished_files(job)
-    results = [done[source.index] for source in job.sources]
+    """All files done: the identity pass, the compaction of the runs, the rejects joined in file order, then
+    the manifest. Each step that has work to do shows a progress bar while it runs."""
+    results = []
     stats = PrepareStats()
-    for result in results:
-        stats.merge(PrepareStats.from_dict(result["stats"]))
+    with _step_progress(job, "adding up the files' counts", "files", len(job.sources), draw=len(job.sources) > 1,
+                        ) as added:
+        for source in job.sources:
+            results.append(read_json(_result_path(job, source.index)))
+            stats.merge(PrepareStats.from_dict(results[-1]["stats"]))
+            added(1)
     runs = [run for result in results for run in result["runs"]]
     for stale in job.identity_dir.glob("pairs-merged-*"):
         stale.unlink()  # from an identity pass that was interrupted: redone
-    identities = IdentityCollector(job.identity_dir, run_bytes // 2,
-                                   [name for result in results for name in result["identity_runs"]])
+    pair_runs = [name for result in results for name in result["identity_runs"]]
     writer = RunWriter(job.runs_dir, run_bytes, prefix="run-identify-")
     for stale in job.runs_dir.glob("run-identify-*"):
         stale.unlink()  # from an identity pass that was interrupted: redone
-    _add_identify_events(job, identities, writer, stats)
+    with _step_progress(job, "identity pass (linking devices to users)", "pairs", None, draw=bool(pair_runs)
+                        ) as pairs_read:
+        identities = IdentityCollector(job.identity_dir, run_bytes // 2, pair_runs, on_read=pairs_read)
+        _add_identify_events(job, identities, writer, stats)
     runs += _runs_list(writer)
     for stale in job.runs_dir.glob("merged-*"):
         stale.unlink()  # from a compaction that was interrupted: redone
-    compacted = compact_runs(job.runs_dir, [RunFile.from_dict(run) for run in runs])
+    run_files = [RunFile.from_dict(run) for run in runs]
+    merging = rows_to_compact(run_files)
+    with _step_progress(job, f"merging {len(runs):,} sorted runs", "events", merging, draw=merging > 0) as merged:
+        compacted = compact_runs(job.runs_dir, run_files, on_rows=merged)
     runs = [run.to_dict() for run in compacted]
     rejects_bytes = _join_rejects(job)
     manifest = {
@@ -444,15 +481,37 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     return manifest
 
 
+@contextlib.contextmanager
+def _step_progress(job: Job, description: str, unit: str, total: int | None, draw: bool,
+                   ) -> Iterator[Callable[[int], None]]:
+    """A progress bar for one step of finishing the prepare, erased when the step is done (none when
+    ``draw`` is false: no work to show). The ``advance(n)`` it yields also stops the step on Ctrl-C:
+    every step is redone from its start by the next run."""
+    bar = progress_bar(total, unit, description, job.settings.quiet or not draw, leave=False)
+
+    def advance(count: int) -> None:
+        if job.stop.is_set():
+            raise Interrupted
+        bar.update(count)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
 def _join_rejects(job: Job) -> int:
     """The per-file rejects parts, in file order, as the job's one rejects file (written atomically)."""
+    parts = [part for source in job.sources if (part := _rejects_part(job, source.index)).exists()]
+    total = sum(part.stat().st_size for part in parts)
     temporary = job.rejects_path.with_name(".rejects.jsonl.tmp")
-    with open(temporary, "wb") as out:
-        for source in job.sources:
-            part = _rejects_part(job, source.index)
-            if part.exists():
-                with open(part, "rb") as handle:
-                    shutil.copyfileobj(handle, out)
+    with (_step_progress(job, "joining the rejected rows", "B", total, draw=total > 0) as copied,
+          open(temporary, "wb") as out):
+        for part in parts:
+            with open(part, "rb") as handle:
+                while chunk := handle.read(COPY_CHUNK_BYTES):
+                    out.write(chunk)
+                    copied(len(chunk))
         out.flush()
         os.fsync(out.fileno())
         size = out.tell()
@@ -496,10 +555,10 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
         if len(examples) < 10:
             examples.append({"reason": reason, "detail": detail, "file": source.uri, "row": row})
 
-    bar = progress_bar(None, "rows", "reading", job.settings.quiet)
+    bar = ReadingProgress(sum(source.size for source in job.sources), "reading", job.settings.quiet)
     try:
         for source in job.sources:
-            map_rows(job, source, lambda *_: None, on_reject, stats, on_progress=bar.update)
+            map_rows(job, source, lambda *_: None, on_reject, stats, on_progress=bar.advance)
     finally:
         bar.close()
     return stats, examples

@@ -63,7 +63,9 @@ class DistinctCounter:
         np.maximum.at(np.frombuffer(self.registers, dtype=np.uint8), index, rank)
 
     def merge(self, other: DistinctCounter) -> None:
-        self.registers = bytearray(max(a, b) for a, b in zip(self.registers, other.registers, strict=True))
+        # With numpy: byte by byte in Python took ~3 ms per merge, 10 s for the results of 3,000 input files.
+        registers = np.frombuffer(self.registers, dtype=np.uint8)
+        np.maximum(registers, np.frombuffer(other.registers, dtype=np.uint8), out=registers)
 
     def estimate(self) -> int:
         m = len(self.registers)
@@ -244,12 +246,38 @@ def _lenient_default(value: Any) -> Any:
         return repr(value)
 
 
-def progress_bar(total: int | None, unit: str, description: str, quiet: bool) -> tqdm:
-    """A tqdm bar on stderr: count, rate and ETA (with a total); silent with --quiet."""
+def progress_bar(total: int | None, unit: str, description: str, quiet: bool, leave: bool = True,
+                 initial: int = 0) -> tqdm:
+    """A tqdm bar on stderr: count, rate and ETA (with a total); silent with --quiet.
+
+    The unit ``"B"`` counts bytes (in KiB, MiB...). ``leave=False`` erases the bar when it closes: for a
+    step that is worth watching while it runs but not a line of its own afterwards. ``initial`` is what an
+    earlier run did: shown, but not counted in the rate.
+    """
+    in_bytes = unit == "B"
     return tqdm(
-        total=total, unit=f" {unit}", unit_scale=True, desc=description, disable=quiet, file=sys.stderr,
+        total=total, initial=initial, unit=unit if in_bytes else f" {unit}", unit_scale=True,
+        unit_divisor=1024 if in_bytes else 1000, desc=description, disable=quiet, leave=leave, file=sys.stderr,
         dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
     )
+
+
+class ReadingProgress:
+    """The reading bar of run and inspect: bytes of input read out of the inputs' total size, so that it has
+    an ETA, with the rows read so far beside the rate."""
+
+    def __init__(self, total_bytes: int, description: str, quiet: bool, rows_done: int = 0, bytes_done: int = 0):
+        self.rows = rows_done
+        self._bar = progress_bar(total_bytes or None, "B", description, quiet, initial=bytes_done)
+        self._bar.set_postfix_str(f"{self.rows:,} rows", refresh=False)
+
+    def advance(self, rows: int, read_bytes: int) -> None:
+        self.rows += rows
+        self._bar.set_postfix_str(f"{self.rows:,} rows", refresh=False)
+        self._bar.update(read_bytes)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def human_duration(seconds: float) -> str:

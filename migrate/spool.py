@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -373,32 +373,49 @@ def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iter
         yield merged.to_table()
 
 
-def compact_runs(directory: Path, runs: list[RunFile], fan_in: int = MAX_MERGE_FAN_IN) -> list[RunFile]:
+def _merge_groups(runs: list[RunFile], fan_in: int) -> list[list[RunFile]]:
+    """The runs of one level of the compaction, in groups of ``fan_in``: each group becomes one run."""
+    return [runs[start:start + fan_in] for start in range(0, len(runs), fan_in)]
+
+
+def rows_to_compact(runs: list[RunFile], fan_in: int = MAX_MERGE_FAN_IN) -> int:
+    """How many rows :func:`compact_runs` will write, over all its levels (its progress bar's total)."""
+    total = 0
+    rows = [run.rows for run in runs]
+    while len(rows) > fan_in:
+        groups = [rows[start:start + fan_in] for start in range(0, len(rows), fan_in)]
+        total += sum(sum(group) for group in groups if len(group) > 1)
+        rows = [sum(group) for group in groups]
+    return total
+
+
+def compact_runs(directory: Path, runs: list[RunFile], fan_in: int = MAX_MERGE_FAN_IN,
+                 on_rows: Callable[[int], None] | None = None) -> list[RunFile]:
     """Merge runs in groups of ``fan_in`` until at most ``fan_in`` remain (a multi-level external sort).
 
     The final merge holds one record batch per run, so its memory grows with the number of runs, and
     prepare writes at least one run per input file: a year of hourly Amplitude files would be 8,760
     runs. Compacting first keeps the merge's memory bounded whatever the number of files. The merged
     runs get fresh names and the inputs are left in place: the caller deletes them once the manifest
-    that no longer names them is saved, so a crash here just redoes the compaction.
+    that no longer names them is saved, so a crash here just redoes the compaction. ``on_rows(n)`` is told
+    of every n rows written.
     """
     level = 0
     while len(runs) > fan_in:
         compacted = []
-        for group_start in range(0, len(runs), fan_in):
-            group = runs[group_start:group_start + fan_in]
+        for number, group in enumerate(_merge_groups(runs, fan_in)):
             if len(group) == 1:
                 compacted.append(group[0])
                 continue
-            path = directory / f"merged-{level}-{group_start // fan_in:05d}.arrow"
-            rows = _write_merged(path, [directory / run.file for run in group])
+            path = directory / f"merged-{level}-{number:05d}.arrow"
+            rows = _write_merged(path, [directory / run.file for run in group], on_rows)
             compacted.append(RunFile.written(path, rows))
         runs = compacted
         level += 1
     return runs
 
 
-def _write_merged(path: Path, run_paths: list[Path]) -> int:
+def _write_merged(path: Path, run_paths: list[Path], on_rows: Callable[[int], None] | None) -> int:
     rows = 0
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPOOL_SCHEMA, options=options) as writer:
@@ -407,5 +424,7 @@ def _write_merged(path: Path, run_paths: list[Path]) -> int:
             average_row = max(1, table.nbytes // max(1, table.num_rows))
             writer.write_table(table, max_chunksize=max(256, RUN_RECORD_BATCH_BYTES // average_row))
             rows += table.num_rows
+            if on_rows is not None:
+                on_rows(table.num_rows)
     _fsync_file(path)
     return rows
