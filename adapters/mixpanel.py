@@ -48,6 +48,7 @@ from migrate.event import (
     MIN_TIMESTAMP_US,
     Event,
     Rejection,
+    number_id_text,
     parse_timestamp,
     uuid5_text,
     uuid_from_content,
@@ -81,8 +82,16 @@ UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", 
 
 class MixpanelAdapter(Adapter):
     name: ClassVar[str] = "mixpanel"
-    extensions: ClassVar[tuple[str, ...]] = ()  # plain JSON lines: only by --format mixpanel
+    extensions: ClassVar[tuple[str, ...]] = ()  # plain JSON lines: by their shape, or --format mixpanel
     source_tag: ClassVar[str] = "mixpanel"
+    recognised_shape: ClassVar[str] = "a Mixpanel export (event and properties.time)"
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        # Not a capture-shaped row that happens to have a "time" property: those have their own timestamp.
+        properties = record.get("properties")
+        return ("event" in record and isinstance(properties, dict) and "time" in properties
+                and "timestamp" not in record)
 
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)
@@ -191,13 +200,13 @@ def _properties(value: Any) -> dict:
 
 
 def _id_text(value: Any) -> str | None:
+    """An id as text; None when empty or not an id (an object, a boolean, NaN)."""
     if is_empty(value) or isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str | int | float):
-        text = str(value)
-        return text if text.strip() else None
+    if isinstance(value, int | float):
+        return number_id_text(value, "id") if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if value.strip() else None
     return None
 
 
@@ -206,7 +215,8 @@ def _identifier(props: dict, key: str, reject: bool = True) -> str | None:
     value = props.get(key)
     text = _id_text(value)
     if text is None and reject and not is_empty(value):
-        raise Rejection("missing_distinct_id", f"properties.{key} is a {type(value).__name__}, not text or a number")
+        shape = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"  # a float here: NaN, inf
+        raise Rejection("missing_distinct_id", f"properties.{key} is {shape}, not text or a number usable as an id")
     return text
 
 
