@@ -100,7 +100,7 @@ def detect_format(uri: str) -> str | None:
 
 def first_records(source: SourceFile, limit: int = SAMPLE_RECORDS) -> list[dict]:
     """Up to ``limit`` records from the start of a file, read by its ending (CSV, Parquet, else JSON lines);
-    fewer, or none, when the file holds fewer or cannot be read that way (its real reader says why later)."""
+    fewer, or none, when the file holds fewer or cannot be read that way."""
     from adapters.common import read_table_rows
 
     records: list[dict] = []
@@ -110,7 +110,7 @@ def first_records(source: SourceFile, limit: int = SAMPLE_RECORDS) -> list[dict]
             records += [record for _, record in chunk if isinstance(record, dict)][:limit - len(records)]
             if len(records) >= limit:
                 break
-    except (ConfigError, OSError):
+    except Exception:  # whatever stops this reader, the rows say nothing here; the file's own reader reports it
         pass
     finally:
         chunks.close()

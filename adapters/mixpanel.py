@@ -53,7 +53,7 @@ from migrate.event import (
     uuid5_text,
     uuid_from_content,
 )
-from migrate.mapping import ColumnMapping, Filtered
+from migrate.mapping import DEFAULT_TIMESTAMP_COLUMNS, ColumnMapping, Filtered
 from migrate.spool import MAX_EVENTS_PER_ROW
 
 # PostHog's importer's namespace (706f7374-686f-675f-6d69-7870616e656c): fixed forever.
@@ -88,10 +88,10 @@ class MixpanelAdapter(Adapter):
 
     @classmethod
     def recognises(cls, record: dict) -> bool:
-        # Not a capture-shaped row that happens to have a "time" property: those have their own timestamp.
+        # Not a generic row that happens to have a "time" property: those have a time column of their own.
         properties = record.get("properties")
         return ("event" in record and isinstance(properties, dict) and "time" in properties
-                and "timestamp" not in record)
+                and not any(column in record for column in DEFAULT_TIMESTAMP_COLUMNS))
 
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)

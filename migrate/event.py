@@ -281,15 +281,16 @@ def json_default(value: Any) -> Any:
 
 def exact_number(value: Decimal) -> orjson.Fragment | None:
     """A decimal (Parquet's decimal128) as the exact JSON number it is: a float would keep ~16 of its up to 38
-    digits. Plain digits, no exponent, no trailing zeros of the column's scale (``Decimal("9.500000000")`` →
-    ``9.5``, ``Decimal("3.00")`` → ``3``: the same text as before for every decimal a float holds exactly).
-    NaN and the infinities, which JSON has no number for, become null (as orjson writes a float NaN)."""
+    digits. Plain digits, no exponent, no trailing zeros of the column's scale: ``Decimal("9.500000000")`` →
+    ``9.5`` and ``Decimal("3.00")`` → ``3``, the very text the float or int they used to become gave, so the
+    content-derived uuids of rows with such everyday amounts do not change. NaN and the infinities, which JSON
+    has no number for, become null (as orjson writes a float NaN)."""
     if not value.is_finite():
         return None
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").removesuffix(".")
-    return orjson.Fragment(text if text != "-0" else "0")
+    return orjson.Fragment("0" if text == "-0" else text)  # int(Decimal("-0.00")) was 0
 
 
 @dataclass(slots=True)

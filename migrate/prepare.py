@@ -424,7 +424,7 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     writer = RunWriter(job.runs_dir, run_bytes, prefix="run-identify-")
     for stale in job.runs_dir.glob("run-identify-*"):
         stale.unlink()  # from an identity pass that was interrupted: redone
-    for timestamp_us, tiebreak, person, payload in identify_events(job, identities, stats):
+    for timestamp_us, tiebreak, person, payload in _identify_events(job, identities, stats):
         writer.add(timestamp_us, tiebreak, person, EVENT_ADDED, payload)
         if writer.full:
             writer.spill()
@@ -476,8 +476,8 @@ def _join_rejects(job: Job) -> int:
     return size
 
 
-def identify_events(job: Job, identities: IdentityCollector,
-                    stats: PrepareStats) -> Iterator[tuple[int, int, int, bytes]]:
+def _identify_events(job: Job, identities: IdentityCollector,
+                     stats: PrepareStats) -> Iterator[tuple[int, int, int, bytes]]:
     """The identity pass: one $identify per (user, device) pair, at the pair's first event, counted into
     ``stats``; yields each one's (timestamp, tie-breaker, person hash, payload).
 
@@ -531,7 +531,7 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
                 map_rows(job, source, on_event, on_reject, stats, on_progress=bar.update)
         finally:
             bar.close()
-        for _ in identify_events(job, identities, stats):
+        for _ in _identify_events(job, identities, stats):
             pass
     if job.format_note:
         stats.warnings[job.format_note] = stats.files
