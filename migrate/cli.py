@@ -264,8 +264,8 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
 def _run_job(job, api_key: str) -> ExitStatus:
     settings = job.settings
     if not settings.quiet:
-        click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name} ({job.format_reason})",
-                   err=True)
+        reason = f" ({job.format_reason})" if job.format_reason else ""
+        click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}{reason}", err=True)
     started = time.monotonic()
     already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
