@@ -79,6 +79,7 @@ from migrate.event import (
     is_canonical_uuid,
     json_object,
     normalise_uuid,
+    number_id_text,
     parse_timestamp,
     uuid5_text,
     uuid_from_content,
@@ -127,8 +128,13 @@ SIGNATURE_FIELDS = ("event_time", "user_id", "device_id", "amplitude_id", "uuid"
 
 class AmplitudeAdapter(Adapter):
     name: ClassVar[str] = "amplitude"
-    extensions: ClassVar[tuple[str, ...]] = ()  # .json.gz / .zip say nothing about the platform: --format only
+    extensions: ClassVar[tuple[str, ...]] = ()  # .json.gz / .zip say nothing about the platform: by its rows
     source_tag: ClassVar[str] = "amplitude"
+    recognised_shape: ClassVar[str] = "an Amplitude export (event_type and amplitude_id)"
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        return "event_type" in record and "amplitude_id" in record
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -235,11 +241,12 @@ def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
         return value  # the usual id: plain text that is not a "nothing here" marker
     if is_empty(value):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        text = str(value)
-        return text if text.strip() else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if reject or math.isfinite(value):
+            return number_id_text(value, key)  # NaN or an infinity rejects the row
+        return None
+    if isinstance(value, str):
+        return value if value.strip() else None
     if reject:
         raise Rejection("missing_distinct_id", f"{key} is a {type(value).__name__}, not text or a number")
     return None

@@ -232,10 +232,25 @@ class Adapter:
     extensions: ClassVar[tuple[str, ...]] = ()
     # The tag inside content-derived uuids; generic formats share one so re-encoding a file keeps uuids.
     source_tag: ClassVar[str] = "generic"
+    # The settings this format reads from the mapping's [source] table (Segment's group_type...). Any other key
+    # there is refused, so that a misspelt setting is never ignored: a plugin lists its own here.
+    known_source_options: ClassVar[tuple[str, ...]] = ()
+    # What recognises() looks for, in words, for --format auto's explanation: "a Mixpanel export (...)".
+    recognised_shape: ClassVar[str] = ""
 
     def __init__(self, mapping: ColumnMapping):
+        mapping.check_source_options(self.name, self.known_source_options)
         self.mapping = mapping
         self.mapper = RowMapper(mapping, self.source_tag)
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        """Whether ``record`` is unmistakably one of this format's rows. ``record`` is as the generic reader of
+        the file's ending gives it (JSON lines, CSV or Parquet). ``--format auto`` shows the first rows of the
+        inputs to every registered adapter and reads them in the format that recognises most of them, and a
+        run stops when most of its first rows fail and another format recognises them. The generic formats
+        recognise nothing: a file whose rows no format claims is read by its ending."""
+        return False
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         """Yield the file's rows in chunks; unreadable rows as BadRow. Raise ConfigError if the whole

@@ -23,8 +23,7 @@ from adapters.csv import infer_scalar, read_csv
 from adapters.jsonl import read_json_lines
 from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
-from migrate.event import Rejection, hyphenated_uuid
-from migrate.mapping import ColumnMapping
+from migrate.event import Rejection, hyphenated_uuid, number_id_text
 
 # Values platforms use for "nothing here"; they must not become properties or person properties.
 EMPTY_MARKERS = frozenset({"", "EMPTY", "(not set)", "(not provided)", "null", "None"})
@@ -155,12 +154,7 @@ def id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str |
         return None if not text or is_empty(text) or text.lower() in JUNK_IDS else value
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise Rejection(reason, f"{what} {short_repr(value)} is not text or a number")
-    if isinstance(value, float | Decimal):
-        if not math.isfinite(value):
-            raise Rejection(reason, f"{what} {value!r} is not a usable id")
-        if value == int(value):
-            value = int(value)
-    return str(value)
+    return number_id_text(value, what, reason)
 
 
 def event_name(value: Any, column: str) -> str:
@@ -314,16 +308,6 @@ def probe_rows(source: SourceFile, chunks: Iterator[RowChunk], looks_right: Call
     if checking and probed >= MIN_PROBE_ROWS:
         _refuse(source, probed, fmt, expected)
     yield from pending
-
-
-def check_source_options(mapping: ColumnMapping, fmt: str, known: tuple[str, ...]) -> None:
-    """A misspelt ``[source]`` key must not be ignored silently (the migration would run without it)."""
-    unknown = sorted(str(key) for key, _ in mapping.source_options if key not in known)
-    if unknown:
-        raise ConfigError(
-            f"the mapping's [source] table has {', '.join(unknown)}, which the {fmt} format does not know; "
-            + (f"it knows: {', '.join(known)}" if known else "it takes no settings")
-        )
 
 
 def _refuse(source: SourceFile, probed: int, fmt: str, expected: str) -> None:

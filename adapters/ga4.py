@@ -47,7 +47,6 @@ import orjson
 
 from adapters.base import Adapter, RowChunk, SourceFile
 from adapters.common import (
-    check_source_options,
     file_kind,
     geo_properties,
     id_text,
@@ -65,7 +64,7 @@ from adapters.jsonl import read_json_lines
 from adapters.parquet import read_parquet
 from migrate.errors import ConfigError
 from migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
-from migrate.mapping import ColumnMapping, Filtered
+from migrate.mapping import Filtered
 
 EVENT_NAMES = {"page_view": "$pageview", "screen_view": "$screen"}
 FILTERED_EVENTS = ("session_start", "first_visit")
@@ -187,10 +186,11 @@ class Ga4Adapter(Adapter):
     name: ClassVar[str] = "ga4"
     extensions: ClassVar[tuple[str, ...]] = ()
     source_tag: ClassVar[str] = "ga4"
+    recognised_shape: ClassVar[str] = "a GA4 BigQuery export (event_timestamp and event_params)"
 
-    def __init__(self, mapping: ColumnMapping):
-        super().__init__(mapping)
-        check_source_options(self.mapping, "ga4", ())
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        return "event_timestamp" in record and "event_params" in record
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         kind = file_kind(source.uri)

@@ -48,11 +48,12 @@ from migrate.event import (
     MIN_TIMESTAMP_US,
     Event,
     Rejection,
+    number_id_text,
     parse_timestamp,
     uuid5_text,
     uuid_from_content,
 )
-from migrate.mapping import ColumnMapping, Filtered
+from migrate.mapping import DEFAULT_TIMESTAMP_COLUMNS, ColumnMapping, Filtered
 from migrate.spool import MAX_EVENTS_PER_ROW
 
 # PostHog's importer's namespace (706f7374-686f-675f-6d69-7870616e656c): fixed forever.
@@ -81,8 +82,16 @@ UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", 
 
 class MixpanelAdapter(Adapter):
     name: ClassVar[str] = "mixpanel"
-    extensions: ClassVar[tuple[str, ...]] = ()  # plain JSON lines: only by --format mixpanel
+    extensions: ClassVar[tuple[str, ...]] = ()  # plain JSON lines: by their shape, or --format mixpanel
     source_tag: ClassVar[str] = "mixpanel"
+    recognised_shape: ClassVar[str] = "a Mixpanel export (event and properties.time)"
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        # Not a generic row that happens to have a "time" property: those have a time column of their own.
+        properties = record.get("properties")
+        return ("event" in record and isinstance(properties, dict) and "time" in properties
+                and not any(column in record for column in DEFAULT_TIMESTAMP_COLUMNS))
 
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)
@@ -191,13 +200,13 @@ def _properties(value: Any) -> dict:
 
 
 def _id_text(value: Any) -> str | None:
+    """An id as text; None when empty or not an id (an object, a boolean, NaN)."""
     if is_empty(value) or isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str | int | float):
-        text = str(value)
-        return text if text.strip() else None
+    if isinstance(value, int | float):
+        return number_id_text(value, "id") if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if value.strip() else None
     return None
 
 
@@ -206,7 +215,8 @@ def _identifier(props: dict, key: str, reject: bool = True) -> str | None:
     value = props.get(key)
     text = _id_text(value)
     if text is None and reject and not is_empty(value):
-        raise Rejection("missing_distinct_id", f"properties.{key} is a {type(value).__name__}, not text or a number")
+        shape = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"  # a float here: NaN, inf
+        raise Rejection("missing_distinct_id", f"properties.{key} is {shape}, not text or a number usable as an id")
     return text
 
 

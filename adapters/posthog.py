@@ -8,6 +8,7 @@ Fields that belong to the old project or to the old request (``team_id``, ``pers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -25,8 +26,15 @@ def _is_csv(source: SourceFile) -> bool:
 
 class PostHogAdapter(Adapter):
     name: ClassVar[str] = "posthog"
-    extensions: ClassVar[tuple[str, ...]] = ()  # same endings as generic files: only by --format posthog
+    extensions: ClassVar[tuple[str, ...]] = ()  # same endings as generic files: by its rows, or --format posthog
     source_tag: ClassVar[str] = "posthog"
+    recognised_shape: ClassVar[str] = "a PostHog export (uuid, event, distinct_id, timestamp, and person_id or team_id)"
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        # person_id and team_id are what PostHog stores beside an event, never part of what is sent to capture.
+        return (all(key in record for key in ("uuid", "event", "distinct_id", "timestamp"))
+                and ("person_id" in record or "team_id" in record))
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         # CSV cells stay text: a PostHog CSV holds JSON strings and ids that must not become numbers.
@@ -47,6 +55,8 @@ class PostHogAdapter(Adapter):
             distinct_id = properties.get("distinct_id")
         if distinct_id in (None, "") or isinstance(distinct_id, dict | list | bool):
             raise Rejection("missing_distinct_id", "the row has no usable 'distinct_id'")
+        if isinstance(distinct_id, float) and not math.isfinite(distinct_id):
+            raise Rejection("missing_distinct_id", f"'distinct_id' is {distinct_id!r}, a number that is no id")
         distinct_id = str(distinct_id)
         properties.pop("distinct_id", None)
         properties.pop("token", None)  # the old project's key must not travel

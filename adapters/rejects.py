@@ -10,6 +10,7 @@ retried from the rejects file: the source file must be fixed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import ClassVar
 
 from adapters.base import Adapter, RowChunk, SourceFile
@@ -32,9 +33,11 @@ class RejectsAdapter(Adapter):
     name: ClassVar[str] = "rejects"
 
     def __init__(self, mapping: ColumnMapping, original: type[Adapter]):
-        super().__init__(mapping)
-        self.rows = original(mapping)
-        self.events = PostHogAdapter(mapping)
+        self.rows = original(mapping)  # the original format's adapter, which reads (and checks) [source]
+        # The [source] settings belong to the original format, not to the rejects file or the events' adapter.
+        without_source = replace(mapping, source_options=())
+        super().__init__(without_source)
+        self.events = PostHogAdapter(without_source)
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         return read_json_lines(source)

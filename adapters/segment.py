@@ -50,7 +50,6 @@ from typing import Any, ClassVar
 from adapters.base import Adapter, RowChunk, SourceFile
 from adapters.common import (
     TABLE_KEY,
-    check_source_options,
     file_kind,
     geo_properties,
     id_text,
@@ -127,10 +126,12 @@ class SegmentAdapter(Adapter):
     name: ClassVar[str] = "segment"
     extensions: ClassVar[tuple[str, ...]] = ()
     source_tag: ClassVar[str] = "segment"
+    known_source_options: ClassVar[tuple[str, ...]] = SOURCE_OPTIONS
+    recognised_shape: ClassVar[str] = ("a Segment export (messages with type and messageId, or warehouse rows with "
+                                       "context_library_name and received_at)")
 
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)
-        check_source_options(self.mapping, "segment", SOURCE_OPTIONS)
         group_type = self.mapping.source_option("group_type", DEFAULT_GROUP_TYPE)
         if not isinstance(group_type, str) or not group_type.strip():
             raise ConfigError(f"[source] group_type = {group_type!r}: give the group type as non-empty text")
@@ -139,6 +140,12 @@ class SegmentAdapter(Adapter):
         if tracks_table not in ("send", "skip"):
             raise ConfigError(f'[source] tracks_table = {tracks_table!r}: write "send" or "skip"')
         self.skip_tracks_table = tracks_table == "skip"
+
+    @classmethod
+    def recognises(cls, record: dict) -> bool:
+        if "type" in record and "messageId" in record:
+            return True
+        return "context_library_name" in record and "received_at" in record  # every warehouse table has them
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
         kind = file_kind(source.uri)

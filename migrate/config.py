@@ -19,14 +19,17 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
-from migrate.errors import ConfigError
-from migrate.event import MAX_EVENT_BYTES
+from migrate.errors import ConfigError, describe_unknown_keys
+from migrate.event import MAX_EVENT_BYTES, Rejection, parse_timestamp
 from migrate.sender import DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT_SECONDS, DEFAULT_RETRY_BASE_SECONDS
 
 # A batch must hold the largest event we accept, plus the envelope.
 MIN_BATCH_BYTES = MAX_EVENT_BYTES + 64 * 1024
 # PostHog's migration guide asks for "a few thousand events per second" in total.
 DEFAULT_RATE = 3_000.0
+# Events before this are counted as suspicious (inspect and the summary warn): analytics exports hardly go
+# back so far, while an epoch of 0, 1 or a negative number, or a wrong timestamp unit, lands there.
+DEFAULT_SUSPICIOUS_BEFORE = "2000-01-01"
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MEMORY_BYTES = 1 << 30
 MIN_MEMORY_BYTES = 1 << 20
@@ -77,6 +80,7 @@ class Settings:
     retry_delay: float = DEFAULT_RETRY_BASE_SECONDS
     timeout: float = DEFAULT_READ_TIMEOUT_SECONDS
     quiet: bool = False
+    suspicious_before: str = DEFAULT_SUSPICIOUS_BEFORE  # a date or time: earlier events are flagged (not dropped)
 
     @property
     def is_local(self) -> bool:
@@ -98,6 +102,16 @@ class Settings:
         if self.workdir is not None:
             return Path(self.workdir).resolve().name
         return default_job_name(self.sources)
+
+    def suspicious_before_us(self) -> int:
+        """``suspicious_before`` in microseconds since the epoch (UTC when it names no offset)."""
+        try:
+            return parse_timestamp(self.suspicious_before, "iso")
+        except Rejection:
+            raise ConfigError(
+                f"[run] suspicious_before = {self.suspicious_before!r} is not a date or an ISO time; write e.g. "
+                f'suspicious_before = "{DEFAULT_SUSPICIOUS_BEFORE}"'
+            ) from None
 
     def shard_pair(self) -> tuple[int, int] | None:
         """--shard K/N as (K-1, N): 0-based, or None when the job is not sharded."""
@@ -127,6 +141,7 @@ class Settings:
         if self.retry_delay < 0:
             raise ConfigError(f"--retry-delay {self.retry_delay}: give 0 or a positive number of seconds")
         self.shard_pair()
+        self.suspicious_before_us()
         if not 0 <= self.workers <= 64:
             raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
         if self.memory < MIN_MEMORY_BYTES:
@@ -180,7 +195,8 @@ _SIZE_SETTINGS = ("batch_bytes", "memory")
 _EXAMPLES = {"batch_size": "2000", "concurrency": "4", "workers": "0", "max_retries": "10", "rate": "3000",
              "retry_delay": "1", "timeout": "60", "batch_bytes": "5MiB", "memory": "1GiB", "format": "csv",
              "host": "https://us.i.posthog.com", "job": "backfill", "shard": "2/8", "workdir": "work/backfill",
-             "out": "dry-run", "restart": "true", "dry_run": "true", "quiet": "true"}
+             "out": "dry-run", "restart": "true", "dry_run": "true", "quiet": "true",
+             "suspicious_before": DEFAULT_SUSPICIOUS_BEFORE}
 
 
 @functools.cache
@@ -257,9 +273,11 @@ def run_table(mapping_path: str | None) -> dict[str, Any]:
             "(or --api-key) instead"
         )
     allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "restart"}
-    unknown = set(table) - allowed
+    unknown = [str(key) for key in table if key not in allowed]
     if unknown:
-        raise ConfigError(f"{mapping_path}: unknown key(s) in [run]: {sorted(unknown)}; allowed: {sorted(allowed)}")
+        known = sorted(allowed)
+        raise ConfigError(f"{mapping_path}: unknown key(s) in [run]: {describe_unknown_keys(unknown, known)}; "
+                          f"allowed: {', '.join(known)}")
     for name, value in table.items():
         _check_kind(name, value, mapping_path)
     return table

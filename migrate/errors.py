@@ -38,3 +38,29 @@ class DamagedJob(ConfigError):
             "Run the same command with --restart to rebuild the job from its sources (events already "
             "sent are sent again with the same uuids, which PostHog collapses)."
         )
+
+
+def closest_key(key: str, known: list[str]) -> str | None:
+    """The known key ``key`` is most likely a misspelling of (``untill`` → ``until``), or None."""
+    import difflib  # only on the error path
+
+    matches = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def describe_unknown_keys(unknown: list[str], known: list[str]) -> str:
+    """``'untill' (did you mean 'until'?), 'x'``: each unknown key with its closest known one, for a message."""
+    described = []
+    for key in sorted(unknown):
+        close = closest_key(key, known)
+        described.append(f"{key!r} (did you mean {close!r}?)" if close else repr(key))
+    return ", ".join(described)
+
+
+def refuse_unknown_keys(table: dict, known: list[str], where: str) -> None:
+    """Raise ConfigError when ``table`` holds keys no one reads: a misspelt setting must not be ignored silently
+    (``[filter] untill`` would send the events it was meant to keep out). ``where`` names the table."""
+    unknown = [str(key) for key in table if key not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {describe_unknown_keys(unknown, known)}; "
+                          f"the known keys are: {', '.join(sorted(known))}")

@@ -121,6 +121,8 @@ def parse_timestamp(value: Any, unit: str = "auto", naive_zone: tzinfo = UTC) ->
     if isinstance(value, int | float | Decimal):
         if unit == "iso":
             raise Rejection("bad_timestamp", f"timestamp {value!r} is a number, the mapping expects ISO 8601")
+        if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+            value = int(value)  # a decimal128 epoch in ns has 19 digits: a float would round them
         return _epoch_number_to_us(int(value) if isinstance(value, int) else float(value), unit)
     if not isinstance(value, str):
         raise Rejection("bad_timestamp", f"timestamp has type {type(value).__name__}, expected text or number")
@@ -227,6 +229,22 @@ def normalise_uuid(value: Any) -> str:
         raise Rejection("bad_uuid", f"uuid {value!r} is not a valid UUID") from None
 
 
+# --- ids -------------------------------------------------------------------------------------------------
+
+def number_id_text(value: int | float | Decimal, what: str, reason: str = "missing_distinct_id") -> str:
+    """A number used as an id, as text: ``12.0`` and ``Decimal("12.000")`` → ``"12"``.
+
+    NaN and the infinities are no id (pandas writes NaN for a missing value): they raise Rejection(reason)
+    rather than become the text ``"nan"``, which would make one person of every row that has it.
+    """
+    finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+    if not finite:
+        raise Rejection(reason, f"{what} is {value!r}, a number that is no id (a missing value in the export?)")
+    if value == int(value):
+        value = int(value)
+    return str(value)
+
+
 # --- JSON objects in a row ----------------------------------------------------------------------------
 
 def json_object(value: Any, what: str) -> dict:
@@ -251,7 +269,7 @@ def json_object(value: Any, what: str) -> dict:
 def json_default(value: Any) -> Any:
     """Values orjson does not serialise on its own, as Parquet and CSV readers can produce them."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return exact_number(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, set | frozenset | tuple):
@@ -259,6 +277,20 @@ def json_default(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
     raise TypeError(f"cannot serialise a value of type {type(value).__name__}")
+
+
+def exact_number(value: Decimal) -> orjson.Fragment | None:
+    """A decimal (Parquet's decimal128) as the exact JSON number it is: a float would keep ~16 of its up to 38
+    digits. Plain digits, no exponent, no trailing zeros of the column's scale: ``Decimal("9.500000000")`` →
+    ``9.5`` and ``Decimal("3.00")`` → ``3``, the very text the float or int they used to become gave, so the
+    content-derived uuids of rows with such everyday amounts do not change. NaN and the infinities, which JSON
+    has no number for, become null (as orjson writes a float NaN)."""
+    if not value.is_finite():
+        return None
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").removesuffix(".")
+    return orjson.Fragment("0" if text == "-0" else text)  # int(Decimal("-0.00")) was 0
 
 
 @dataclass(slots=True)

@@ -17,17 +17,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import orjson
 
-from adapters import adapter_class, detect_format
-from adapters.base import Adapter, SourceFile, split_member
+from adapters import adapter_class, detect_format, first_records, recognise_format
+from adapters.base import Adapter, BadRow, SourceFile, split_member
 from adapters.rejects import RejectsAdapter, is_retriable
 from migrate.checkpoint import digest, read_json
 from migrate.config import Settings
 from migrate.errors import ConfigError
-from migrate.mapping import ColumnMapping
+from migrate.event import Rejection, utc_now_us, validate
+from migrate.mapping import ColumnMapping, Filtered
 from migrate.sources import describe_changes, expand_sources, fingerprint, fingerprint_path
 from migrate.transform import EventFinisher
 
@@ -37,6 +38,14 @@ def person_hash(distinct_id: str) -> int:
     """A stable 64-bit hash of a distinct_id: picks the send lane (and the shard) of a person."""
     return int.from_bytes(hashlib.blake2b(distinct_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
                           "little")
+
+
+class FormatChoice(NamedTuple):
+    """The format a job's inputs are read in, and why."""
+
+    name: str
+    reason: str  # for the user: "as --format says", "from the file ending", "recognised by their rows, ..."
+    recognised: bool = False  # by the rows (--format auto), not by the files' endings or --format
 
 
 @dataclass
@@ -55,6 +64,17 @@ class Job:
     # Inputs of a prepared job that are no longer there, with the fingerprints prepare recorded: the job
     # sends from its work directory, so a moved or deleted input is no change (see open_job).
     gone_inputs: dict[str, dict] = field(default_factory=dict)
+    # Why the inputs are read in this format, for the user: "as --format says", "from the file ending", or what
+    # the rows look like when --format auto recognised them (format_recognised).
+    format_reason: str = ""
+    format_recognised: bool = False
+
+    @property
+    def format_note(self) -> str | None:
+        """What inspect and the summary say when --format auto chose the format by the rows (a count of files)."""
+        if not self.format_recognised:
+            return None
+        return f"files read as {self.format_name}, {self.format_reason}; give --format to read them otherwise"
 
     def __post_init__(self) -> None:
         self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
@@ -97,10 +117,23 @@ def load_mapping(settings: Settings, cli_overrides: dict) -> ColumnMapping:
     return mapping.override(**cli_overrides).validated()
 
 
-def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
+# Files of one ending whose first records --format auto looks at, when the first ones are empty.
+FILES_TO_SAMPLE = 3
+
+
+def choose_format(settings: Settings, sources: list[SourceFile]) -> FormatChoice:
+    """The format to read the inputs in, and why (for the user).
+
+    ``--format auto`` first asks the registered adapters about the first records of the inputs (one file
+    of each ending), so that a platform's export is read as one whatever its files are called; when no
+    format recognises them, the files' endings decide.
+    """
     if settings.format != "auto":
         adapter_class(settings.format)  # unknown names fail here, with the list of known ones
-        return settings.format
+        return FormatChoice(settings.format, "as --format says")
+    recognised = _format_of_the_rows(sources)
+    if recognised is not None:
+        return FormatChoice(recognised, f"recognised by their rows, which look like {_shape(recognised)}", True)
     zipped = next((s.uri for s in sources if split_member(s.uri)[1] is not None), None)
     if zipped is not None:
         raise ConfigError(
@@ -115,7 +148,95 @@ def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
         raise ConfigError(
             f"the inputs mix formats ({', '.join(sorted(formats))}); run one job per format, or give --format"
         )
-    return formats.pop()
+    return FormatChoice(formats.pop(), "from the file ending")
+
+
+def _format_of_the_rows(sources: list[SourceFile]) -> str | None:
+    """The format that recognises the first records of the inputs' first file of each ending, when one
+    format recognises them all; else None."""
+    by_ending: dict[str | None, list[SourceFile]] = {}
+    for source in sources:
+        by_ending.setdefault(detect_format(source.uri), []).append(source)
+    found = set()
+    for group in by_ending.values():
+        records = next(filter(None, (first_records(source) for source in group[:FILES_TO_SAMPLE])), [])
+        found.add(recognise_format(records))
+    return found.pop() if len(found) == 1 else None
+
+
+def _shape(format_name: str) -> str:
+    """What a format's rows look like, in words: "a Mixpanel export (event and properties.time)"."""
+    return adapter_class(format_name).recognised_shape or f"a {format_name} export"
+
+
+def first_rows_problem(job: Job, sample_rows: int = 100) -> str | None:
+    """Why the job cannot be right, judged from the first rows of its first file with rows, or None.
+
+    That is: most of them would be rejected for one reason, or the adapter refuses the file, while another
+    registered format recognises them. A wrong --format (or an export whose file names hide its platform)
+    then stops before any work, with the format to use, instead of ending as a rejects file as long as the
+    export. Rows that fail but look like no other format are the data's own problem: rejected as usual.
+    """
+    for source in job.sources[:FILES_TO_SAMPLE]:
+        chunks = job.adapter.read(source)
+        rows: list = []
+        try:
+            for chunk in chunks:
+                rows += chunk[:sample_rows - len(rows)]
+                if len(rows) >= sample_rows:
+                    break
+        except ConfigError as refusal:  # e.g. "this is not an Amplitude export"
+            hint = _other_format_hint(job, source)
+            if hint is None:
+                raise
+            return f"{refusal} {hint}"
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        if rows:
+            break
+    else:
+        return None
+    reasons: Counter = Counter()
+    details: dict[str, str] = {}
+    for _, record in rows:
+        failure = _failure(job, record)
+        if failure is not None:
+            reasons[failure[0]] += 1
+            details.setdefault(*failure)
+    if not reasons or reasons.most_common(1)[0][1] * 2 <= len(rows):
+        return None
+    hint = _other_format_hint(job, source)
+    if hint is None:
+        return None
+    reason, count = reasons.most_common(1)[0]
+    return (f"{source.uri}: {count} of its first {len(rows)} rows would be rejected as {reason} "
+            f"({details[reason]}), read as {job.format_name}. {hint}")
+
+
+def _failure(job: Job, record: dict | BadRow) -> tuple[str, str] | None:
+    """(reason, detail) when the record would be rejected, as the prepare phase would judge it; else None."""
+    if isinstance(record, BadRow):
+        return record.reason, record.detail
+    try:
+        for event in job.finisher.finish(job.adapter.to_events(record)):
+            validate(event, utc_now_us())
+    except Rejection as rejection:
+        return rejection.reason, rejection.detail
+    except Filtered:
+        return None
+    except Exception as error:  # as in prepare: an adapter's bug costs the row
+        return "mapping_error", f"{type(error).__name__}: {error}"
+    return None
+
+
+def _other_format_hint(job: Job, source: SourceFile) -> str | None:
+    """"These rows look like a Mixpanel export (...): --format mixpanel", when another format recognises them."""
+    recognised = recognise_format(first_records(source))
+    if recognised is None or recognised == job.format_name:
+        return None
+    return f"These rows look like {_shape(recognised)}: --format {recognised}."
 
 
 def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse_prepared: bool = True) -> Job:
@@ -123,7 +244,8 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
 
     A job whose prepare finished (``manifest.json`` written) never reads its sources again, so it opens
     without them: its inputs are the ones it recorded, and those that are gone are noted in
-    ``Job.gone_inputs`` (prepare still refuses inputs that are there with another content, or new ones).
+    ``Job.gone_inputs`` (prepare still refuses inputs that are there with another content, or new ones);
+    with ``--format auto`` its format is the one it was prepared in (its rows may be gone).
     ``reuse_prepared=False`` (inspect, which reads the sources) and ``--restart`` always need the inputs.
     """
     root = settings.job_directory()
@@ -131,11 +253,19 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     manifest = read_json(root / "manifest.json") if reuse_prepared and not settings.restart else None
     if manifest is None:
         sources, gone = expand_sources(settings.sources, explicit_format), {}
+        choice = choose_format(settings, sources)
     else:
         sources, gone = _sources_of_prepared_job(settings.sources, explicit_format, manifest)
-    format_name = choose_format(settings, sources)
+        choice = (choose_format(settings, sources) if explicit_format
+                  else FormatChoice(manifest["fingerprint"]["format"], "as the job was prepared"))
+    format_name = choice.name
     mapping = load_mapping(settings, cli_overrides)
-    adapter = adapter_class(format_name)(mapping)
+    try:
+        adapter = adapter_class(format_name)(mapping)
+    except ConfigError as error:  # the adapter refuses its [source] settings: say which file holds them
+        if settings.mapping_path:
+            raise ConfigError(f"mapping file {settings.mapping_path}: {error}") from None
+        raise
     if manifest is None and format_name in ("csv", "jsonl", "parquet"):
         # The first file that has columns stands for all: an empty file (no header) tells nothing.
         for source in sources:
@@ -145,7 +275,8 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
                 break
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(), gone_inputs=gone)
+    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(),
+               format_reason=choice.reason, format_recognised=choice.recognised, gone_inputs=gone)
 
 
 def _sources_of_prepared_job(arguments: tuple[str, ...], explicit_format: bool, manifest: dict,

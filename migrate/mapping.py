@@ -45,17 +45,19 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from migrate.errors import ConfigError
+from migrate.errors import ConfigError, describe_unknown_keys, refuse_unknown_keys
 from migrate.event import (
     TIMESTAMP_UNITS,
     Event,
     Rejection,
     json_object,
     normalise_uuid,
+    number_id_text,
     parse_timestamp,
     uuid_from_content,
     uuid_from_id,
@@ -72,6 +74,20 @@ DEFAULT_PROPERTIES_COLUMNS = ("properties",)
 # The source tag inside content-derived uuids of generic files: the same rows give the same uuids
 # whether they come as CSV, JSON lines or Parquet.
 GENERIC_SOURCE_TAG = "generic"
+
+# The keys of each table of a mapping file. A key not listed is refused (a typo must not be ignored); the
+# keys of [groups] are group types, those of [source] the adapter's settings and those of [run] the
+# settings of migrate.config, each checked there.
+MAPPING_TABLE_KEYS = {
+    "columns": ("event", "event_name", "distinct_id", "timestamp", "timestamp_unit", "timezone", "uuid", "insert_id"),
+    "properties": ("json_column", "include", "exclude"),
+    "person": ("set", "set_once"),
+    "filter": ("drop_events", "since", "until"),
+    "transform": ("rename_events", "drop_properties", "rename_properties"),
+    "groups": None,
+    "source": None,
+    "run": None,
+}
 
 
 class Filtered(Exception):
@@ -201,6 +217,17 @@ class ColumnMapping:
     def source_option(self, name: str, default: Any = None) -> Any:
         return dict(self.source_options).get(name, default)
 
+    def check_source_options(self, format_name: str, known: tuple[str, ...]) -> None:
+        """The [source] table holds the settings of the format's adapter: a key it does not read is a typo or a
+        setting of another format, and must not be ignored silently (the migration would run without it)."""
+        unknown = [str(key) for key, _ in self.source_options if key not in known]
+        if unknown:
+            raise ConfigError(
+                f"the mapping's [source] table has {describe_unknown_keys(unknown, list(known))}, which the "
+                f"{format_name} format does not know; "
+                + (f"it knows: {', '.join(known)}" if known else "it takes no settings")
+            )
+
     def source_path(self, name: str) -> Any:
         """A [source] setting naming a file, relative to the mapping file's folder when it is relative."""
         value = self.source_option(name)
@@ -218,19 +245,22 @@ class ColumnMapping:
             raise ConfigError(f"mapping file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"mapping file {path} is not valid TOML: {error}") from None
-        known = {"columns", "properties", "person", "groups", "filter", "run", "source", "transform"}
-        unknown = set(document) - known
+        known = sorted(MAPPING_TABLE_KEYS)
+        unknown = [str(section) for section in document if section not in MAPPING_TABLE_KEYS]
         if unknown:
             raise ConfigError(
-                f"mapping file {path}: unknown section(s) {sorted(unknown)}; expected {sorted(known)}"
+                f"mapping file {path}: unknown section(s) {describe_unknown_keys(unknown, known)}; "
+                f"the sections are: {', '.join(f'[{section}]' for section in known)}"
             )
         where = f"mapping file {path}"
-        for section in sorted(known):
+        for section, keys in MAPPING_TABLE_KEYS.items():
             if not isinstance(document.get(section, {}), dict):
                 raise ConfigError(
                     f"{where}: {section} = {document[section]!r} must be a table: write its keys under a "
                     f"[{section}] line"
                 )
+            if keys is not None:
+                refuse_unknown_keys(document.get(section, {}), list(keys), f"{where}: [{section}]")
         columns = document.get("columns", {})
         props = document.get("properties", {})
         person = document.get("person", {})
@@ -421,10 +451,12 @@ class RowMapper:
     def _distinct_id_text(value: Any) -> str | None:
         if value is None or value == "":
             return None
+        if type(value) is str:
+            return value
         if isinstance(value, bool | dict | list):
             raise Rejection("missing_distinct_id", f"distinct_id {value!r} is not text or a number")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        if isinstance(value, int | float | Decimal):
+            return number_id_text(value, "distinct_id")
         return str(value)
 
     def map(self, record: dict) -> Event:

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from migrate.checkpoint import atomic_write_json, crash_point, read_json
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from migrate.identity import IdentityCollector, identify_event
-from migrate.job import Job, fingerprint_changes, job_fingerprint, person_hash
+from migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
 from migrate.mapping import Filtered
 from migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
 from migrate.sender import Interrupted
@@ -67,6 +68,8 @@ PARENT_CHECK_SECONDS = 0.2
 YOUNG_COLLECTION_THRESHOLD = 50_000
 # Joining the rejects parts copies this much at a time (and moves its progress bar as often).
 COPY_CHUNK_BYTES = 1 << 20
+# The identity pass counts its events into the stats this many at a time.
+IDENTIFY_EVENTS_PER_TALLY = 5_000
 
 
 # --- reading and mapping rows ------------------------------------------------------------------------
@@ -92,7 +95,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     ``on_progress(rows, bytes)`` is told after each chunk how many rows and bytes of the file were read
     since the last call; by the end, the bytes add up to the file's size.
     """
-    now_us = utc_now_us()
+    now_us, suspicious_before_us = utc_now_us(), job.settings.suspicious_before_us()
     adapter, finisher, shard = job.adapter, job.finisher, job.settings.shard_pair()
     other_shard = f"belongs to another shard than {job.settings.shard}"
 
@@ -162,7 +165,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 if event.added:
                     tally.added += 1
                 on_event(event, payload, row_bits | sub_event, person)
-        stats.add_tally(tally, now_us)
+        stats.add_tally(tally, now_us, suspicious_before_us)
         if on_progress is not None:
             bytes_now = min(input_bytes_read() - bytes_before, source.size)
             on_progress(len(chunk), bytes_now - bytes_shown)
@@ -360,6 +363,7 @@ def prepare(job: Job) -> dict:
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
         return manifest
+    _stop_on_a_wrong_format(job)
     _start_or_resume(job, fingerprint_now)
     done = finished_files(job)
     pending = [s for s in job.sources if s.index not in done]
@@ -427,6 +431,12 @@ def _ctrl_c_held_back() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def _stop_on_a_wrong_format(job: Job) -> None:
+    problem = first_rows_problem(job)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     """All files done: the identity pass, the compaction of the runs, the rejects joined in file order, then
     the manifest. Each step that has work to do shows a progress bar while it runs."""
@@ -448,8 +458,14 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     with _step_progress(job, "identity pass (linking devices to users)", "pairs", None, draw=bool(pair_runs)
                         ) as pairs_read:
         identities = IdentityCollector(job.identity_dir, run_bytes // 2, pair_runs, on_read=pairs_read)
-        _add_identify_events(job, identities, writer, stats)
+        for timestamp_us, tiebreak, person, payload in _identify_events(job, identities, stats):
+            writer.add(timestamp_us, tiebreak, person, EVENT_ADDED, payload)
+            if writer.full:
+                writer.spill()
+        writer.spill()
     runs += _runs_list(writer)
+    if job.format_note:
+        stats.warnings[job.format_note] = stats.files
     for stale in job.runs_dir.glob("merged-*"):
         stale.unlink()  # from a compaction that was interrupted: redone
     run_files = [RunFile.from_dict(run) for run in runs]
@@ -519,13 +535,16 @@ def _join_rejects(job: Job) -> int:
     return size
 
 
-def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWriter, stats: PrepareStats) -> None:
-    """The identity pass: one $identify per (user, device) pair, at the pair's first event.
+def _identify_events(job: Job, identities: IdentityCollector,
+                     stats: PrepareStats) -> Iterator[tuple[int, int, int, bytes]]:
+    """The identity pass: one $identify per (user, device) pair, at the pair's first event, counted into
+    ``stats``; yields each one's (timestamp, tie-breaker, person hash, payload).
 
     Each goes at sub-event 0 of the row where the pair first appears (that row's own events are 1, 2, …),
-    with the same timestamp, so the merge sorts it just before that event.
+    with the same timestamp, so the merge sorts it just before that event. Prepare writes them to a run;
+    inspect only counts them, so that it announces the events a run sends.
     """
-    now_us = utc_now_us()
+    now_us, suspicious_before_us = utc_now_us(), job.settings.suspicious_before_us()
     tally = EventTally()
     for user, device, ts, tiebreak in identities.first_sightings():
         try:
@@ -534,19 +553,22 @@ def _add_identify_events(job: Job, identities: IdentityCollector, writer: RunWri
         except (Rejection, Filtered):
             continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
         person = person_hash(user)
-        writer.add(ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, EVENT_ADDED, payload)
         tally.add(events[0].event, events[0].source_event, ts, person, True)
-        if writer.full:
-            writer.spill()
-            stats.add_tally(tally, now_us)
-    writer.spill()
-    stats.add_tally(tally, now_us)
+        if len(tally.names) >= IDENTIFY_EVENTS_PER_TALLY:  # counted as they come: memory stays bounded
+            stats.add_tally(tally, now_us, suspicious_before_us)
+        yield ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, payload
+    stats.add_tally(tally, now_us, suspicious_before_us)
 
 
 # --- inspect -----------------------------------------------------------------------------------------
 
 def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
-    """Read and map everything, keep only counts and a few example rejects: the preflight report."""
+    """Read and map everything, keep only counts and a few example rejects: the preflight report.
+
+    The (user, device) pairs are collected as prepare collects them (spilled to a temporary folder beyond
+    the memory budget), so that the count of events includes the $identify events a run adds.
+    """
+    _stop_on_a_wrong_format(job)
     stats = PrepareStats()
     examples: list[dict] = []
 
@@ -556,9 +578,20 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
             examples.append({"reason": reason, "detail": detail, "file": source.uri, "row": row})
 
     bar = ReadingProgress(sum(source.size for source in job.sources), "reading", job.settings.quiet)
-    try:
-        for source in job.sources:
-            map_rows(job, source, lambda *_: None, on_reject, stats, on_progress=bar.advance)
-    finally:
-        bar.close()
+    with tempfile.TemporaryDirectory(prefix="posthog-migrate-inspect-") as pairs_folder:
+        identities = IdentityCollector(Path(pairs_folder), job.settings.memory // RUN_SHARE_OF_MEMORY // 2)
+
+        def on_event(event, payload, tiebreak, person) -> None:
+            if event.link is not None:
+                identities.see(*event.link, event.timestamp_us, tiebreak)
+
+        try:
+            for source in job.sources:
+                map_rows(job, source, on_event, on_reject, stats, on_progress=bar.advance)
+        finally:
+            bar.close()
+        for _ in _identify_events(job, identities, stats):
+            pass
+    if job.format_note:
+        stats.warnings[job.format_note] = stats.files
     return stats, examples

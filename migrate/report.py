@@ -135,8 +135,11 @@ class PrepareStats:
     # files it concerns): shown by inspect and at the end of run, kept in the manifest.
     warnings: Counter = field(default_factory=Counter)
 
-    def add_tally(self, tally: EventTally, now_us: int) -> None:
-        """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally."""
+    def add_tally(self, tally: EventTally, now_us: int, suspicious_before_us: int | None = None) -> None:
+        """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally.
+
+        Events dated before ``suspicious_before_us`` are counted under a warning (see suspicious_warning).
+        """
         if not tally.names:
             return
         self.events += len(tally.names)
@@ -157,6 +160,9 @@ class PrepareStats:
         if self.last_us is None or last > self.last_us:
             self.last_us = last
         self.recent_events += int(np.count_nonzero(timestamps > now_us - RECENT_EVENT_AGE_US))
+        if suspicious_before_us is not None and first < suspicious_before_us:
+            self.warnings[suspicious_warning(suspicious_before_us)] += int(
+                np.count_nonzero(timestamps < suspicious_before_us))
         self.people.add_many(np.frombuffer(tally.people, dtype=np.uint64).copy())
         tally.clear()
 
@@ -340,6 +346,15 @@ def preflight_report(stats: PrepareStats, format_name: str) -> str:
         lines += format_counter(stats.filtered)
     lines += warning_lines(stats)
     return "\n".join(lines)
+
+
+def suspicious_warning(suspicious_before_us: int) -> str:
+    """The warning that counts events dated before ``suspicious_before_us``: a time of 0 or 1 (1970), a negative
+    number (before 1970) or a wrong unit put real events there, and a migration should not send them unseen."""
+    moment = format_timestamp(suspicious_before_us)
+    moment = moment[:10] if moment.endswith("T00:00:00.000000Z") else moment
+    return (f"events dated before {moment}: suspicious (a time of 0, 1 or below zero? a wrong timestamp unit?); "
+            "drop them with the mapping's [filter] since, or move this limit with [run] suspicious_before")
 
 
 def warning_lines(stats: PrepareStats) -> list[str]:

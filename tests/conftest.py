@@ -123,6 +123,17 @@ def s3_endpoint() -> Iterator[str]:
         server.wait()
 
 
+def install_plugin(folder: Path, module: str, code: str, adapters: dict[str, str]) -> None:
+    """Install a plugin package into ``folder`` (a process with it on PYTHONPATH sees it): ``module``.py holding
+    ``code``, with ``posthog_migrate.adapters`` entry points format name → "module:Class"."""
+    (folder / f"{module}.py").write_text(code)
+    info = folder / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    entry_points = "".join(f"{name} = {target}\n" for name, target in adapters.items())
+    (info / "entry_points.txt").write_text(f"[posthog_migrate.adapters]\n{entry_points}")
+
+
 def cli_environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
     env.update(extra)

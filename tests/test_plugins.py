@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
-
-from .conftest import TEST_API_KEY, cli_environment, run_cli, write_jsonl
+from .conftest import TEST_API_KEY, cli_environment, install_plugin, run_cli, write_jsonl
 
 PLUGIN = '''
 from adapters.base import Adapter
@@ -32,15 +30,8 @@ class Impostor(Adapter):
 
 
 def _install_plugin(folder):
-    (folder / "snowplow_plugin.py").write_text(PLUGIN)
-    info = folder / "snowplow_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: snowplow-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""
-        [posthog_migrate.adapters]
-        snowplow = snowplow_plugin:SnowplowAdapter
-        csv = snowplow_plugin:Impostor
-    """))
+    install_plugin(folder, "snowplow_plugin", PLUGIN,
+                   {"snowplow": "snowplow_plugin:SnowplowAdapter", "csv": "snowplow_plugin:Impostor"})
 
 
 def test_a_plugin_format_migrates_through_the_whole_pipeline(tmp_path, capture_server):

@@ -76,6 +76,8 @@ class Sample:
     group_rows: int = 0
     bad: list[tuple[str, bytes, str, str]] = field(default_factory=list)  # (member, line, reason, why)
     people: set[str] = field(default_factory=set)
+    # (user_id, device_id) pairs of the good rows: the pipeline adds one $identify for each.
+    linked_pairs: set[tuple[str, str]] = field(default_factory=set)
     event_types: Counter = field(default_factory=Counter)
 
 
@@ -250,6 +252,8 @@ def build(rng: random.Random) -> Sample:
         else:
             sample.event_types[row["event_type"]] += 1
             sample.people.add(row["user_id"] or row["device_id"])
+            if row["user_id"] and row["device_id"] and row["user_id"] != row["device_id"]:
+                sample.linked_pairs.add((row["user_id"], row["device_id"]))
             if row["group_properties"]:
                 sample.group_rows += 1
     return sample
@@ -320,6 +324,8 @@ def readme(sample: Sample, files: dict[str, list[bytes]], size: int) -> str:
     bad = len(sample.bad)
     good = sample.rows - bad - sample.filtered
     names = "\n".join(f"| `{name}` | {count} |" for name, count in sorted(sample.event_types.items()))
+    pairs = len(sample.linked_pairs)
+    total = good + sample.group_rows + pairs
     return f"""# Amplitude sample export: Acme Notes
 
 `export.zip` ({size:,} bytes) is shaped like an answer of Amplitude's Export API for project {PROJECT},
@@ -340,7 +346,9 @@ posthog-migrate run sample_data/amplitude/export.zip --format amplitude --host l
 | bad (rejected) | {bad} |
 
 The good rows make {good} events plus {sample.group_rows} `$groupidentify` events (one per row that
-carries a workspace's group properties), for {len(sample.people)} distinct ids. 36 people: 12 anonymous web
+carries a workspace's group properties), for {len(sample.people)} distinct ids, and the pipeline adds one
+`$identify` per (user_id, device_id) pair it sees: {pairs}. In all, {total:,} events to send (what `inspect`
+counts and `run` sends). 36 people: 12 anonymous web
 visitors (device id only), 10 who sign up on the web (device id first, then `user_id` from `signed_up` on:
 the pipeline links the two), 8 web customers and 6 iOS app users (user id and device id), and a server-side
 `invoice_paid` for some customers (no device, `session_id` -1, no `uuid`: its uuid comes from `$insert_id`).

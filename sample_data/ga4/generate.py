@@ -282,7 +282,8 @@ def readme(files, bad, counts) -> str:
         f"{counts['duplicate_record'] + 1}), as GA4 exports",
         "sometimes do: both become the same event with the same uuid, which PostHog keeps once.",
         "Signed-in rows carry `user_id` beside `user_pseudo_id`, so the pipeline adds one `$identify` per pair:",
-        f"{counts['pairs']} in all.",
+        f"{counts['pairs']} in all. That makes {total[1] + counts['pairs']:,} events to send (what `inspect` counts "
+        "and `run` sends).",
         "",
         "## Deliberately bad rows",
         "",

@@ -209,7 +209,12 @@ def readme(files: dict, records: int, bad: list, identified: int, migrations: in
         *[f"| `{path}` | {n} |" for path, (_, n) in files.items()],
         "",
         f"The tables hold {records} records: {records - len(bad)} good (each becomes one event; the `users` rows",
-        f"become `$set` events) and {len(bad)} bad. The lookups are not inputs.",
+        f"become `$set` events) and {len(bad)} bad. The pipeline adds one `$identify` per (identity, Heap user id)",
+        # Each identified person is one pair: the users row's (identity, user_id), which the lookups give the
+        # events of the person's migrated user ids too.
+        f"pair it sees: {identified}. In all, {records - len(bad) + identified:,} events to send (what `inspect` "
+        "counts and `run` sends),",
+        "with the mapping or without it. The lookups are not inputs.",
         "",
         "## Deliberately bad rows",
         "",

@@ -52,12 +52,17 @@ class Output:
     filtered: int = 0
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (record, reason, why)
     names: Counter = field(default_factory=Counter)
+    # ($user_id, $device_id) pairs of the good rows: the pipeline adds one $identify for each.
+    linked_pairs: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, row: dict | bytes, kind: str = "good", reason: str = "", why: str = "") -> None:
         self.lines.append(row if isinstance(row, bytes) else json.dumps(row, separators=(",", ":")).encode())
         if kind == "good":
             self.good += 1
             self.names[row["event"]] += 1
+            user, device = row["properties"].get("$user_id"), row["properties"].get("$device_id")
+            if user and device and user != device:
+                self.linked_pairs.add((user, device))
         elif kind == "filtered":
             self.filtered += 1
         else:
@@ -212,6 +217,12 @@ def readme(modern_out: Output, legacy_out: Output) -> str:
     def counts(out: Output) -> str:
         return f"{len(out.lines)} | {out.good} | {out.filtered} | {len(out.bad)} | {names(out)}"
 
+    def pairs(out: Output) -> str:
+        return str(len(out.linked_pairs) or "none")
+
+    def to_send(out: Output) -> str:
+        return f"{out.good + len(out.linked_pairs):,}"
+
     return f"""# Mixpanel sample exports: Acme Notes
 
 Raw Export API files (JSON lines of `{{"event", "properties"}}`), written by `generate.py`; do not
@@ -223,7 +234,10 @@ edit them by hand (`python generate.py` rewrites them byte for byte).
 | `legacy-2022-11.jsonl` | from 2021, Original ID Merge, `time` in America/Los_Angeles seconds | {counts(legacy_out)} |
 
 Each good row is one event: `$mp_web_page_view` → `$pageview`, `$identify` → PostHog `$identify`,
-`$create_alias` and `$merge` → `$create_alias`. The filtered row is a `$merge` of a single id.
+`$create_alias` and `$merge` → `$create_alias`. The filtered row is a `$merge` of a single id. Besides, the
+pipeline adds one `$identify` per (`$user_id`, `$device_id`) pair it sees: {pairs(modern_out)} in the 2024 export
+({to_send(modern_out)} events to send in all), {pairs(legacy_out)} in the legacy one
+({to_send(legacy_out)} events to send). `inspect` counts them as `run` sends them.
 
 The legacy project predates 2023, so Mixpanel stored its times in the project's timezone: run it as its
 own job with that zone. Its events span the end of DST (2022-11-06 01:00–02:00 happens twice; such

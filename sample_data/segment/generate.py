@@ -365,6 +365,9 @@ def readme(archive_files: list[dict], warehouse_files: list[dict], bad: list[tup
         "Records count data rows from 1 in each file (a CSV header is not one). Besides its own events, the",
         "pipeline adds one `$identify` per (userId, anonymousId) pair it sees: "
         f"{counts['archive_pairs']} in the archive, {counts['warehouse_pairs']} in the warehouse.",
+        f"In all, {counts['archive_good'] + counts['archive_pairs']:,} events to send from the archive and "
+        f"{counts['warehouse_good'] + counts['warehouse_pairs']:,} events to send from the warehouse",
+        "(what `inspect` counts and `run` sends).",
         "",
         "## Files",
         "",
