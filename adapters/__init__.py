@@ -6,10 +6,11 @@ Ours are listed in ``BUILTIN_ADAPTERS``; third parties add theirs through the
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib.metadata import entry_points
 
-from adapters.base import Adapter, BadRow, SourceFile, file_name
+from adapters.base import Adapter, BadRow, SourceFile, file_name, without_compression
 from adapters.csv import CsvAdapter
 from adapters.jsonl import JsonLinesAdapter
 from adapters.parquet import ParquetAdapter
@@ -28,7 +29,6 @@ PLATFORM_ADAPTERS = {
     "ga4": "adapters.ga4:Ga4Adapter",
     "heap": "adapters.heap:HeapAdapter",
 }
-COMPRESSION_ENDINGS = (".gz", ".gzip")
 
 __all__ = ["Adapter", "BadRow", "SourceFile", "available_adapters", "adapter_class", "detect_format"]
 
@@ -61,10 +61,13 @@ def detect_format(uri: str) -> str | None:
     A URI's ``?query`` (``s3://b/x.jsonl?endpoint_override=host:9000``) is not part of the name; a local path
     is taken whole (``?`` is a legal character in a file name).
     """
-    name = file_name(uri)
-    for ending in COMPRESSION_ENDINGS:
-        name = name.removesuffix(ending)
-    for adapter in available_adapters().values():
-        if any(name.endswith(ext) for ext in adapter.extensions):
-            return adapter.name
-    return None
+    name = without_compression(file_name(uri))
+    return next((format_name for ending, format_name in _formats_by_ending() if name.endswith(ending)), None)
+
+
+@functools.cache
+def _formats_by_ending() -> tuple[tuple[str, str], ...]:
+    """(ending, format) of every registered adapter, in registry order. Built once per process: building it
+    imports the platform adapters and scans the entry points (milliseconds), and listing a folder asks for
+    every file."""
+    return tuple((ending, adapter.name) for adapter in available_adapters().values() for ending in adapter.extensions)
