@@ -36,6 +36,7 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
 
 from __future__ import annotations
 
+import io
 import math
 import uuid as uuid_module
 import zipfile
@@ -463,7 +464,9 @@ def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> 
     """The non-blank lines of one member (decompressed by its magic bytes), with their line numbers; a line
     over MAX_ROW_BYTES as a ``row_too_large`` BadRow."""
     try:
-        with archive.open(info) as raw, decompressed(raw, f"{uri}: member {info.filename}") as stream:
+        # A BufferedReader: ZipExtFile.readline(limit) may return more than the limit.
+        with io.BufferedReader(archive.open(info), 1 << 20) as raw, \
+                decompressed(raw, f"{uri}: member {info.filename}") as stream:
             for line_number, line in enumerate(bounded_lines(stream), start=1):
                 if type(line) is BadRow:
                     yield line_number, line

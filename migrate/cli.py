@@ -26,7 +26,7 @@ from migrate.errors import ConfigError, MigrateError
 from migrate.job import Job, JobLock, open_job, open_retry_job, reset_job
 from migrate.pipeline import dry_run, send
 from migrate.prepare import inspect_sources, prepare
-from migrate.report import PrepareStats, day_of, human_duration, preflight_report, run_summary
+from migrate.report import PrepareStats, day_of, human_duration, preflight_report, run_summary, skipped_files_line
 from migrate.sender import Interrupted
 
 
@@ -254,6 +254,8 @@ def _run_job(job, api_key: str) -> ExitStatus:
     settings = job.settings
     if not settings.quiet:
         click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}", err=True)
+    if job.skipped:
+        click.echo(skipped_files_line(job.skipped), err=True)
     started = time.monotonic()
     already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
@@ -276,7 +278,7 @@ def _run_job(job, api_key: str) -> ExitStatus:
     click.echo(run_summary(
         stats, outcome.progress, outcome.counters, outcome.elapsed, target=target,
         rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
-        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds,
+        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds, skipped_files=len(job.skipped),
     ))
     rejected = stats.rejected_total + outcome.progress.server_rejected_rows
     return ExitStatus.DONE_WITH_REJECTS if rejected else ExitStatus.DONE
@@ -335,7 +337,7 @@ def inspect(**kwargs: Any) -> None:
     except KeyboardInterrupt:  # inspect keeps no state: nothing to save, just stop quietly
         click.echo("Interrupted.", err=True)
         sys.exit(ExitStatus.INTERRUPTED_SIGINT)
-    click.echo(preflight_report(stats, job.format_name))
+    click.echo(preflight_report(stats, job.format_name, job.skipped))
     if examples:
         click.echo("First rejected rows:")
         for example in examples:

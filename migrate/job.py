@@ -28,8 +28,11 @@ from migrate.checkpoint import digest, read_json
 from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.mapping import ColumnMapping
-from migrate.sources import describe_changes, expand_sources, fingerprint, fingerprint_path
+from migrate.sources import SkippedInput, describe_changes, expand_sources, fingerprint, fingerprint_path, list_inputs
 from migrate.transform import EventFinisher
+
+# Listing thousands of files can take a while: a bar shows it, but only when it lasts longer than this.
+LISTING_PROGRESS_DELAY_SECONDS = 1.0
 
 
 @functools.lru_cache(maxsize=1 << 16)  # a person has many events, often close together: most calls repeat
@@ -52,6 +55,7 @@ class Job:
     job_id: str = ""
     import_source: str = ""  # what $import_source says: the format the rows came in (csv, amplitude, ...)
     stop: threading.Event = field(default_factory=threading.Event)
+    skipped: list[SkippedInput] = field(default_factory=list)  # what the arguments hold that is not read
 
     def __post_init__(self) -> None:
         self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
@@ -117,7 +121,17 @@ def choose_format(settings: Settings, sources: list[SourceFile]) -> str:
 
 def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Job:
     """Find the inputs, pick the adapter and check the mapping against the files: all before any work."""
-    sources = expand_sources(settings.sources, explicit_format=settings.format != "auto")
+    from migrate.report import progress_bar  # (numpy and tqdm: not for commands that never list inputs)
+
+    root = settings.job_directory()
+    # The job's own output is never an input, even when the work directory is inside an input folder.
+    own_output = [root, *([settings.out] if settings.out else [])]
+    bar = progress_bar(None, "files", "listing", settings.quiet, delay=LISTING_PROGRESS_DELAY_SECONDS)
+    try:
+        listing = list_inputs(settings.sources, settings.format != "auto", own_output, bar.update)
+    finally:
+        bar.close()
+    sources = listing.sources
     format_name = choose_format(settings, sources)
     mapping = load_mapping(settings, cli_overrides)
     adapter = adapter_class(format_name)(mapping)
@@ -128,10 +142,18 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Jo
             if columns:
                 mapping.check_columns(columns, source.uri)
                 break
-    root = settings.job_directory()
     if create:
-        root.mkdir(parents=True, exist_ok=True)
-    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id())
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(unwritable_workdir_message(root, error)) from None
+    return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(),
+               skipped=listing.skipped)
+
+
+def unwritable_workdir_message(root: Path, error: OSError) -> str:
+    return (f"cannot write the job's work directory {root} ({error.strerror}): give a folder you can write "
+            "to with --workdir DIR")
 
 
 class JobLock:
@@ -142,7 +164,10 @@ class JobLock:
         self._handle = None
 
     def __enter__(self) -> JobLock:
-        self._handle = open(self.path, "a+")
+        try:
+            self._handle = open(self.path, "a+")  # noqa: SIM115 - closed by __exit__
+        except OSError as error:
+            raise ConfigError(unwritable_workdir_message(self.path.parent, error)) from None
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
