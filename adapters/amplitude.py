@@ -49,6 +49,7 @@ import orjson
 from pyarrow import fs as pafs
 
 from adapters.base import (
+    MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
     ROWS_PER_CHUNK,
     Adapter,
@@ -448,14 +449,16 @@ def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
                     "Check --format."
                 )
             chunk: RowChunk = []
+            chunk_bytes = 0
             row_number = 0
             for info in members:
                 for line_number, line in _member_lines(archive, info, source.uri):
                     row_number += 1
                     chunk.append((row_number, _parse_line(line, info.filename, line_number)))
-                    if len(chunk) >= ROWS_PER_CHUNK:
+                    chunk_bytes += len(line) if type(line) is bytes else 0
+                    if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
                         yield chunk
-                        chunk = []
+                        chunk, chunk_bytes = [], 0
             if chunk:
                 yield chunk
 

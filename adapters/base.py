@@ -34,6 +34,9 @@ from migrate.mapping import ColumnMapping, RowMapper
 
 # Rows handed to the mapper per chunk: large enough to amortise per-chunk work, small enough to bound memory.
 ROWS_PER_CHUNK = 5_000
+# ...and a chunk is cut sooner when its rows' raw bytes reach this: 5,000 rows of a megabyte each would
+# otherwise be held at once.
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 # The compressions read, recognised by their first bytes (exports are often renamed); the endings name them
 # too, so that ``events.csv.zst`` is recognised as CSV. bzip2's magic is "BZh", a block size digit, then the

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from adapters.base import (
+    MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
     MAX_ROW_BYTES,
     ROWS_PER_CHUNK,
@@ -105,6 +106,7 @@ class _Lines:
         self._text = text
         self.replay: deque[str] = deque()
         self.taken: list[str] = []
+        self.chars_read = 0  # lets the reader cut a chunk of long rows before ROWS_PER_CHUNK
 
     def __iter__(self) -> _Lines:
         return self
@@ -122,6 +124,7 @@ class _Lines:
         line = self._text.readline(MAX_ROW_BYTES + 1)
         if not line:
             raise StopIteration
+        self.chars_read += len(line)
         if len(line) > MAX_ROW_BYTES and not line.endswith(("\n", "\r")):
             size = len(line)
             while rest := self._text.readline(SKIP_BYTES):
@@ -207,9 +210,9 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
                 chunk.append((row_number, {
                     name: convert(cell) for name, cell in zip(header, cells, strict=True) if cell != ""
                 }))
-            if len(chunk) >= ROWS_PER_CHUNK:
+            if len(chunk) >= ROWS_PER_CHUNK or lines.chars_read >= MAX_CHUNK_BYTES:
                 yield chunk
-                chunk = []
+                chunk, lines.chars_read = [], 0
         if chunk:
             yield chunk
 

@@ -9,6 +9,7 @@ from typing import IO, ClassVar
 import orjson
 
 from adapters.base import (
+    MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
     MAX_ROW_BYTES,
     ROWS_PER_CHUNK,
@@ -61,6 +62,7 @@ def read_json_lines(source: SourceFile) -> Iterator[RowChunk]:
 
 def _json_lines_rows(stream: IO[bytes]) -> Iterator[RowChunk]:
     chunk: RowChunk = []
+    chunk_bytes = 0
     row_number = 0
     loads = orjson.loads
     for line in bounded_lines(stream):
@@ -76,9 +78,10 @@ def _json_lines_rows(stream: IO[bytes]) -> Iterator[RowChunk]:
         except orjson.JSONDecodeError:
             record = None
         chunk.append((row_number, record if type(record) is dict else _parse_line(line)))
-        if len(chunk) >= ROWS_PER_CHUNK:
+        chunk_bytes += len(line)
+        if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
             yield chunk
-            chunk = []
+            chunk, chunk_bytes = [], 0
     if chunk:
         yield chunk
 
@@ -105,11 +108,16 @@ def _refuse_if_all_bad(source: SourceFile, chunk: RowChunk) -> None:
 
 def _json_array_rows(source: SourceFile, stream: IO[bytes]) -> Iterator[RowChunk]:
     chunk: RowChunk = []
+    chunk_bytes = 0
     for number, element in enumerate(_json_array_elements(source, stream), start=1):
-        chunk.append((number, element if type(element) is BadRow else _parse_line(element)))
-        if len(chunk) >= ROWS_PER_CHUNK:
+        if type(element) is BadRow:
+            chunk.append((number, element))
+        else:
+            chunk.append((number, _parse_line(element)))
+            chunk_bytes += len(element)
+        if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
             yield chunk
-            chunk = []
+            chunk, chunk_bytes = [], 0
     if chunk:
         yield chunk
 
