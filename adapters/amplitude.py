@@ -49,9 +49,7 @@ import orjson
 from pyarrow import fs as pafs
 
 from adapters.base import (
-    MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
-    ROWS_PER_CHUNK,
     Adapter,
     BadRow,
     RowChunk,
@@ -59,6 +57,7 @@ from adapters.base import (
     bounded_lines,
     decompressed,
     file_name,
+    in_chunks,
     note_warning,
     open_binary,
 )
@@ -448,19 +447,17 @@ def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
                     f"{source.uri}: the zip holds no .json.gz or .json files; is it an Amplitude export? "
                     "Check --format."
                 )
-            chunk: RowChunk = []
-            chunk_bytes = 0
-            row_number = 0
-            for info in members:
-                for line_number, line in _member_lines(archive, info, source.uri):
-                    row_number += 1
-                    chunk.append((row_number, _parse_line(line, info.filename, line_number)))
-                    chunk_bytes += len(line) if type(line) is bytes else 0
-                    if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
-                        yield chunk
-                        chunk, chunk_bytes = [], 0
-            if chunk:
-                yield chunk
+            yield from in_chunks(_numbered_rows(archive, members, source.uri))
+
+
+def _numbered_rows(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo],
+                   uri: str) -> Iterator[tuple[int, dict | BadRow, int]]:
+    """Every member's rows, numbered across the archive, with their sizes in bytes (for in_chunks)."""
+    row_number = 0
+    for info in members:
+        for line_number, line in _member_lines(archive, info, uri):
+            row_number += 1
+            yield row_number, _parse_line(line, info.filename, line_number), len(line) if type(line) is bytes else 0
 
 
 def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> Iterator[tuple[int, bytes | BadRow]]:

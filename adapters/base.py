@@ -108,6 +108,20 @@ def too_large_row(excerpt: bytes | str, size: int) -> BadRow:
                   excerpt[:MAX_RAW_CHARS_IN_REJECT])
 
 
+def in_chunks(rows: Iterator[tuple[int, dict | BadRow, int]]) -> Iterator[RowChunk]:
+    """(row number, record, its size in bytes) cut into chunks of ROWS_PER_CHUNK rows or MAX_CHUNK_BYTES."""
+    chunk: RowChunk = []
+    chunk_bytes = 0
+    for number, record, size in rows:
+        chunk.append((number, record))
+        chunk_bytes += size
+        if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+    if chunk:
+        yield chunk
+
+
 def bounded_lines(stream: IO[bytes]) -> Iterator[bytes | BadRow]:
     """The lines of a binary stream, each whole, except a line over MAX_ROW_BYTES: that one comes as a
     ``row_too_large`` BadRow, and is passed over a megabyte at a time, never held whole."""

@@ -18,6 +18,7 @@ from adapters.base import (
     RowChunk,
     SourceFile,
     bounded_lines,
+    in_chunks,
     open_binary,
     too_large_row,
 )
@@ -107,19 +108,11 @@ def _refuse_if_all_bad(source: SourceFile, chunk: RowChunk) -> None:
 
 
 def _json_array_rows(source: SourceFile, stream: IO[bytes]) -> Iterator[RowChunk]:
-    chunk: RowChunk = []
-    chunk_bytes = 0
-    for number, element in enumerate(_json_array_elements(source, stream), start=1):
-        if type(element) is BadRow:
-            chunk.append((number, element))
-        else:
-            chunk.append((number, _parse_line(element)))
-            chunk_bytes += len(element)
-        if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
-            yield chunk
-            chunk, chunk_bytes = [], 0
-    if chunk:
-        yield chunk
+    def numbered() -> Iterator[tuple[int, dict | BadRow, int]]:
+        for number, element in enumerate(_json_array_elements(source, stream), start=1):
+            yield (number, element, 0) if type(element) is BadRow else (number, _parse_line(element), len(element))
+
+    return in_chunks(numbered())
 
 
 def _json_array_elements(source: SourceFile, stream: IO[bytes]) -> Iterator[bytes | BadRow]:

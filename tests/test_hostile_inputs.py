@@ -39,16 +39,25 @@ def _no_traceback(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
 
 
-def _inspect(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _inspect(cwd: Path, *args: str) -> str:
+    """The report of a successful inspect."""
     result = run_cli(["inspect", *args, "-q"], cwd)
     _no_traceback(result)
-    return result
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def _dry_run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """A successful dry run."""
     result = run_cli(["run", *args, "--dry-run", "-q"], cwd)
     _no_traceback(result)
+    assert result.returncode == 0, result.stderr
     return result
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    return folder
 
 
 def _rows_read(report: str) -> int:
@@ -79,8 +88,7 @@ COMPRESSIONS = {
 
 
 def test_inspect_names_every_skipped_file_and_reads_every_compression(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = _made(tmp_path / "export")
     write_csv(folder / "a.csv", make_rows(10, seed=1))
     write_csv(folder / "b.CSV", make_rows(10, seed=2))
     plain = (folder / "a.csv").read_bytes()
@@ -88,21 +96,18 @@ def test_inspect_names_every_skipped_file_and_reads_every_compression(tmp_path):
         (folder / f"c.csv.{ending}").write_bytes(compress(plain))
     (folder / "notes.txt").write_text("not data\n")
     (folder / "_SUCCESS").write_text("")
-    result = _inspect(tmp_path, "export")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 50  # a.csv, b.CSV and the three compressed copies
-    assert "Files skipped:     2 (not read):" in result.stdout
-    assert f"{folder / 'notes.txt'}: its ending names no format" in result.stdout
-    assert f"{folder / '_SUCCESS'}: a marker or checksum file" in result.stdout
+    report = _inspect(tmp_path, "export")
+    assert _rows_read(report) == 50  # a.csv, b.CSV and the three compressed copies
+    assert "Files skipped:     2 (not read):" in report
+    assert f"{folder / 'notes.txt'}: its ending names no format" in report
+    assert f"{folder / '_SUCCESS'}: a marker or checksum file" in report
 
 
 def test_run_names_the_skipped_files_at_its_start_and_counts_them_in_the_summary(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = _made(tmp_path / "export")
     write_jsonl(folder / "events.jsonl", make_rows(20))
     (folder / "events.jsonl.lz4").write_bytes(b"\x04\x22\x4d\x18 not a format we read")
     result = _dry_run(tmp_path, "export", "--workdir", "work")
-    assert result.returncode == 0, result.stderr
     assert f"Skipped 1 file(s), not read: {folder / 'events.jsonl.lz4'} (its ending names no format" in result.stderr
     assert "Files skipped:     1 (not read; `posthog-migrate inspect` lists them)" in result.stdout
 
@@ -138,10 +143,9 @@ def test_a_symlink_loop_is_not_followed_and_is_named(tmp_path):
     (folder / "sub").mkdir(parents=True)
     write_jsonl(folder / "events.jsonl", make_rows(50))
     (folder / "sub" / "up").symlink_to("..")
-    result = _inspect(tmp_path, "export")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 50
-    assert f"{folder / 'sub' / 'up'}/: a symlink loop: it leads back to {folder}, read once" in result.stdout
+    report = _inspect(tmp_path, "export")
+    assert _rows_read(report) == 50
+    assert f"{folder / 'sub' / 'up'}/: a symlink loop: it leads back to {folder}, read once" in report
 
 
 def test_a_second_name_for_a_folder_or_a_file_does_not_double_the_counts(tmp_path):
@@ -151,22 +155,19 @@ def test_a_second_name_for_a_folder_or_a_file_does_not_double_the_counts(tmp_pat
     (folder / "latest").symlink_to("2024")
     (folder / "today.jsonl").symlink_to(folder / "2024" / "events.jsonl")
     os.link(folder / "2024" / "events.jsonl", folder / "hardlinked.jsonl")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
+    outside = _made(tmp_path / "elsewhere")
     write_jsonl(outside / "more.jsonl", make_rows(7, seed=2))
     (folder / "linked-in").symlink_to(outside)  # a link out of the tree is followed
-    result = _inspect(tmp_path, "export")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 47
-    assert f"{folder / 'latest'}/: a symlink to {folder / '2024'}, read once" in result.stdout
+    report = _inspect(tmp_path, "export")
+    assert _rows_read(report) == 47
+    assert f"{folder / 'latest'}/: a symlink to {folder / '2024'}, read once" in report
     same = f"the same file as {folder / '2024' / 'events.jsonl'} (a link), read once"
-    assert f"{folder / 'today.jsonl'}: {same}" in result.stdout
-    assert f"{folder / 'hardlinked.jsonl'}: {same}" in result.stdout
+    assert f"{folder / 'today.jsonl'}: {same}" in report
+    assert f"{folder / 'hardlinked.jsonl'}: {same}" in report
 
 
 def test_the_same_folder_named_twice_through_a_link_is_read_once(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = _made(tmp_path / "export")
     write_jsonl(folder / "events.jsonl", make_rows(25))
     (tmp_path / "alias").symlink_to(folder)
     listing = list_inputs([str(folder), str(tmp_path / "alias")], explicit_format=False)
@@ -177,8 +178,7 @@ def test_the_same_folder_named_twice_through_a_link_is_read_once(tmp_path):
 # --- 11. the job's work directory is never an input ---------------------------------------------------
 
 def test_a_work_directory_inside_the_input_folder_is_never_read(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = _made(tmp_path / "export")
     write_jsonl(folder / "events.jsonl", make_rows(60))
     args = ["run", "export", "--host", "local", "--workdir", "export/work", "-q"]
     first = run_cli(args, tmp_path)
@@ -206,9 +206,8 @@ def test_zip_members_with_dotdot_in_their_names_are_read(tmp_path):
         archive.writestr("a.jsonl", _jsonl_bytes(make_rows(100, seed=1)))
         archive.writestr("../b.jsonl", _jsonl_bytes(make_rows(100, seed=2)))
         archive.writestr("x/../../c.jsonl", _jsonl_bytes(make_rows(100, seed=3)))
-    result = _inspect(tmp_path, "export.zip", "--format", "jsonl")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 300
+    report = _inspect(tmp_path, "export.zip", "--format", "jsonl")
+    assert _rows_read(report) == 300
 
 
 def test_a_zip_inside_a_zip_is_reported_not_printed(tmp_path):
@@ -219,7 +218,6 @@ def test_a_zip_inside_a_zip_is_reported_not_printed(tmp_path):
         archive.writestr("events.jsonl", _jsonl_bytes(make_rows(20, seed=2)))
         archive.write(inner, "nested/inner.zip")
     result = _dry_run(tmp_path, "export.zip", "--format", "jsonl", "--workdir", "work")
-    assert result.returncode == 0, result.stderr
     assert "PK\x03\x04" not in result.stdout + result.stderr and "\x00" not in result.stdout + result.stderr
     assert (f"{tmp_path / 'export.zip'}!/nested/inner.zip (a zip inside the zip: extract it, and give it as an "
             "input of its own)") in result.stderr
@@ -237,10 +235,9 @@ def test_amplitudes_own_zip_reader_reads_dotdot_members_and_names_what_it_does_n
         archive.writestr("1/1_2024-03-01_10#0.json.gz", gzip.compress(b"".join(line(n) for n in range(10))))
         archive.writestr("../1_2024-03-01_11#0.json.gz", gzip.compress(b"".join(line(n) for n in range(10, 25))))
         archive.writestr("1/readme.txt", b"hello")
-    result = _inspect(tmp_path, str(path), "--format", "amplitude")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 25
-    assert f"{path}: 1 member(s) of the zip not read (not .json or .json.gz): 1/readme.txt" in result.stdout
+    report = _inspect(tmp_path, str(path), "--format", "amplitude")
+    assert _rows_read(report) == 25
+    assert f"{path}: 1 member(s) of the zip not read (not .json or .json.gz): 1/readme.txt" in report
 
 
 # --- 13. repeated column names keep both values -------------------------------------------------------
@@ -251,7 +248,6 @@ def test_a_csv_with_a_repeated_column_keeps_both_values_and_warns(tmp_path):
         "signed_up,u1,2024-03-01T00:00:00Z,free,pro\n"
     )
     result = _dry_run(tmp_path, "events.csv", "--workdir", "work", "--out", "bodies")
-    assert result.returncode == 0, result.stderr
     [event] = _dry_run_events(tmp_path / "bodies")
     assert (event["properties"]["plan"], event["properties"]["plan_2"]) == ("free", "pro")
     assert f"{tmp_path / 'events.csv'}: repeated column names, both kept: plan → plan_2" in result.stdout
@@ -265,7 +261,6 @@ def test_a_parquet_file_with_a_repeated_field_keeps_both_values_and_warns(tmp_pa
     )
     pq.write_table(table, tmp_path / "events.parquet")
     result = _dry_run(tmp_path, "events.parquet", "--workdir", "work", "--out", "bodies")
-    assert result.returncode == 0, result.stderr
     [event] = _dry_run_events(tmp_path / "bodies")
     properties = event["properties"]
     assert (properties["plan"], properties["plan_2"], properties["plan_3"]) == ("free", "pro", "team")
@@ -370,8 +365,7 @@ def test_a_huge_line_in_an_amplitude_zip_member_is_rejected(tmp_path):
 # --- 17. odd names and unwritable work directories ----------------------------------------------------
 
 def test_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = _made(tmp_path / "export")
     write_jsonl(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.jsonl")), make_rows(5))
     for command in (["inspect", "export"], ["run", "export", "--dry-run"]):
         result = run_cli(command, tmp_path)
@@ -382,12 +376,10 @@ def test_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
 
 
 def test_a_folder_whose_name_holds_a_bang_is_a_folder_not_a_zip(tmp_path):
-    folder = tmp_path / "exports!" / "2024"
-    folder.mkdir(parents=True)
+    folder = _made(tmp_path / "exports!" / "2024")
     write_jsonl(folder / "events.jsonl", make_rows(15))
-    result = _inspect(tmp_path, "exports!")
-    assert result.returncode == 0, result.stderr
-    assert _rows_read(result.stdout) == 15
+    report = _inspect(tmp_path, "exports!")
+    assert _rows_read(report) == 15
 
 
 def _unwritable_places(tmp_path: Path) -> list[str]:
