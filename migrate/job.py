@@ -152,6 +152,7 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True) -> Jo
 
 
 def unwritable_workdir_message(root: Path, error: OSError) -> str:
+    """What to say when the work directory cannot be made or written (a file in its path, a read-only disk)."""
     return (f"cannot write the job's work directory {root} ({error.strerror}): give a folder you can write "
             "to with --workdir DIR")
 
