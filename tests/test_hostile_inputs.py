@@ -269,17 +269,25 @@ def test_a_parquet_file_with_a_repeated_field_keeps_both_values_and_warns(tmp_pa
 
 # --- 15. one huge line costs its own row, not the memory ----------------------------------------------
 
+# Runs a command and writes its peak resident memory (KiB) to a file. A process forked from pytest would
+# start its high-water mark at pytest's own size (Linux carries it through fork and exec); one forked from
+# this small process starts from this one's.
+_MEASURE = """
+import os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _peak_rss_mib(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     """Run posthog-migrate; return its peak resident memory (MiB) and its result."""
-    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "migrate", *args], cwd=cwd, env=cli_environment(),
-                                   stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    result = subprocess.CompletedProcess(args, process.returncode, out.read_text(), err.read_text())
+    peak_file = cwd / "peak-rss-kib.txt"
+    result = subprocess.run([sys.executable, "-c", _MEASURE, str(peak_file), sys.executable, "-m", "migrate", *args],
+                            cwd=cwd, env=cli_environment(), capture_output=True, text=True, timeout=300)
     _no_traceback(result)
-    return usage.ru_maxrss / 1024, result
+    return int(peak_file.read_text()) / 1024, result
 
 
 HUGE = 128 * MIB
@@ -292,7 +300,10 @@ def test_a_huge_json_line_is_rejected_without_being_held(tmp_path):
     huge = tmp_path / "huge.jsonl"
     with open(huge, "wb") as out:
         out.write(orjson.dumps(rows[0]) + b"\n")
-        out.write(b'{"event": "big", "blob": "' + b"x" * HUGE + b'"}\n')
+        out.write(b'{"event": "big", "blob": "')
+        for _ in range(HUGE // MIB):
+            out.write(b"x" * MIB)
+        out.write(b'"}\n')
         out.write(orjson.dumps(rows[1]) + b"\n")
     baseline, _ = _peak_rss_mib(["run", "small.jsonl", "--dry-run", "-q", "--workdir", "w0"], tmp_path)
     peak, result = _peak_rss_mib(["run", "huge.jsonl", "--dry-run", "-q", "--workdir", "w1"], tmp_path)
@@ -310,7 +321,10 @@ def test_a_huge_csv_line_is_rejected_without_being_held(tmp_path):
     with open(tmp_path / "huge.csv", "w") as out:
         out.write("event,distinct_id,timestamp,blob\n")
         out.write("a,u1,2024-03-01T00:00:00Z,x\n")
-        out.write("b,u1,2024-03-01T00:00:00Z," + "y" * HUGE + "\n")
+        out.write("b,u1,2024-03-01T00:00:00Z,")
+        for _ in range(HUGE // MIB):
+            out.write("y" * MIB)
+        out.write("\n")
         out.write("c,u1,2024-03-01T00:00:01Z,z\n")
     baseline, _ = _peak_rss_mib(["inspect", "small.csv", "-q"], tmp_path)
     peak, result = _peak_rss_mib(["inspect", "huge.csv", "-q"], tmp_path)
