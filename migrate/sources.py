@@ -1,4 +1,5 @@
-"""Finding the input files: paths, folders, globs and ``s3://`` URIs, in a stable order.
+"""Finding the input files: paths, folders, globs and ``s3://`` URIs, in a stable order, each real file once,
+and what the arguments hold that is not read (every such file is listed, with the reason).
 
 The order matters: a file's index in the sorted list is part of every event's sort key (the tie-breaker
 after the timestamp), so the same inputs always produce the same event order and the same batches.
@@ -32,6 +33,7 @@ JOB_DIRECTORY_MARKS = ("manifest.json", "prepare.json", "state.json", "local-cap
 # A fingerprint reads this much from each end of a file: cheap, and catches rewritten exports of equal size.
 FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 _GLOB_CHARS = set("*?[")
+HIDDEN_FOLDER = "a hidden or _ folder (.git, export tools' temporary files)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,7 @@ class _Listing:
 
     def __init__(self, explicit_format: bool, excluded: Iterable[Path], on_listed: Callable[[int], None]):
         self.explicit_format = explicit_format
-        self.excluded = {os.path.realpath(path): str(path) for path in excluded}
+        self.excluded = {os.path.realpath(path) for path in excluded}
         self.on_listed = on_listed
         self.found: dict[str, _Found] = {}
         self.skipped: list[SkippedInput] = []
@@ -171,12 +173,12 @@ class _Listing:
             if info.type != pafs.FileType.File:
                 continue
             if _hidden_folder_below(path, info.path):
-                self.skip(uri, "in a hidden or _ folder")
+                self.skip(uri, f"in {HIDDEN_FOLDER}")
             elif self._taken_from_folder(uri):
                 self.found[uri] = _Found(info.size or 0, info.mtime_ns or 0)
                 taken += 1
         if not taken:
-            raise ConfigError(f"{argument}: the folder holds no files of a known format; name the format with --format")
+            raise _no_known_files(argument)
 
     def _taken_from_folder(self, uri: str) -> bool:
         """Whether a file found in a folder is read; if not, it is listed as skipped with the reason."""
@@ -208,9 +210,7 @@ class _Listing:
             before = self.read_in_folders
             self._walk(path)
             if self.read_in_folders == before:
-                raise ConfigError(
-                    f"{argument}: the folder holds no files of a known format; name the format with --format"
-                )
+                raise _no_known_files(argument)
         elif self._not_excluded(path):
             self._take_local(path, status, through_link=os.path.islink(path))
 
@@ -285,7 +285,7 @@ class _Listing:
             return
         if is_folder:
             if entry.name.startswith(IGNORED_PREFIXES):
-                self.skip(entry.path + "/", "a hidden or _ folder (export tools' temporary files)")
+                self.skip(entry.path + "/", HIDDEN_FOLDER)
             elif _is_job_directory(entry.path):
                 self.skip(entry.path + "/", "a posthog-migrate work directory")
             elif entry.is_symlink():
@@ -365,6 +365,10 @@ class _Listing:
             raise ConfigError(
                 f"{uri}: the zip archive holds no files of a known format; name the format with --format")
         return chosen
+
+
+def _no_known_files(argument: str) -> ConfigError:
+    return ConfigError(f"{argument}: the folder holds no files of a known format; name the format with --format")
 
 
 def _is_job_directory(path: str) -> bool:
