@@ -32,7 +32,6 @@ PLATFORM_ADAPTERS = {
     "ga4": "adapters.ga4:Ga4Adapter",
     "heap": "adapters.heap:HeapAdapter",
 }
-COMPRESSION_ENDINGS = (".gz", ".gzip")
 # Records of a file that --format auto shows the adapters to recognise its format.
 SAMPLE_RECORDS = 20
 # What ``from adapters import Adapter`` (and the like) finds in adapters.base, imported when first asked for.
@@ -87,15 +86,18 @@ def detect_format(uri: str) -> str | None:
     A URI's ``?query`` (``s3://b/x.jsonl?endpoint_override=host:9000``) is not part of the name; a local path
     is taken whole (``?`` is a legal character in a file name).
     """
-    from adapters.base import file_name
+    from adapters.base import file_name, without_compression
 
-    name = file_name(uri)
-    for ending in COMPRESSION_ENDINGS:
-        name = name.removesuffix(ending)
-    for adapter in available_adapters().values():
-        if any(name.endswith(ext) for ext in adapter.extensions):
-            return adapter.name
-    return None
+    name = without_compression(file_name(uri))
+    return next((format_name for ending, format_name in _formats_by_ending() if name.endswith(ending)), None)
+
+
+@functools.cache
+def _formats_by_ending() -> tuple[tuple[str, str], ...]:
+    """(ending, format) of every registered adapter, in registry order. Built once per process: building it
+    imports the platform adapters and scans the entry points (milliseconds), and listing a folder asks for
+    every file."""
+    return tuple((ending, adapter.name) for adapter in available_adapters().values() for ending in adapter.extensions)
 
 
 def first_records(source: SourceFile, limit: int = SAMPLE_RECORDS) -> list[dict]:

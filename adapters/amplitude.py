@@ -36,6 +36,7 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
 
 from __future__ import annotations
 
+import io
 import math
 import uuid as uuid_module
 import zipfile
@@ -48,15 +49,16 @@ import orjson
 from pyarrow import fs as pafs
 
 from adapters.base import (
-    GZIP_MAGIC,
     MAX_RAW_CHARS_IN_REJECT,
-    ROWS_PER_CHUNK,
     Adapter,
     BadRow,
     RowChunk,
     SourceFile,
+    bounded_lines,
+    decompressed,
     file_name,
-    gzip_reader,
+    in_chunks,
+    note_warning,
     open_binary,
 )
 from adapters.common import (
@@ -420,13 +422,20 @@ def _open_seekable(uri: str) -> IO[bytes]:
 
 
 def _is_member(info: zipfile.ZipInfo) -> bool:
-    """An export file: ``.json.gz`` or ``.json``, not a folder, not macOS' ``__MACOSX``/``._*`` litter."""
-    if info.is_dir():
-        return False
+    """An export file: ``.json.gz`` or ``.json``, not macOS' ``__MACOSX``/``._*`` litter. A ``..`` in the name
+    is harmless (nothing is extracted to disk)."""
     parts = info.filename.split("/")
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+    if any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in parts):
         return False
     return parts[-1].lower().endswith(MEMBER_ENDINGS)
+
+
+def _note_members_not_read(uri: str, infos: list[zipfile.ZipInfo]) -> None:
+    """Say which files of the archive were not read (never drop them quietly)."""
+    names = [info.filename for info in infos if not info.is_dir() and not _is_member(info)]
+    if names:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10:,} more" if len(names) > 10 else "")
+        note_warning(f"{uri}: {len(names):,} member(s) of the zip not read (not .json or .json.gz): {shown}")
 
 
 def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
@@ -438,31 +447,37 @@ def _read_zip(source: SourceFile) -> Iterator[RowChunk]:
                 f"{source.uri}: not a readable zip archive ({error}); re-download the export, or check --format"
             ) from None
         with archive:
+            _note_members_not_read(source.uri, archive.infolist())
             members = sorted((info for info in archive.infolist() if _is_member(info)), key=lambda i: i.filename)
             if not members:
                 raise ConfigError(
                     f"{source.uri}: the zip holds no .json.gz or .json files; is it an Amplitude export? "
                     "Check --format."
                 )
-            chunk: RowChunk = []
-            row_number = 0
-            for info in members:
-                for line_number, line in _member_lines(archive, info, source.uri):
-                    row_number += 1
-                    chunk.append((row_number, _parse_line(line, info.filename, line_number)))
-                    if len(chunk) >= ROWS_PER_CHUNK:
-                        yield chunk
-                        chunk = []
-            if chunk:
-                yield chunk
+            yield from in_chunks(_numbered_rows(archive, members, source.uri))
 
 
-def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> Iterator[tuple[int, bytes]]:
-    """The non-blank lines of one member (gunzipped by its magic bytes), with their line numbers."""
+def _numbered_rows(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo],
+                   uri: str) -> Iterator[tuple[int, dict | BadRow, int]]:
+    """Every member's rows, numbered across the archive, with their sizes in bytes (for in_chunks)."""
+    row_number = 0
+    for info in members:
+        for line_number, line in _member_lines(archive, info, uri):
+            row_number += 1
+            yield row_number, _parse_line(line, info.filename, line_number), len(line) if type(line) is bytes else 0
+
+
+def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> Iterator[tuple[int, bytes | BadRow]]:
+    """The non-blank lines of one member (decompressed by its magic bytes), with their line numbers; a line
+    over MAX_ROW_BYTES as a ``row_too_large`` BadRow."""
     try:
-        with archive.open(info) as raw:
-            stream = gzip_reader(raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
-            for line_number, line in enumerate(stream, start=1):
+        # A BufferedReader: ZipExtFile.readline(limit) may return more than the limit.
+        with io.BufferedReader(archive.open(info), 1 << 20) as raw, \
+                decompressed(raw, f"{uri}: member {info.filename}") as stream:
+            for line_number, line in enumerate(bounded_lines(stream), start=1):
+                if type(line) is BadRow:
+                    yield line_number, line
+                    continue
                 if line_number == 1 and line.startswith(UTF8_BOM):
                     line = line[len(UTF8_BOM):]
                 if line.strip():
@@ -473,7 +488,10 @@ def _member_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str) -> 
         ) from None
 
 
-def _parse_line(line: bytes, member: str, line_number: int) -> dict | BadRow:
+def _parse_line(line: bytes | BadRow, member: str, line_number: int) -> dict | BadRow:
+    if type(line) is BadRow:
+        line.detail += f" ({member}, line {line_number})"
+        return line
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as error:

@@ -13,8 +13,10 @@ To write a new adapter: subclass :class:`Adapter`, set ``name`` and ``extensions
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import zipfile
 import zlib
@@ -32,9 +34,25 @@ from migrate.mapping import ColumnMapping, RowMapper
 
 # Rows handed to the mapper per chunk: large enough to amortise per-chunk work, small enough to bound memory.
 ROWS_PER_CHUNK = 5_000
+# ...and a chunk is cut sooner when its rows' raw bytes reach this: 5,000 rows of a megabyte each would
+# otherwise be held at once.
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+# The compressions read, recognised by their first bytes (exports are often renamed); the endings name them
+# too, so that ``events.csv.zst`` is recognised as CSV. bzip2's magic is "BZh", a block size digit, then the
+# first block's (or, for an empty stream, the end's) own magic: "BZh" alone could begin a CSV header.
+COMPRESSION_ENDINGS = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd")
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_BLOCK_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
 # How much of an unreadable row is copied into the rejects file.
 MAX_RAW_CHARS_IN_REJECT = 10_000
+# The longest row read (a line, a CSV line, a JSON array's element). A longer one is rejected as
+# row_too_large without ever being held whole, so one runaway line cannot take all the memory. PostHog
+# refuses events over 1 MB anyway; 16 MiB leaves room for columns the mapping drops.
+MAX_ROW_BYTES = 16 * 1024 * 1024
+# Read size while passing over the rest of a row too large to keep.
+SKIP_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,95 @@ def file_name(uri: str) -> str:
     return (uri.split("?", 1)[0] if "://" in uri else uri).lower()
 
 
+def without_compression(name: str) -> str:
+    """``events.csv.gz`` → ``events.csv``: the name whose ending says the format (give it lower case)."""
+    for ending in COMPRESSION_ENDINGS:
+        if name.endswith(ending):
+            return name.removesuffix(ending)
+    return name
+
+
+def too_large_row(excerpt: bytes | str, size: int) -> BadRow:
+    """The rejects entry of a row over MAX_ROW_BYTES: its size and its first characters."""
+    if isinstance(excerpt, bytes):
+        excerpt = excerpt[:MAX_RAW_CHARS_IN_REJECT].decode("utf-8", errors="replace")
+    return BadRow("row_too_large", f"a row of {size:,} bytes; rows over {MAX_ROW_BYTES >> 20} MiB are not read "
+                  "(split it, or drop the column that makes it this big)",
+                  excerpt[:MAX_RAW_CHARS_IN_REJECT])
+
+
+def in_chunks(rows: Iterator[tuple[int, dict | BadRow, int]]) -> Iterator[RowChunk]:
+    """(row number, record, its size in bytes) cut into chunks of ROWS_PER_CHUNK rows or MAX_CHUNK_BYTES."""
+    chunk: RowChunk = []
+    chunk_bytes = 0
+    for number, record, size in rows:
+        chunk.append((number, record))
+        chunk_bytes += size
+        if len(chunk) >= ROWS_PER_CHUNK or chunk_bytes >= MAX_CHUNK_BYTES:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+    if chunk:
+        yield chunk
+
+
+def bounded_lines(stream: IO[bytes]) -> Iterator[bytes | BadRow]:
+    """The lines of a binary stream, each whole, except a line over MAX_ROW_BYTES: that one comes as a
+    ``row_too_large`` BadRow, and is passed over a megabyte at a time, never held whole."""
+    readline = stream.readline
+    while line := readline(MAX_ROW_BYTES + 1):
+        if len(line) <= MAX_ROW_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while rest := readline(SKIP_BYTES):
+            size += len(rest)
+            if rest.endswith(b"\n"):
+                break
+        yield too_large_row(line, size)
+
+
+# Warnings about a file that are neither a rejected nor a filtered row (duplicate column names, a zip member
+# that cannot be read...): a reader notes them with note_warning(); the prepare loop collects them into the
+# file's PrepareStats.warnings, which inspect and the run summary show. Each text names its file.
+_pending_warnings: set[str] = set()
+
+
+def note_warning(text: str) -> None:
+    """Tell the user something about the file being read, in a text that names the file. A file's warning
+    counts once however often it is noted (its header is read again on resume, or by a columns() check)."""
+    _pending_warnings.add(text)
+
+
+def take_warnings() -> set[str]:
+    """The warnings noted since the last call (a process reads one file at a time)."""
+    taken = set(_pending_warnings)
+    _pending_warnings.clear()
+    return taken
+
+
+def unique_column_names(names: list[str], uri: str) -> list[str]:
+    """Column names with the second, third... of a repeated name renamed ``plan_2``, ``plan_3``, so that no
+    value is silently lost to a later column of the same name; a warning names the file and the columns."""
+    if len(set(names)) == len(names):
+        return names
+    taken = set(names)
+    seen: set[str] = set()
+    unique, renamed = [], []
+    for name in names:
+        if name not in seen:
+            seen.add(name)
+            unique.append(name)
+            continue
+        number = 2
+        while f"{name}_{number}" in taken:
+            number += 1
+        taken.add(f"{name}_{number}")
+        unique.append(f"{name}_{number}")
+        renamed.append(f"{name} → {name}_{number}")
+    note_warning(f"{uri}: repeated column names, both kept: {', '.join(renamed)}")
+    return unique
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and in-filesystem path of a local path or a ``s3://``/``gs://`` URI.
 
@@ -99,9 +206,16 @@ ZIP_MEMBER_SEPARATOR = "!/"
 
 
 def split_member(uri: str) -> tuple[str, str | None]:
-    """(the archive's uri, the member's name) for a zip member's uri; (uri, None) for a plain file."""
-    archive, separator, member = uri.partition(ZIP_MEMBER_SEPARATOR)
-    return (archive, member) if separator else (uri, None)
+    """(the archive's uri, the member's name) for a zip member's uri; (uri, None) for a plain file.
+
+    Only a ``.zip`` archive is split: ``!/`` in a folder's name (``exports!/2024/a.csv``) is just a name.
+    """
+    start = 0
+    while (at := uri.find(ZIP_MEMBER_SEPARATOR, start)) >= 0:
+        if uri[:at].lower().endswith(".zip"):
+            return uri[:at], uri[at + len(ZIP_MEMBER_SEPARATOR):]
+        start = at + 1
+    return uri, None
 
 
 def open_seekable(uri: str) -> IO[bytes]:
@@ -113,9 +227,10 @@ def open_seekable(uri: str) -> IO[bytes]:
 
 
 def open_binary(uri: str) -> IO[bytes]:
-    """Open a local path, ``s3://``/``gs://`` URI or zip member for reading, transparently gunzipping.
+    """Open a local path, ``s3://``/``gs://`` URI or zip member for reading, transparently decompressing
+    gzip, bzip2, xz and zstd.
 
-    Gzip is recognised by its magic bytes, not the file name: exports are often renamed.
+    The compression is recognised by its magic bytes, not the file name: exports are often renamed.
     """
     archive, member = split_member(uri)
     if member is not None:
@@ -125,10 +240,24 @@ def open_binary(uri: str) -> IO[bytes]:
         # compression=None: pyarrow would otherwise gunzip by the name alone, failing on a renamed plain
         # file and bypassing the magic-byte check (and isal) below.
         stream = filesystem.open_input_stream(path, compression=None)
-    raw = io.BufferedReader(_ArrowStreamAdapter(stream), buffer_size=1 << 20)
-    if raw.peek(2)[:2] == GZIP_MAGIC:
-        return io.BufferedReader(_GzipStream(gzip_reader(raw), raw, uri), buffer_size=1 << 20)
-    return raw
+    return decompressed(io.BufferedReader(_ArrowStreamAdapter(stream), buffer_size=1 << 20), uri)
+
+
+def decompressed(raw: IO[bytes], uri: str) -> IO[bytes]:
+    """``raw`` itself, or a reader of its decompressed bytes when it starts with gzip's, bzip2's, xz's or
+    zstd's magic bytes. ``uri`` names the file in the error a corrupt stream raises."""
+    head = raw.peek(10)[:10]
+    if head[:2] == GZIP_MAGIC:
+        kind, reader = "gzip", gzip_reader(raw)
+    elif head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in BZIP2_BLOCK_MAGICS:
+        kind, reader = "bzip2", bz2.BZ2File(raw)
+    elif head[:6] == XZ_MAGIC:
+        kind, reader = "xz", lzma.LZMAFile(raw)  # noqa: SIM115 - closed by the stream returned
+    elif head[:4] == ZSTD_MAGIC:
+        kind, reader = "zstd", _ArrowStreamAdapter(pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd"))
+    else:
+        return raw
+    return io.BufferedReader(_DecompressedStream(reader, raw, uri, kind), buffer_size=1 << 20)
 
 
 def gzip_reader(raw: IO[bytes]) -> IO[bytes]:
@@ -141,29 +270,31 @@ def gzip_reader(raw: IO[bytes]) -> IO[bytes]:
         return gzip.GzipFile(fileobj=raw, mode="rb")
 
 
-class _GzipStream(io.RawIOBase):
-    """A gzip reader whose decompression errors name the file (a ConfigError, not a traceback), and
-    whose close also closes the file below it (GzipFile leaves a ``fileobj`` open)."""
+class _DecompressedStream(io.RawIOBase):
+    """A decompressing reader whose errors name the file (a ConfigError, not a traceback), and whose close
+    also closes the file below it (GzipFile and BZ2File leave a ``fileobj`` open)."""
 
-    def __init__(self, gz: IO[bytes], raw: IO[bytes], uri: str):
-        self._gz = gz
+    def __init__(self, reader: IO[bytes], raw: IO[bytes], uri: str, kind: str):
+        self._reader = reader
         self._raw = raw
         self._uri = uri
+        self._kind = kind
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         try:
-            return self._gz.readinto(buffer)
-        except (OSError, EOFError, zlib.error) as error:
+            return self._reader.readinto(buffer)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
             raise ConfigError(
-                f"{self._uri}: the gzip data is corrupt or truncated ({error}); re-download or re-compress it"
+                f"{self._uri}: the {self._kind} data is corrupt or truncated ({error}); re-download or "
+                "re-compress it"
             ) from None
 
     def close(self) -> None:
         try:
-            self._gz.close()
+            self._reader.close()
         finally:
             self._raw.close()
             super().close()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from adapters.base import RowChunk, SourceFile, file_name
+from adapters.base import RowChunk, SourceFile, file_name, without_compression
 from adapters.csv import infer_scalar, read_csv
 from adapters.jsonl import read_json_lines
 from adapters.parquet import read_parquet
@@ -207,9 +207,7 @@ def table_name(uri: str) -> str:
     """The table a warehouse file holds: its stem (``pages.csv``), or the nearest folder when the file
     is a piece of a table (``pages/part-00000.parquet``); "" when nothing looks like a name."""
     path = PurePosixPath(uri.split("://", 1)[-1])
-    name = path.name.lower()
-    for ending in (".gz", ".gzip", ".zst", ".snappy"):
-        name = name.removesuffix(ending)
+    name = without_compression(path.name.lower()).removesuffix(".snappy")
     for ending in (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".avro"):
         name = name.removesuffix(ending)
     candidates = [name, *(parent.name.lower() for parent in list(path.parents)[:3])]
@@ -241,9 +239,7 @@ def put(properties: dict, key: str, value: Any) -> None:
 
 def file_kind(uri: str) -> str:
     """csv, parquet, avro or jsonl, by the file's ending (compression endings looked through)."""
-    name = file_name(uri)
-    for ending in (".gz", ".gzip"):
-        name = name.removesuffix(ending)
+    name = without_compression(file_name(uri))
     if name.endswith((".csv", ".tsv")):
         return "csv"
     if name.endswith((".parquet", ".pq")):

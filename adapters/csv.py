@@ -14,14 +14,20 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from adapters.base import (
+    MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
+    MAX_ROW_BYTES,
     ROWS_PER_CHUNK,
+    SKIP_BYTES,
     Adapter,
     BadRow,
     RowChunk,
     SourceFile,
     file_name,
     open_binary,
+    too_large_row,
+    unique_column_names,
+    without_compression,
 )
 from migrate.errors import ConfigError
 
@@ -64,10 +70,7 @@ def _has_bad_encoding(cells: list[str]) -> bool:
 
 def _delimiter(uri: str) -> str:
     """Tab for ``.tsv`` (the format detection sends those here too), else comma."""
-    name = file_name(uri)
-    for ending in (".gz", ".gzip"):
-        name = name.removesuffix(ending)
-    return "\t" if name.endswith(".tsv") else ","
+    return "\t" if without_compression(file_name(uri)).endswith(".tsv") else ","
 
 
 def _raw_line(cells: list[str]) -> str:
@@ -83,6 +86,14 @@ class _RunawayRecord(Exception):
     """A record still open after MAX_RECORD_LINES lines: a quote that never closes."""
 
 
+class _LineTooLong(Exception):
+    """A physical line over MAX_ROW_BYTES: passed over, never held whole."""
+
+    def __init__(self, bad_row: BadRow):
+        super().__init__(bad_row.detail)
+        self.bad_row = bad_row
+
+
 class _Lines:
     """Feeds the csv reader one physical line at a time and remembers the lines of the record it is reading.
 
@@ -95,16 +106,39 @@ class _Lines:
         self._text = text
         self.replay: deque[str] = deque()
         self.taken: list[str] = []
+        self.chars_read = 0  # lets the reader cut a chunk of long rows before ROWS_PER_CHUNK
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = self.replay.popleft() if self.replay else next(self._text)
+        line = self.replay.popleft() if self.replay else self._read_line()
         self.taken.append(line)
         if len(self.taken) > MAX_RECORD_LINES:
             raise _RunawayRecord(f"a record still open after {MAX_RECORD_LINES:,} lines")
         return line
+
+    def _read_line(self) -> str:
+        # Bounded: a line of a gigabyte must not be read whole. (The bound counts characters here, which
+        # is bytes for ASCII.)
+        line = self._text.readline(MAX_ROW_BYTES + 1)
+        if not line:
+            raise StopIteration
+        self.chars_read += len(line)
+        if len(line) > MAX_ROW_BYTES and not line.endswith(("\n", "\r")):
+            size = len(line)
+            while rest := self._text.readline(SKIP_BYTES):
+                size += len(rest)
+                if rest.endswith(("\n", "\r")):
+                    break
+            raise _LineTooLong(too_large_row(_safe_text(line[:MAX_RAW_CHARS_IN_REJECT]), size))
+        return line
+
+    def put_back_record(self) -> None:
+        """Forget the record being read: all its lines will be read again (its line that was too long is
+        gone already)."""
+        self.replay.extendleft(reversed(self.taken))
+        self.taken = []
 
     def give_up_record(self) -> str:
         """Forget the current record but its first line (returned); its other lines will be read again."""
@@ -125,12 +159,13 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
             header = next(reader)
         except StopIteration:
             return
-        except (csv.Error, _RunawayRecord) as error:
+        except (csv.Error, _RunawayRecord, _LineTooLong) as error:
             raise ConfigError(f"{source.uri}: cannot read the CSV header ({error}). Is --format right?") from None
         if _has_bad_encoding(header) or any(_CONTROL_CHARS.search(cell) for cell in header):
             raise ConfigError(
                 f"{source.uri}: the first line is not a UTF-8 CSV header. Is --format right for this file?"
             )
+        header = unique_column_names(header, source.uri)
         width = len(header)
         convert = infer_scalar if infer_types else str
         chunk: RowChunk = []
@@ -141,6 +176,12 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
                 cells = next(reader)
             except StopIteration:
                 break
+            except _LineTooLong as error:
+                row_number += 1
+                lines.put_back_record()
+                reader = csv.reader(lines, delimiter=delimiter, strict=True)
+                chunk.append((row_number, error.bad_row))
+                continue
             except (csv.Error, _RunawayRecord) as error:
                 row_number += 1
                 first = lines.give_up_record()
@@ -169,19 +210,20 @@ def read_csv(source: SourceFile, infer_types: bool = True) -> Iterator[RowChunk]
                 chunk.append((row_number, {
                     name: convert(cell) for name, cell in zip(header, cells, strict=True) if cell != ""
                 }))
-            if len(chunk) >= ROWS_PER_CHUNK:
+            if len(chunk) >= ROWS_PER_CHUNK or lines.chars_read >= MAX_CHUNK_BYTES:
                 yield chunk
-                chunk = []
+                chunk, lines.chars_read = [], 0
         if chunk:
             yield chunk
 
 
 def read_csv_header(source: SourceFile) -> list[str]:
+    """The column names (a repeated name's copies renamed as read_csv does), or [] when there is no header."""
     with open_binary(source.uri) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
-            return next(csv.reader(text, delimiter=_delimiter(source.uri)))
-        except (StopIteration, csv.Error):
+            return unique_column_names(next(csv.reader(_Lines(text), delimiter=_delimiter(source.uri))), source.uri)
+        except (StopIteration, csv.Error, _RunawayRecord, _LineTooLong):
             return []
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile, filesystem_for
+from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile, filesystem_for, unique_column_names
 from migrate.errors import ConfigError
 
 
@@ -20,24 +20,27 @@ def open_parquet(source: SourceFile) -> pq.ParquetFile:
         raise ConfigError(f"{source.uri}: not a readable Parquet file ({error}). Is --format right?") from None
 
 
-def _microsecond_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Top-level ns timestamp columns cast to µs (truncated, as events carry µs): without pandas,
-    ``to_pylist`` raises on any ns value that is not a whole µs, which would stop the whole file."""
+def _readable_batch(batch: pa.RecordBatch, names: list[str]) -> pa.RecordBatch:
+    """The batch with its columns named ``names`` (repeated names made unique: ``to_pylist`` would keep only
+    the last column of a name) and top-level ns timestamp columns cast to µs (truncated, as events carry
+    µs): without pandas, ``to_pylist`` raises on any ns value that is not a whole µs, which would stop the
+    whole file."""
     columns = []
-    changed = False
+    changed = names != batch.schema.names
     for column in batch.columns:
         if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
             column = column.cast(pa.timestamp("us", tz=column.type.tz), safe=False)
             changed = True
         columns.append(column)
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+    return pa.RecordBatch.from_arrays(columns, names=names) if changed else batch
 
 
 def read_parquet(source: SourceFile) -> Iterator[RowChunk]:
     parquet = open_parquet(source)
+    names = unique_column_names(parquet.schema_arrow.names, source.uri)
     row_number = 0
     for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK):
-        records = _microsecond_timestamps(batch).to_pylist()
+        records = _readable_batch(batch, names).to_pylist()
         chunk = [(row_number + offset, record) for offset, record in enumerate(records, start=1)]
         row_number += len(records)
         yield chunk
@@ -51,4 +54,4 @@ class ParquetAdapter(Adapter):
         return read_parquet(source)
 
     def columns(self, source: SourceFile) -> list[str] | None:
-        return list(open_parquet(source).schema_arrow.names)
+        return unique_column_names(open_parquet(source).schema_arrow.names, source.uri)

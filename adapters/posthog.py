@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from typing import ClassVar
 
-from adapters.base import Adapter, RowChunk, SourceFile, file_name
+from adapters.base import Adapter, RowChunk, SourceFile, file_name, without_compression
 from adapters.csv import read_csv, read_csv_header
 from adapters.jsonl import read_json_lines
 from migrate.event import Event, Rejection, json_object, normalise_uuid, parse_timestamp, uuid_from_content
@@ -20,8 +20,7 @@ from migrate.mapping import Filtered
 
 
 def _is_csv(source: SourceFile) -> bool:
-    name = file_name(source.uri).removesuffix(".gz")
-    return name.endswith(".csv")
+    return without_compression(file_name(source.uri)).endswith(".csv")
 
 
 class PostHogAdapter(Adapter):

@@ -284,12 +284,14 @@ def _run_job(job: Job, api_key: str) -> ExitStatus:
     from migrate.config import LOCAL_HOST
     from migrate.pipeline import dry_run, send
     from migrate.prepare import prepare
-    from migrate.report import PrepareStats, books, run_summary
+    from migrate.report import PrepareStats, books, run_summary, skipped_files_line
 
     settings = job.settings
     if not settings.quiet:
         reason = f" ({job.format_reason})" if job.format_reason else ""
         click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}{reason}", err=True)
+    if job.skipped:
+        click.echo(skipped_files_line(job.skipped), err=True)
     started = time.monotonic()
     already_prepared = job.manifest_path.exists()
     manifest = prepare(job)
@@ -316,7 +318,7 @@ def _run_job(job: Job, api_key: str) -> ExitStatus:
     click.echo(run_summary(
         stats, outcome.progress, outcome.counters, outcome.elapsed, target=target,
         rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
-        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds,
+        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds, skipped_files=len(job.skipped),
     ))
     job_books = books(stats, outcome.progress)
     if not job_books.balanced:
@@ -391,7 +393,7 @@ def inspect(**kwargs: Any) -> None:
             stats.warnings[warning] += 1
     except MigrateError as error:
         fail(error)
-    click.echo(preflight_report(stats, job.format_name))
+    click.echo(preflight_report(stats, job.format_name, job.skipped))
     click.echo(f"Temporary disk:    about {human_bytes(disk_estimate)} in {job.root} while the job runs")
     if examples:
         click.echo("First rejected rows:")

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -29,8 +29,19 @@ from migrate.config import Settings
 from migrate.errors import ConfigError
 from migrate.event import Rejection, utc_now_us, validate
 from migrate.mapping import ColumnMapping, Filtered
-from migrate.sources import describe_changes, expand_sources, fingerprint, fingerprint_path
+from migrate.sources import (
+    InputListing,
+    SkippedInput,
+    describe_changes,
+    expand_sources,
+    fingerprint,
+    fingerprint_path,
+    list_inputs,
+)
 from migrate.transform import EventFinisher
+
+# Listing thousands of files can take a while: a bar shows it, but only when it lasts longer than this.
+LISTING_PROGRESS_DELAY_SECONDS = 1.0
 
 
 @functools.lru_cache(maxsize=1 << 16)  # a person has many events, often close together: most calls repeat
@@ -75,6 +86,7 @@ class Job:
         if not self.format_recognised:
             return None
         return f"files read as {self.format_name}, {self.format_reason}; give --format to read them otherwise"
+    skipped: list[SkippedInput] = field(default_factory=list)  # what the arguments hold that is not read
 
     def __post_init__(self) -> None:
         self.finisher = EventFinisher(self.mapping, self.import_source or self.format_name, self.job_id)
@@ -248,16 +260,27 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     with ``--format auto`` its format is the one it was prepared in (its rows may be gone).
     ``reuse_prepared=False`` (inspect, which reads the sources) and ``--restart`` always need the inputs.
     """
+    from migrate.report import progress_bar  # (numpy and tqdm: not for commands that never list inputs)
+
     root = settings.job_directory()
     explicit_format = settings.format != "auto"
+    # The job's own output is never an input, even when the work directory is inside an input folder.
+    own_output = [root, *([settings.out] if settings.out else [])]
     manifest = read_json(root / "manifest.json") if reuse_prepared and not settings.restart else None
-    if manifest is None:
-        sources, gone = expand_sources(settings.sources, explicit_format), {}
+    bar = progress_bar(None, "files", "listing", settings.quiet, delay=LISTING_PROGRESS_DELAY_SECONDS)
+    try:
+        if manifest is None:
+            listing, gone = list_inputs(settings.sources, explicit_format, own_output, bar.update), {}
+        else:
+            listing, gone = _inputs_of_prepared_job(settings.sources, explicit_format, manifest, own_output,
+                                                    bar.update)
+    finally:
+        bar.close()
+    sources = listing.sources
+    if manifest is None or explicit_format:
         choice = choose_format(settings, sources)
     else:
-        sources, gone = _sources_of_prepared_job(settings.sources, explicit_format, manifest)
-        choice = (choose_format(settings, sources) if explicit_format
-                  else FormatChoice(manifest["fingerprint"]["format"], "as the job was prepared"))
+        choice = FormatChoice(manifest["fingerprint"]["format"], "as the job was prepared")
     format_name = choice.name
     mapping = load_mapping(settings, cli_overrides)
     try:
@@ -274,31 +297,46 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
                 mapping.check_columns(columns, source.uri)
                 break
     if create:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(unwritable_workdir_message(root, error)) from None
     return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(),
-               format_reason=choice.reason, format_recognised=choice.recognised, gone_inputs=gone)
+               format_reason=choice.reason, format_recognised=choice.recognised, gone_inputs=gone,
+               skipped=listing.skipped)
 
 
-def _sources_of_prepared_job(arguments: tuple[str, ...], explicit_format: bool, manifest: dict,
-                             ) -> tuple[list[SourceFile], dict[str, dict]]:
-    """The inputs of a prepared job: those it recorded (gone or not) and any the arguments name now.
+def unwritable_workdir_message(root: Path, error: OSError) -> str:
+    """What to say when the work directory cannot be made or written (a file in its path, a read-only disk)."""
+    return (f"cannot write the job's work directory {root} ({error.strerror}): give a folder you can write "
+            "to with --workdir DIR")
+
+
+def _inputs_of_prepared_job(arguments: tuple[str, ...], explicit_format: bool, manifest: dict,
+                            own_output: list[Path], on_listed: Callable[[int], None],
+                            ) -> tuple[InputListing, dict[str, dict]]:
+    """The inputs of a prepared job: those it recorded (gone or not) and any the arguments name now, with
+    the recorded ones that are gone.
 
     Each argument is listed on its own, and one that names nothing any more (moved, deleted) adds nothing.
     A file found now that the job did not record keeps its place in the sorted list, so that prepare
     names it as added and refuses, as for any other change of inputs.
     """
     found: dict[str, SourceFile] = {}
+    skipped: list[SkippedInput] = []
     for argument in arguments:
         try:
-            found.update((source.uri, source) for source in expand_sources([argument], explicit_format))
+            listing = list_inputs([argument], explicit_format, own_output, on_listed)
         except ConfigError:  # nothing there any more: the work directory holds what the job needs
             continue
+        found.update((source.uri, source) for source in listing.sources)
+        skipped += listing.skipped
     recorded = {entry["uri"]: entry for entry in manifest["fingerprint"]["inputs"]}
     gone = {uri: entry for uri, entry in recorded.items() if uri not in found}
     sources = [found.get(uri) or SourceFile(uri=uri, index=0, size=recorded[uri]["size"],
                                             mtime_ns=recorded[uri]["mtime_ns"])
                for uri in sorted(found.keys() | recorded.keys())]
-    return [replace(source, index=index) for index, source in enumerate(sources)], gone
+    return InputListing([replace(source, index=index) for index, source in enumerate(sources)], skipped), gone
 
 
 class JobLock:
@@ -309,7 +347,10 @@ class JobLock:
         self._handle = None
 
     def __enter__(self) -> JobLock:
-        self._handle = open(self.path, "a+")
+        try:
+            self._handle = open(self.path, "a+")  # noqa: SIM115 - closed by __exit__
+        except OSError as error:
+            raise ConfigError(unwritable_workdir_message(self.path.parent, error)) from None
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from adapters import adapter_class
-from adapters.base import BadRow, SourceFile, input_bytes_read
+from adapters.base import BadRow, SourceFile, input_bytes_read, take_warnings
 from migrate.checkpoint import atomic_write_json, crash_point, read_json
 from migrate.errors import ConfigError
 from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
@@ -113,6 +113,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     tally_name, tally_source = tally.names.append, tally.source_names.append
     tally_time, tally_person = tally.timestamps.append, tally.people.append
     file_bits = make_tiebreak(source.index, 0)
+    take_warnings()  # a columns() check's, noted again by this reading if they hold: not this file's
     bytes_before, bytes_shown = input_bytes_read(), 0
     for chunk in adapter.read(source):
         if job.stop.is_set():
@@ -166,6 +167,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                     tally.added += 1
                 on_event(event, payload, row_bits | sub_event, person)
         stats.add_tally(tally, now_us, suspicious_before_us)
+        _collect_warnings(stats)
         if on_progress is not None:
             bytes_now = min(input_bytes_read() - bytes_before, source.size)
             on_progress(len(chunk), bytes_now - bytes_shown)
@@ -174,7 +176,15 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
             after_chunk(chunk[-1][0])
     if on_progress is not None:
         on_progress(0, source.size - bytes_shown)  # what readers that bypass the count read (Parquet, zip)
+    _collect_warnings(stats)
     stats.files += 1
+
+
+def _collect_warnings(stats: PrepareStats) -> None:
+    """The reader's warnings about the file, into its stats: each names its file, so each counts once
+    however often it was noted (a resumed file reads its header again)."""
+    for warning in take_warnings():
+        stats.warnings[warning] = 1
 
 
 def _person_of(person_of: Callable[[dict], str | None], record: dict) -> str | None:

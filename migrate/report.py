@@ -12,6 +12,7 @@ import os
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -253,18 +254,18 @@ def _lenient_default(value: Any) -> Any:
 
 
 def progress_bar(total: int | None, unit: str, description: str, quiet: bool, leave: bool = True,
-                 initial: int = 0) -> tqdm:
+                 initial: int = 0, delay: float = 0.0) -> tqdm:
     """A tqdm bar on stderr: count, rate and ETA (with a total); silent with --quiet.
 
     The unit ``"B"`` counts bytes (in KiB, MiB...). ``leave=False`` erases the bar when it closes: for a
     step that is worth watching while it runs but not a line of its own afterwards. ``initial`` is what an
-    earlier run did: shown, but not counted in the rate.
+    earlier run did: shown, but not counted in the rate. ``delay``: shown only once that many seconds passed.
     """
     in_bytes = unit == "B"
     return tqdm(
         total=total, initial=initial, unit=unit if in_bytes else f" {unit}", unit_scale=True,
         unit_divisor=1024 if in_bytes else 1000, desc=description, disable=quiet, leave=leave, file=sys.stderr,
-        dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
+        dynamic_ncols=True, mininterval=0.5, smoothing=0.1, delay=delay,
     )
 
 
@@ -310,10 +311,15 @@ def format_counter(counter: Counter, indent: str = "    ", limit: int = 20) -> l
     return lines
 
 
-def preflight_report(stats: PrepareStats, format_name: str) -> str:
-    """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything."""
+def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = ()) -> str:
+    """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything.
+
+    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason.
+    """
     lines = [
         f"Files read:        {stats.files:,} ({format_name})",
+        *([f"Files skipped:     {len(skipped):,} (not read):"] if skipped else []),
+        *(f"    {item.uri}: {item.why}" for item in skipped),
         f"Rows read:         {stats.rows_read:,}",
         f"Events to send:    {stats.events:,}"
         + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
@@ -357,6 +363,13 @@ def suspicious_warning(suspicious_before_us: int) -> str:
             "drop them with the mapping's [filter] since, or move this limit with [run] suspicious_before")
 
 
+def skipped_files_line(skipped: Sequence[Any], shown: int = 3) -> str:
+    """One line for the start of ``run``: how many files are not read, the first few, where to see all."""
+    names = ", ".join(f"{item.uri} ({item.why})" for item in skipped[:shown])
+    more = f" and {len(skipped) - shown:,} more (`posthog-migrate inspect` lists them)" if len(skipped) > shown else ""
+    return f"Skipped {len(skipped):,} file(s), not read: {names}{more}"
+
+
 def warning_lines(stats: PrepareStats) -> list[str]:
     """The stats' warnings, for inspect and the run summary (nothing when there are none)."""
     if not stats.warnings:
@@ -394,10 +407,11 @@ def books(stats: PrepareStats, sent: Any) -> Books:
 
 def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
                 rejects_path: Path, dry_run_dir: Path | None = None, received_path: Path | None = None,
-                resumed_from: int = 0, prepare_seconds: float | None = None) -> str:
+                resumed_from: int = 0, prepare_seconds: float | None = None, skipped_files: int = 0) -> str:
     """The closing summary of ``run``: the accounting equation first, then the effort and the files.
 
-    ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters.
+    ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters; ``skipped_files`` how many files
+    the inputs hold that were not read.
     """
     job_books = books(stats, sent)
     rejected_total = job_books.rejected
@@ -438,6 +452,8 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
     if stats.recent_events:
         lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
     lines += warning_lines(stats)
+    if skipped_files:
+        lines.append(f"Files skipped:     {skipped_files:,} (not read; `posthog-migrate inspect` lists them)")
     if rejected_total:
         lines.append(f"Rejects file:      {rejects_path}")
     if dry_run_dir:
