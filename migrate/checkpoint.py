@@ -64,7 +64,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any | None:
     try:
         return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a folder of the path should be: none either)
         return None
     except orjson.JSONDecodeError:
         raise ConfigError(

@@ -188,14 +188,22 @@ def first_rows_problem(job: Job, sample_rows: int = 100) -> str | None:
     registered format recognises them. A wrong --format (or an export whose file names hide its platform)
     then stops before any work, with the format to use, instead of ending as a rejects file as long as the
     export. Rows that fail but look like no other format are the data's own problem: rejected as usual.
+    Each row is judged as it is read and only the verdicts are kept, so huge rows are never held together.
     """
     for source in job.sources[:FILES_TO_SAMPLE]:
         chunks = job.adapter.read(source)
-        rows: list = []
+        judged = 0
+        reasons: Counter = Counter()
+        details: dict[str, str] = {}
         try:
             for chunk in chunks:
-                rows += chunk[:sample_rows - len(rows)]
-                if len(rows) >= sample_rows:
+                for _, record in chunk[:sample_rows - judged]:
+                    failure = _failure(job, record)
+                    if failure is not None:
+                        reasons[failure[0]] += 1
+                        details.setdefault(*failure)
+                judged += min(len(chunk), sample_rows - judged)
+                if judged >= sample_rows:
                     break
         except ConfigError as refusal:  # e.g. "this is not an Amplitude export"
             hint = _other_format_hint(job, source)
@@ -206,24 +214,17 @@ def first_rows_problem(job: Job, sample_rows: int = 100) -> str | None:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        if rows:
+        if judged:
             break
     else:
         return None
-    reasons: Counter = Counter()
-    details: dict[str, str] = {}
-    for _, record in rows:
-        failure = _failure(job, record)
-        if failure is not None:
-            reasons[failure[0]] += 1
-            details.setdefault(*failure)
-    if not reasons or reasons.most_common(1)[0][1] * 2 <= len(rows):
+    if not reasons or reasons.most_common(1)[0][1] * 2 <= judged:
         return None
     hint = _other_format_hint(job, source)
     if hint is None:
         return None
     reason, count = reasons.most_common(1)[0]
-    return (f"{source.uri}: {count} of its first {len(rows)} rows would be rejected as {reason} "
+    return (f"{source.uri}: {count} of its first {judged} rows would be rejected as {reason} "
             f"({details[reason]}), read as {job.format_name}. {hint}")
 
 

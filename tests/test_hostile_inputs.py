@@ -426,7 +426,11 @@ def test_listing_a_folder_scans_the_adapter_registry_once_not_per_file(tmp_path,
         scans.append(kwargs)
         return real_entry_points(**kwargs)
 
-    monkeypatch.setattr("adapters.entry_points", counting_entry_points)
+    import adapters
+
+    monkeypatch.setattr(metadata, "entry_points", counting_entry_points)
+    adapters._plugin_entry_points.cache_clear()  # scanned afresh, through the counting stand-in
+    adapters._formats_by_ending.cache_clear()
     listing = list_inputs([str(tmp_path)], explicit_format=False)
     assert len(listing.sources) == 200
     assert len(scans) <= 1

@@ -182,7 +182,8 @@ def test_the_merging_bar_total_is_what_the_compaction_writes_over_all_its_levels
         writer.add(number * 7 % 1_000, number, 0, 0, b'{"n":%d}' % number)
         if writer.full:
             writer.spill()
-    runs = [(path.name, rows) for path, rows in zip(writer.close(), writer.run_rows, strict=True)]
+    writer.close()
+    runs = writer.runs
     assert len(runs) > 4 * 4  # a fan-in of 4 takes two levels
     written: list[int] = []
     compact_runs(tmp_path, runs, fan_in=4, on_rows=written.append)
