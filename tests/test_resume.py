@@ -86,10 +86,12 @@ def test_sigkill_at_random_moments_under_server_faults_loses_and_doubles_nothing
     plan = FaultPlan.parse([], rate=0.25, kinds=["429", "503", "drop", "drop-after-accept", "slow:0.05"], seed=5)
     kills = 0
     with CaptureServer(faults=plan) as server:
-        for _ in range(6):
+        for attempt in range(7):
             # paced at 1,000 events/s so that each process is killed mid-send
             process = subprocess.Popen(_command(server, rate=1_000), cwd=tmp_path, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY))
+            if attempt == 6:  # on a slow machine every kill may have come before the first checkpoint: one after it
+                _wait_for_a_checkpoint(tmp_path / "job" / "state.json", process)
             time.sleep(rng.uniform(0.3, 1.2))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
@@ -99,6 +101,18 @@ def test_sigkill_at_random_moments_under_server_faults_loses_and_doubles_nothing
         _assert_delivered(server, crashes=kills)
     assert kills >= 3, "the run finished before it could be killed: make the job bigger"
     assert "already sent by an earlier run" in result.stdout or kills == 0
+
+
+def _wait_for_a_checkpoint(state_path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the send checkpoint of the job counts events (or the process ended)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if orjson.loads(state_path.read_bytes()).get("send", {}).get("events_sent"):
+                return
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            pass
+        time.sleep(0.05)
 
 
 def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path):
