@@ -11,30 +11,31 @@ import functools
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from adapters.base import Adapter, SourceFile
+    from posthog_migrate.adapters.base import Adapter, SourceFile
 
 ENTRY_POINT_GROUP = "posthog_migrate.adapters"
 # The generic formats: name → "module:class".
 BUILTIN_ADAPTERS = {
-    "csv": "adapters.csv:CsvAdapter",
-    "jsonl": "adapters.jsonl:JsonLinesAdapter",
-    "parquet": "adapters.parquet:ParquetAdapter",
-    "posthog": "adapters.posthog:PostHogAdapter",
+    "csv": "posthog_migrate.adapters.csv:CsvAdapter",
+    "jsonl": "posthog_migrate.adapters.jsonl:JsonLinesAdapter",
+    "parquet": "posthog_migrate.adapters.parquet:ParquetAdapter",
+    "posthog": "posthog_migrate.adapters.posthog:PostHogAdapter",
 }
 # Platform adapters: each reads one analytics platform's export.
 PLATFORM_ADAPTERS = {
-    "amplitude": "adapters.amplitude:AmplitudeAdapter",
-    "mixpanel": "adapters.mixpanel:MixpanelAdapter",
-    "segment": "adapters.segment:SegmentAdapter",
-    "ga4": "adapters.ga4:Ga4Adapter",
-    "heap": "adapters.heap:HeapAdapter",
+    "amplitude": "posthog_migrate.adapters.amplitude:AmplitudeAdapter",
+    "mixpanel": "posthog_migrate.adapters.mixpanel:MixpanelAdapter",
+    "segment": "posthog_migrate.adapters.segment:SegmentAdapter",
+    "ga4": "posthog_migrate.adapters.ga4:Ga4Adapter",
+    "heap": "posthog_migrate.adapters.heap:HeapAdapter",
 }
 # Records of a file that --format auto shows the adapters to recognise its format.
 SAMPLE_RECORDS = 20
-# What ``from adapters import Adapter`` (and the like) finds in adapters.base, imported when first asked for.
+# What ``from posthog_migrate.adapters import Adapter`` (and the like) finds in posthog_migrate.adapters.base,
+# imported when first asked for.
 _BASE_NAMES = ("Adapter", "BadRow", "SourceFile")
 
 __all__ = ["Adapter", "BadRow", "SourceFile", "available_adapters", "adapter_class", "detect_format",
@@ -43,7 +44,7 @@ __all__ = ["Adapter", "BadRow", "SourceFile", "available_adapters", "adapter_cla
 
 def __getattr__(name: str) -> Any:
     if name in _BASE_NAMES:
-        return getattr(importlib.import_module("adapters.base"), name)
+        return getattr(importlib.import_module("posthog_migrate.adapters.base"), name)
     raise AttributeError(f"module 'adapters' has no attribute {name!r}")
 
 
@@ -86,7 +87,7 @@ def detect_format(uri: str) -> str | None:
     A URI's ``?query`` (``s3://b/x.jsonl?endpoint_override=host:9000``) is not part of the name; a local path
     is taken whole (``?`` is a legal character in a file name).
     """
-    from adapters.base import file_name, without_compression
+    from posthog_migrate.adapters.base import file_name, without_compression
 
     name = without_compression(file_name(uri))
     return next((format_name for ending, format_name in _formats_by_ending() if name.endswith(ending)), None)
@@ -103,7 +104,7 @@ def _formats_by_ending() -> tuple[tuple[str, str], ...]:
 def first_records(source: SourceFile, limit: int = SAMPLE_RECORDS) -> list[dict]:
     """Up to ``limit`` records from the start of a file, read by its ending (CSV, Parquet, else JSON lines);
     fewer, or none, when the file holds fewer or cannot be read that way."""
-    from adapters.common import read_table_rows
+    from posthog_migrate.adapters.common import read_table_rows
 
     records: list[dict] = []
     chunks = read_table_rows(source)

@@ -46,9 +46,7 @@ from datetime import UTC
 from typing import IO, Any, ClassVar
 
 import orjson
-from pyarrow import fs as pafs
-
-from adapters.base import (
+from posthog_migrate.adapters.base import (
     MAX_RAW_CHARS_IN_REJECT,
     Adapter,
     BadRow,
@@ -61,7 +59,7 @@ from adapters.base import (
     note_warning,
     open_binary,
 )
-from adapters.common import (
+from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
     geo_properties,
@@ -71,9 +69,9 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from adapters.jsonl import read_json_lines
-from migrate.errors import ConfigError
-from migrate.event import (
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import (
     MAX_TIMESTAMP_US,
     MIN_TIMESTAMP_US,
     Event,
@@ -87,8 +85,9 @@ from migrate.event import (
     uuid_from_content,
     uuid_from_id,
 )
-from migrate.mapping import Filtered
-from migrate.spool import MAX_EVENTS_PER_ROW
+from posthog_migrate.mapping import Filtered
+from posthog_migrate.spool import MAX_EVENTS_PER_ROW
+from pyarrow import fs as pafs
 
 # Fixed forever: the uuids of added $groupidentify events derive from it.
 GROUP_NAMESPACE = uuid_module.UUID("b1d6a0e2-7c3f-5e4a-9d8b-2f1e0c3a4b5d")

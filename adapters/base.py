@@ -26,11 +26,10 @@ from typing import IO, Any, ClassVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event
+from posthog_migrate.mapping import ColumnMapping, RowMapper
 from pyarrow import fs as pafs
-
-from migrate.errors import ConfigError
-from migrate.event import Event
-from migrate.mapping import ColumnMapping, RowMapper
 
 # Rows handed to the mapper per chunk: large enough to amortise per-chunk work, small enough to bound memory.
 ROWS_PER_CHUNK = 5_000

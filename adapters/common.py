@@ -17,13 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-
-from adapters.base import RowChunk, SourceFile, file_name, without_compression
-from adapters.csv import infer_scalar, read_csv
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
-from migrate.errors import ConfigError
-from migrate.event import Rejection, hyphenated_uuid, number_id_text
+from posthog_migrate.adapters.base import RowChunk, SourceFile, file_name, without_compression
+from posthog_migrate.adapters.csv import infer_scalar, read_csv
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.adapters.parquet import read_parquet
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Rejection, hyphenated_uuid, number_id_text
 
 # Values platforms use for "nothing here"; they must not become properties or person properties.
 EMPTY_MARKERS = frozenset({"", "EMPTY", "(not set)", "(not provided)", "null", "None"})

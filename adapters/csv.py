@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from adapters.base import (
+from posthog_migrate.adapters.base import (
     MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
     MAX_ROW_BYTES,
@@ -29,7 +29,7 @@ from adapters.base import (
     unique_column_names,
     without_compression,
 )
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 # The stdlib default (128 KiB) would stop a file on one long JSON cell; events are capped below 1 MB anyway.
 MAX_FIELD_CHARS = 16 * 1024 * 1024

@@ -44,9 +44,8 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import orjson
-
-from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import (
+from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
+from posthog_migrate.adapters.common import (
     file_kind,
     geo_properties,
     id_text,
@@ -60,11 +59,11 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from adapters.jsonl import read_json_lines
-from adapters.parquet import read_parquet
-from migrate.errors import ConfigError
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
-from migrate.mapping import Filtered
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.adapters.parquet import read_parquet
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
+from posthog_migrate.mapping import Filtered
 
 EVENT_NAMES = {"page_view": "$pageview", "screen_view": "$screen"}
 FILTERED_EVENTS = ("session_start", "first_visit")

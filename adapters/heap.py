@@ -42,9 +42,16 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pyarrow as pa
-
-from adapters.base import MAX_RAW_CHARS_IN_REJECT, ROWS_PER_CHUNK, Adapter, BadRow, RowChunk, SourceFile, open_binary
-from adapters.common import (
+from posthog_migrate.adapters.base import (
+    MAX_RAW_CHARS_IN_REJECT,
+    ROWS_PER_CHUNK,
+    Adapter,
+    BadRow,
+    RowChunk,
+    SourceFile,
+    open_binary,
+)
+from posthog_migrate.adapters.common import (
     TABLE_KEY,
     file_kind,
     geo_properties,
@@ -60,9 +67,9 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from migrate.errors import ConfigError
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 PAGEVIEWS_TABLE = "pageviews"
 SOURCE_OPTIONS = ("user_migrations", "users", "sessions")

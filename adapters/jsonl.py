@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from typing import IO, ClassVar
 
 import orjson
-
-from adapters.base import (
+from posthog_migrate.adapters.base import (
     MAX_CHUNK_BYTES,
     MAX_RAW_CHARS_IN_REJECT,
     MAX_ROW_BYTES,
@@ -22,7 +21,7 @@ from adapters.base import (
     open_binary,
     too_large_row,
 )
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 # If this many leading rows are all unreadable, the file is not JSON lines: say so once, not per row.
 FORMAT_PROBE_ROWS = 20

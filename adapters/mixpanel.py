@@ -39,11 +39,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import orjson
-
-from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import event_name, geo_properties, is_empty, probe_rows, url_properties
-from adapters.jsonl import read_json_lines
-from migrate.event import (
+from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
+from posthog_migrate.adapters.common import event_name, geo_properties, is_empty, probe_rows, url_properties
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.event import (
     MAX_TIMESTAMP_US,
     MIN_TIMESTAMP_US,
     Event,
@@ -53,8 +52,8 @@ from migrate.event import (
     uuid5_text,
     uuid_from_content,
 )
-from migrate.mapping import DEFAULT_TIMESTAMP_COLUMNS, ColumnMapping, Filtered
-from migrate.spool import MAX_EVENTS_PER_ROW
+from posthog_migrate.mapping import DEFAULT_TIMESTAMP_COLUMNS, ColumnMapping, Filtered
+from posthog_migrate.spool import MAX_EVENTS_PER_ROW
 
 # PostHog's importer's namespace (706f7374-686f-675f-6d69-7870616e656c): fixed forever.
 MIXPANEL_NAMESPACE = uuid_module.UUID(bytes=b"posthog_mixpanel")

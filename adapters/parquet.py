@@ -7,9 +7,15 @@ from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from adapters.base import ROWS_PER_CHUNK, Adapter, RowChunk, SourceFile, filesystem_for, unique_column_names
-from migrate.errors import ConfigError
+from posthog_migrate.adapters.base import (
+    ROWS_PER_CHUNK,
+    Adapter,
+    RowChunk,
+    SourceFile,
+    filesystem_for,
+    unique_column_names,
+)
+from posthog_migrate.errors import ConfigError
 
 
 def open_parquet(source: SourceFile) -> pq.ParquetFile:

@@ -12,11 +12,11 @@ import math
 from collections.abc import Iterator
 from typing import ClassVar
 
-from adapters.base import Adapter, RowChunk, SourceFile, file_name, without_compression
-from adapters.csv import read_csv, read_csv_header
-from adapters.jsonl import read_json_lines
-from migrate.event import Event, Rejection, json_object, normalise_uuid, parse_timestamp, uuid_from_content
-from migrate.mapping import Filtered
+from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile, file_name, without_compression
+from posthog_migrate.adapters.csv import read_csv, read_csv_header
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.event import Event, Rejection, json_object, normalise_uuid, parse_timestamp, uuid_from_content
+from posthog_migrate.mapping import Filtered
 
 
 def _is_csv(source: SourceFile) -> bool:

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import ClassVar
 
-from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.jsonl import read_json_lines
-from adapters.posthog import PostHogAdapter
-from migrate.event import Event
-from migrate.mapping import ColumnMapping
+from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.adapters.posthog import PostHogAdapter
+from posthog_migrate.event import Event
+from posthog_migrate.mapping import ColumnMapping
 
 SERVER_REJECTED = "server_rejected"
 

@@ -47,8 +47,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from adapters.base import Adapter, RowChunk, SourceFile
-from adapters.common import (
+from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
+from posthog_migrate.adapters.common import (
     TABLE_KEY,
     file_kind,
     geo_properties,
@@ -66,9 +66,9 @@ from adapters.common import (
     url_properties,
     without_empty,
 )
-from migrate.errors import ConfigError
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 DEFAULT_GROUP_TYPE = "segment_group"
 SOURCE_OPTIONS = ("group_type", "tracks_table")

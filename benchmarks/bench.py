@@ -155,7 +155,7 @@ class Server:
         self.out_file = out_file
         out_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "migrate", "serve", "--port", str(self.port), "--out", str(out_file),
+            [sys.executable, "-m", "posthog_migrate", "serve", "--port", str(self.port), "--out", str(out_file),
              "--processes", str(SERVER_PROCESSES)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -186,7 +186,7 @@ def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = ()) ->
     try:
         env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
         seconds, rss, summary = run_measured(
-            [sys.executable, "-m", "migrate", "run", str(data), "--format", "amplitude",
+            [sys.executable, "-m", "posthog_migrate", "run", str(data), "--format", "amplitude",
              "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q", *extra], OUT, env)
         received = server.received()
     finally:

@@ -1,5 +1,5 @@
-"""``python -m migrate`` is the same as the ``posthog-migrate`` command."""
+"""``python -m posthog_migrate`` is the same as the ``posthog-migrate`` command."""
 
-from migrate.entry import main
+from posthog_migrate.entry import main
 
 main()

@@ -7,7 +7,7 @@ so they can be in flight at once; a batch only waits for the previous batch of i
 keeps every person's events in order with several requests in flight, while the window keeps the
 whole stream close to oldest-first.
 
-A window starts at a :class:`~migrate.spool.MergeCursor`, so the send phase can resume at the window
+A window starts at a :class:`~posthog_migrate.spool.MergeCursor`, so the send phase can resume at the window
 holding its first unacknowledged batch. The layout is a pure function of the sorted events and the
 settings (lanes, caps): the same job always produces the same batches.
 
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
-
-from migrate.spool import MergeCursor, MergedSlice
+from posthog_migrate.spool import MergeCursor, MergedSlice
 
 # PostHog's /batch/ takes at most 20 MiB; we cap the *uncompressed* body there, so the gzip'd one fits too.
 MAX_BATCH_BYTES = 20 * 1024 * 1024
@@ -239,7 +238,7 @@ def _window_batches(parts: list[MergedSlice], first_seq: int, layout: BatchLayou
 def cut_windows(
     chunks: Iterable[MergedSlice], start: MergeCursor, first_seq: int, layout: BatchLayout
 ) -> Iterator[Window]:
-    """Group the merged stream (:func:`~migrate.spool.merge_slices`) into windows of about ``lanes``
+    """Group the merged stream (:func:`~posthog_migrate.spool.merge_slices`) into windows of about ``lanes``
     full batches each."""
     window_events, window_bytes = layout.window_events, layout.window_bytes
     pending: list[MergedSlice] = []

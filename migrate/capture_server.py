@@ -39,8 +39,7 @@ from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 try:  # isal inflates gzip several times faster than zlib; same interface.
     from isal import isal_zlib as _zlib
@@ -981,7 +980,7 @@ def serve(
     where = f"appended to {out_path}" if out_path else "counted, not stored (add --out FILE to keep them)"
     with stop_on_sigterm():
         if processes > 1:
-            from migrate.capture_workers import serve_in_processes
+            from posthog_migrate.capture_workers import serve_in_processes
 
             serve_in_processes(host, port, out_path, strict, processes, mode, where)
             return

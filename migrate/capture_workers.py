@@ -32,8 +32,7 @@ import time
 from dataclasses import asdict
 
 import orjson
-
-from migrate.capture_server import (
+from posthog_migrate.capture_server import (
     CaptureServer,
     CaptureStats,
     announce,
@@ -41,7 +40,7 @@ from migrate.capture_server import (
     stopped_summary,
     tune_collector_for_serving,
 )
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 # Seconds a new worker has to import, open the out file and say it is ready.
 WORKER_START_SECONDS = 60
@@ -63,7 +62,7 @@ class _Worker:
         settings = {"host": host, "port": port, "out_path": out_path, "strict": strict}
         with child_end:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "migrate.capture_workers", str(child_end.fileno()),
+                [sys.executable, "-m", "posthog_migrate.capture_workers", str(child_end.fileno()),
                  orjson.dumps(settings).decode()],
                 pass_fds=(child_end.fileno(),),
                 # Its own process group: a terminal's Ctrl-C (or `timeout`, or a supervisor) signals the

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 STATE_VERSION = 1
 # Environment variable naming a crash point, for the resume tests: the process exits there at once.

@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-
-from migrate import __version__
-from migrate.errors import ConfigError, DamagedJob, MigrateError
+from posthog_migrate import __version__
+from posthog_migrate.errors import ConfigError, DamagedJob, MigrateError
 
 # The pipeline's modules (numpy, pyarrow, requests...) are imported inside the commands that use them, so
 # that --help, --version and a mistyped option answer at once.
 if TYPE_CHECKING:
-    from migrate.config import Settings
-    from migrate.job import Job
-    from migrate.report import Books
+    from posthog_migrate.config import Settings
+    from posthog_migrate.job import Job
+    from posthog_migrate.report import Books
 
 
 class ExitStatus(enum.IntEnum):
@@ -119,7 +118,7 @@ class FormatOption(click.Option):
     only when the help is shown: looking for plugins takes ~50 ms that no other use of the command should pay."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from adapters import format_names
+        from posthog_migrate.adapters import format_names
 
         self.help = (f"auto (by the first rows, else the file ending), or one of: {', '.join(format_names())}. "
                      "[default: auto]")
@@ -156,7 +155,7 @@ def mapping_overrides(kwargs: dict) -> dict:
 
 
 def settings_from(kwargs: dict) -> Settings:
-    from migrate.config import resolve_settings
+    from posthog_migrate.config import resolve_settings
 
     kwargs["format"] = kwargs.pop("format_")
     return resolve_settings(kwargs)
@@ -219,7 +218,7 @@ def run(**kwargs: Any) -> None:
 
     Running the same command again resumes the job; --restart starts it over.
     """
-    from migrate.job import open_job
+    from posthog_migrate.job import open_job
 
     overrides = mapping_overrides(kwargs)
     settings = _settings_or_fail(kwargs)
@@ -235,10 +234,10 @@ def _settings_or_fail(kwargs: dict) -> Settings:
 
 def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | None = None) -> None:
     """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
-    from migrate.config import LOCAL_API_KEY
-    from migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, is_disk_full
-    from migrate.job import JobLock, reset_job
-    from migrate.sender import Interrupted
+    from posthog_migrate.config import LOCAL_API_KEY
+    from posthog_migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, is_disk_full
+    from posthog_migrate.job import JobLock, reset_job
+    from posthog_migrate.sender import Interrupted
 
     stop = threading.Event()
     catcher = SignalCatcher(stop)
@@ -281,10 +280,10 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
 
 
 def _run_job(job: Job, api_key: str) -> ExitStatus:
-    from migrate.config import LOCAL_HOST
-    from migrate.pipeline import dry_run, send
-    from migrate.prepare import prepare
-    from migrate.report import PrepareStats, books, run_summary, skipped_files_line
+    from posthog_migrate.config import LOCAL_HOST
+    from posthog_migrate.pipeline import dry_run, send
+    from posthog_migrate.prepare import prepare
+    from posthog_migrate.report import PrepareStats, books, run_summary, skipped_files_line
 
     settings = job.settings
     if not settings.quiet:
@@ -306,7 +305,7 @@ def _run_job(job: Job, api_key: str) -> ExitStatus:
         outcome = dry_run(job, manifest, Path(settings.out) if settings.out else job.root / "dry-run")
         target = "dry run (nothing sent)"
     elif settings.is_local:
-        from migrate.capture_server import CaptureServer
+        from posthog_migrate.capture_server import CaptureServer
 
         received_path = job.root / "local-capture" / "events.jsonl"
         with CaptureServer(out_path=received_path, keep_in_memory=False) as server:
@@ -349,7 +348,7 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
     own); events the server refused are re-sent as they were. Nothing already accepted is sent again.
     The retry is a job of its own in JOB's work directory: run the same command again to resume it.
     """
-    from migrate.job import open_retry_job
+    from posthog_migrate.job import open_retry_job
 
     original = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
     if original is None or not original.is_dir():
@@ -378,10 +377,10 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
 @source_options
 def inspect(**kwargs: Any) -> None:
     """Preflight report for SOURCE...: rows, time range, events per day, top events, rejects. Sends nothing."""
-    from migrate.diskspace import disk_space_warning, estimate_work_bytes, human_bytes
-    from migrate.job import open_job
-    from migrate.prepare import inspect_sources
-    from migrate.report import preflight_report
+    from posthog_migrate.diskspace import disk_space_warning, estimate_work_bytes, human_bytes
+    from posthog_migrate.job import open_job
+    from posthog_migrate.prepare import inspect_sources
+    from posthog_migrate.report import preflight_report
 
     overrides = mapping_overrides(kwargs)
     try:
@@ -424,10 +423,10 @@ def status(job: str | None, workdir: str | None) -> None:
 
 
 def describe_status(root: Path) -> str:
-    from migrate.batches import LAYOUT_VERSION
-    from migrate.checkpoint import JobState, read_json
-    from migrate.integrity import prepared_job_problems
-    from migrate.report import PrepareStats, books, day_of, human_duration
+    from posthog_migrate.batches import LAYOUT_VERSION
+    from posthog_migrate.checkpoint import JobState, read_json
+    from posthog_migrate.integrity import prepared_job_problems
+    from posthog_migrate.report import PrepareStats, books, day_of, human_duration
 
     manifest = read_json(root / "manifest.json")
     if manifest is None:
@@ -516,10 +515,10 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
     """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests.
 
     Ctrl-C or SIGTERM stops it and prints how many requests and events it took."""
-    from migrate.capture_server import serve as serve_forever
+    from posthog_migrate.capture_server import serve as serve_forever
 
     # The server stops on KeyboardInterrupt, closing its out file and printing its counts: Ctrl-C raises it
-    # again instead of ending the process at once (see migrate.entry).
+    # again instead of ending the process at once (see posthog_migrate.entry).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
-from migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
-from migrate.errors import ConfigError, describe_unknown_keys
-from migrate.event import MAX_EVENT_BYTES, Rejection, parse_timestamp
-from migrate.sender import DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT_SECONDS, DEFAULT_RETRY_BASE_SECONDS
+from posthog_migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
+from posthog_migrate.errors import ConfigError, describe_unknown_keys
+from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, parse_timestamp
+from posthog_migrate.sender import DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT_SECONDS, DEFAULT_RETRY_BASE_SECONDS
 
 # A batch must hold the largest event we accept, plus the envelope.
 MIN_BATCH_BYTES = MAX_EVENT_BYTES + 64 * 1024

@@ -26,8 +26,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from adapters.base import SourceFile, file_name
-from migrate.spool import MAX_MERGE_FAN_IN
+from posthog_migrate.adapters.base import SourceFile, file_name
+from posthog_migrate.spool import MAX_MERGE_FAN_IN
 
 RUN_BYTES_PER_INPUT_BYTE = {".csv": 1.31, ".tsv": 1.31, ".parquet": 3.4}
 RUN_BYTES_PER_JSON_BYTE = 0.62  # JSON lines and the platforms' JSON exports

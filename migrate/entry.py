@@ -1,4 +1,4 @@
-"""Where the ``posthog-migrate`` command (and ``python -m migrate``) starts: Ctrl-C first, then the CLI.
+"""Where the ``posthog-migrate`` command (and ``python -m posthog_migrate``) starts: Ctrl-C first, then the CLI.
 
 Importing the command line takes a moment, and the pipeline behind it (numpy, pyarrow) more; a Ctrl-C
 during an import would end in a KeyboardInterrupt traceback from deep inside it. So this module imports
@@ -24,6 +24,6 @@ def exit_quietly_on_ctrl_c(_number: int, _frame: FrameType | None) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, exit_quietly_on_ctrl_c)
-    from migrate.cli import main as command_line
+    from posthog_migrate.cli import main as command_line
 
     command_line()

@@ -1,6 +1,6 @@
 """Errors that end a command with a message for a person, never a traceback.
 
-The CLI turns each into its message and exit code (see ``migrate.cli``); library users can catch them.
+The CLI turns each into its message and exit code (see ``posthog_migrate.cli``); library users can catch them.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ class Event:
     # The source's own name for the event (e.g. "[Amplitude] Page Viewed"), for inspect's mapping table.
     source_event: str | None = None
     # (user id, device id) when the row links an anonymous device to a known user: the pipeline sends one
-    # $identify per pair per job, just before the first event that shows the pair (see migrate.identity).
+    # $identify per pair per job, just before the first event that shows the pair (see posthog_migrate.identity).
     link: tuple[str, str] | None = None
 
     def to_json(self) -> bytes:

@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
-
-from migrate.errors import DamagedJob
-from migrate.event import Event, uuid5_text
-from migrate.spool import MAX_MERGE_FAN_IN
+from posthog_migrate.errors import DamagedJob
+from posthog_migrate.event import Event, uuid5_text
+from posthog_migrate.spool import MAX_MERGE_FAN_IN
 
 IDENTIFY_NAMESPACE = uuid_module.UUID("6f1c2d3e-4a5b-5c6d-8e7f-8091a2b3c4d5")
 # What one remembered pair costs in the dict: two short strings, a tuple and two ints.

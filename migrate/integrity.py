@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from migrate.checkpoint import SendProgress, read_json
-from migrate.errors import DamagedJob
-from migrate.report import PrepareStats, books
-from migrate.spool import RunFile, file_checksum
+from posthog_migrate.checkpoint import SendProgress, read_json
+from posthog_migrate.errors import DamagedJob
+from posthog_migrate.report import PrepareStats, books
+from posthog_migrate.spool import RunFile, file_checksum
 
 # The send checkpoint's counts and positions: each a non-negative integer.
 SEND_COUNTS = ("next_seq", "window_first_seq", "events_sent", "rows_sent", "batches_sent",

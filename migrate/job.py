@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 import orjson
-
-from adapters import adapter_class, detect_format, first_records, recognise_format
-from adapters.base import Adapter, BadRow, SourceFile, split_member
-from adapters.rejects import RejectsAdapter, is_retriable
-from migrate.checkpoint import digest, read_json
-from migrate.config import Settings
-from migrate.errors import ConfigError
-from migrate.event import Rejection, utc_now_us, validate
-from migrate.mapping import ColumnMapping, Filtered
-from migrate.sources import (
+from posthog_migrate.adapters import adapter_class, detect_format, first_records, recognise_format
+from posthog_migrate.adapters.base import Adapter, BadRow, SourceFile, split_member
+from posthog_migrate.adapters.rejects import RejectsAdapter, is_retriable
+from posthog_migrate.checkpoint import digest, read_json
+from posthog_migrate.config import Settings
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Rejection, utc_now_us, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.sources import (
     InputListing,
     SkippedInput,
     describe_changes,
@@ -38,7 +37,7 @@ from migrate.sources import (
     fingerprint_path,
     list_inputs,
 )
-from migrate.transform import EventFinisher
+from posthog_migrate.transform import EventFinisher
 
 # Listing thousands of files can take a while: a bar shows it, but only when it lasts longer than this.
 LISTING_PROGRESS_DELAY_SECONDS = 1.0
@@ -261,7 +260,7 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     with ``--format auto`` its format is the one it was prepared in (its rows may be gone).
     ``reuse_prepared=False`` (inspect, which reads the sources) and ``--restart`` always need the inputs.
     """
-    from migrate.report import progress_bar  # (numpy and tqdm: not for commands that never list inputs)
+    from posthog_migrate.report import progress_bar  # (numpy and tqdm: not for commands that never list inputs)
 
     root = settings.job_directory()
     explicit_format = settings.format != "auto"

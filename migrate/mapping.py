@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from migrate.errors import ConfigError, describe_unknown_keys, refuse_unknown_keys
-from migrate.event import (
+from posthog_migrate.errors import ConfigError, describe_unknown_keys, refuse_unknown_keys
+from posthog_migrate.event import (
     TIMESTAMP_UNITS,
     Event,
     Rejection,
@@ -77,7 +77,7 @@ GENERIC_SOURCE_TAG = "generic"
 
 # The keys of each table of a mapping file. A key not listed is refused (a typo must not be ignored); the
 # keys of [groups] are group types, those of [source] the adapter's settings and those of [run] the
-# settings of migrate.config, each checked there.
+# settings of posthog_migrate.config, each checked there.
 MAPPING_TABLE_KEYS = {
     "columns": ("event", "event_name", "distinct_id", "timestamp", "timestamp_unit", "timezone", "uuid", "insert_id"),
     "properties": ("json_column", "include", "exclude"),

@@ -1,6 +1,6 @@
 """The send phase: merge the sorted runs, cut batches, send them, advance the checkpoint.
 
-The prepare phase (``migrate.prepare``) leaves sorted runs and a manifest in the job's work directory;
+The prepare phase (``posthog_migrate.prepare``) leaves sorted runs and a manifest in the job's work directory;
 this module turns them into requests. ``send`` resumes from ``state.json`` without reading the sources
 again; ``dry_run`` writes the same request bodies to files instead.
 """
@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from posthog_migrate.batches import BatchLayout, Window, cut_windows
+from posthog_migrate.checkpoint import CheckpointWriter, JobState, SendProgress
+from posthog_migrate.config import Settings
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.integrity import check_prepared_job
+from posthog_migrate.job import Job
+from posthog_migrate.report import RejectsWriter, human_duration, progress_bar
+from posthog_migrate.sender import BatchResult, Dispatcher, RetryNotice, SendCounters, Sender, SendSettings
+from posthog_migrate.spool import EVENT_FROM_ROW, MergeCursor, MergedSlice, merge_slices, split_tiebreak
 from tqdm import tqdm
-
-from migrate.batches import BatchLayout, Window, cut_windows
-from migrate.checkpoint import CheckpointWriter, JobState, SendProgress
-from migrate.config import Settings
-from migrate.errors import ConfigError
-from migrate.integrity import check_prepared_job
-from migrate.job import Job
-from migrate.report import RejectsWriter, human_duration, progress_bar
-from migrate.sender import BatchResult, Dispatcher, RetryNotice, SendCounters, Sender, SendSettings
-from migrate.spool import EVENT_FROM_ROW, MergeCursor, MergedSlice, merge_slices, split_tiebreak
 
 
 @dataclass

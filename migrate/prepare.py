@@ -33,17 +33,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from adapters import adapter_class
-from adapters.base import BadRow, SourceFile, input_bytes_read, take_warnings
-from migrate.checkpoint import atomic_write_json, crash_point, read_json
-from migrate.errors import ConfigError
-from migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
-from migrate.identity import IdentityCollector, identify_event
-from migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
-from migrate.mapping import Filtered
-from migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
-from migrate.sender import Interrupted
-from migrate.spool import (
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.base import BadRow, SourceFile, input_bytes_read, take_warnings
+from posthog_migrate.checkpoint import atomic_write_json, crash_point, read_json
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
+from posthog_migrate.identity import IdentityCollector, identify_event
+from posthog_migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
+from posthog_migrate.mapping import Filtered
+from posthog_migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
+from posthog_migrate.sender import Interrupted
+from posthog_migrate.spool import (
     EVENT_ADDED,
     EVENT_FROM_ROW,
     MAX_EVENTS_PER_ROW,

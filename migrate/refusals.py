@@ -1,6 +1,6 @@
 """Telling a server that refuses everything from one that refuses particular events.
 
-A 400 splits a batch in halves, down to the one event the server refuses (migrate.sender). Against a
+A 400 splits a batch in halves, down to the one event the server refuses (posthog_migrate.sender). Against a
 server that refuses *every* request (a proxy, a misconfigured host, a broken deployment) that costs two
 requests per event and marks every event rejected although none was at fault. So:
 
@@ -34,10 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
-
-from migrate.answers import Answer
-from migrate.batches import Batch
-from migrate.errors import SendFailed
+from posthog_migrate.answers import Answer
+from posthog_migrate.batches import Batch
+from posthog_migrate.errors import SendFailed
 
 # Refusals in a row, with the same status and message and nothing accepted, that make a batch suspect.
 WHOLESALE_STREAK = 24

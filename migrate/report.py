@@ -20,9 +20,8 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
+from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
 from tqdm import tqdm
-
-from migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000

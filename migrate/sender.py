@@ -1,7 +1,7 @@
 """HTTP to PostHog's /batch/: gzip, retries with backoff, Retry-After, splitting, in-flight limits, rate.
 
 We own the retry loop instead of urllib3's ``Retry``: it does not retry POSTs by default and would
-honour a Retry-After of hours. What each answer means is decided in one place, migrate.answers
+honour a Retry-After of hours. What each answer means is decided in one place, posthog_migrate.answers
 (from reference/posthog-ingestion-facts.md); here it is acted on:
 
 * accepted (200 with capture's ``{"status": "Ok"}`` or ``1``, 204 empty): the request is acknowledged;
@@ -10,7 +10,7 @@ honour a Retry-After of hours. What each answer means is decided in one place, m
   connection); Retry-After is capped;
 * 400 and 413 split the batch in halves, sent in order, down to the one event the server refuses, which
   is rejected with the server's message (everything else in the batch still goes), unless the server
-  refuses everything (migrate.refusals: the batch is held back, then the run stops);
+  refuses everything (posthog_migrate.refusals: the batch is held back, then the run stops);
 * any other 4xx is final for that batch: its events are rejected with the server's message;
 * everything else stops the whole run, as no batch could succeed: a refused key (401/403), not a capture
   endpoint (404/405), a redirect (never followed), a 2xx that is not capture's answer, a quota limit.
@@ -30,11 +30,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import requests
-
-from migrate.answers import MAX_ERROR_TEXT, Answer, Verdict, judge_answer, scrub_key
-from migrate.batches import BODY_SUFFIX, Batch, Window, body_prefix
-from migrate.errors import SendFailed
-from migrate.refusals import BatchWatch, Ranges, RefusalMonitor, probe_index, without_index
+from posthog_migrate.answers import MAX_ERROR_TEXT, Answer, Verdict, judge_answer, scrub_key
+from posthog_migrate.batches import BODY_SUFFIX, Batch, Window, body_prefix
+from posthog_migrate.errors import SendFailed
+from posthog_migrate.refusals import BatchWatch, Ranges, RefusalMonitor, probe_index, without_index
 
 try:
     from isal import isal_zlib as _zlib  # ~3.5x faster than zlib at level 1, and a better ratio
@@ -238,7 +237,7 @@ class Sender:
 
     def _hold_if_refused_wholesale(self, batch: Batch, pending: Ranges, result: BatchResult,
                                    watch: BatchWatch) -> Ranges:
-        """The batch is suspect (see migrate.refusals): try one event alone (the probe), and unless the
+        """The batch is suspect (see posthog_migrate.refusals): try one event alone (the probe), and unless the
         probe shows the refusals are about these events, hold the batch back. Returns the ranges to send."""
         canary = self.refusals.canary
         if canary is not None:
@@ -456,7 +455,7 @@ class Dispatcher:
             raise self._error
 
     def _raise_if_stalled(self) -> None:
-        """Stop the run when every request in flight is a batch held back (see migrate.refusals) and no
+        """Stop the run when every request in flight is a batch held back (see posthog_migrate.refusals) and no
         other batch may start: nothing could be accepted any more to release them. Condition held."""
         held = self.sender.refusals.held
         if held and held >= len(self._busy_lanes):

@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from posthog_migrate.adapters import detect_format
+from posthog_migrate.adapters.base import (
+    ZIP_MEMBER_SEPARATOR,
+    SourceFile,
+    file_name,
+    filesystem_for,
+    open_seekable,
+    split_member,
+)
+from posthog_migrate.errors import ConfigError
 from pyarrow import fs as pafs
-
-from adapters import detect_format
-from adapters.base import ZIP_MEMBER_SEPARATOR, SourceFile, file_name, filesystem_for, open_seekable, split_member
-from migrate.errors import ConfigError
 
 # Files that export tools leave beside the data and that are never rows.
 IGNORED_NAMES = ("_SUCCESS", "_manifest", ".DS_Store")

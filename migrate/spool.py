@@ -15,7 +15,7 @@ resumes without re-reading or re-sorting anything.
 
 Every run is recorded as a :class:`RunFile`: its name, rows, size and checksum, taken right after it is
 written, so that a later phase (or another process, days later) can tell a damaged run from a good one
-before sending anything from it (see ``migrate.integrity``).
+before sending anything from it (see ``posthog_migrate.integrity``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from migrate.errors import DamagedJob
+from posthog_migrate.errors import DamagedJob
 
 try:  # isal's CRC-32 is the same function as zlib's, ~3.5x faster (8 GB/s here); an optional dependency
     from isal.isal_zlib import crc32
@@ -267,7 +266,7 @@ class _RunReader:
             return
 
     def _damaged(self, error: Exception) -> DamagedJob:
-        """A run that Arrow cannot read. Runs are checked before a merge starts (``migrate.integrity``):
+        """A run that Arrow cannot read. Runs are checked before a merge starts (``posthog_migrate.integrity``):
         this is the defence behind that check, for a file damaged while it is being merged."""
         return DamagedJob(self.path.parent.parent, [f"{self.path.name} cannot be read ({error})"])
 

@@ -6,8 +6,8 @@ returns for one row, before validation, so a renamed event is validated as what 
 
 from __future__ import annotations
 
-from migrate.event import Event
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.event import Event
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 # Every event says which import brought it and from where, so re-runs and sources can be told apart
 # (PostHog's own importer sets $import_job_id too).

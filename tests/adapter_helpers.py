@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 from hypothesis import strategies as st
-
-from adapters.base import Adapter, BadRow, SourceFile
-from migrate.event import Event, Rejection, validate
-from migrate.mapping import Filtered
+from posthog_migrate.adapters.base import Adapter, BadRow, SourceFile
+from posthog_migrate.event import Event, Rejection, validate
+from posthog_migrate.mapping import Filtered
 
 # What validate() may refuse in a property test although the adapter did its job: judged by the pipeline only.
 PIPELINE_ONLY_REASONS = {"timestamp_in_future", "bad_timestamp", "unserialisable", "distinct_id_too_long"}

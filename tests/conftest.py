@@ -17,8 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.capture_server import CaptureServer, FaultPlan
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "phc_test_key_never_written_anywhere"
@@ -144,6 +143,6 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
             ) -> subprocess.CompletedProcess:
     """Run posthog-migrate as a real process (the way users do), capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "migrate", *args], cwd=cwd, env=env or cli_environment(),
+        [sys.executable, "-m", "posthog_migrate", *args], cwd=cwd, env=env or cli_environment(),
         capture_output=True, text=True, timeout=timeout,
     )

@@ -23,14 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters import adapter_class
-from adapters.base import BadRow, SourceFile
-from adapters.common import session_uuid7
-from adapters.ga4 import Ga4Adapter, content_digest, param_value, params
-from migrate.errors import ConfigError
-from migrate.event import INSERT_ID_NAMESPACE, Rejection, parse_timestamp, validate
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.base import BadRow, SourceFile
+from posthog_migrate.adapters.common import session_uuid7
+from posthog_migrate.adapters.ga4 import Ga4Adapter, content_digest, param_value, params
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import INSERT_ID_NAMESPACE, Rejection, parse_timestamp, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 from .adapter_helpers import (
     as_json,

@@ -23,14 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters import adapter_class
-from adapters.common import session_uuid7
-from adapters.heap import HeapAdapter, current_url, split_version
-from adapters.segment import TABLE_KEY
-from migrate.errors import ConfigError
-from migrate.event import INSERT_ID_NAMESPACE, Rejection, parse_timestamp, validate
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.common import session_uuid7
+from posthog_migrate.adapters.heap import HeapAdapter, current_url, split_version
+from posthog_migrate.adapters.segment import TABLE_KEY
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import INSERT_ID_NAMESPACE, Rejection, parse_timestamp, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 from .adapter_helpers import (
     as_json,

@@ -19,13 +19,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters import adapter_class
-from adapters.base import BadRow
-from adapters.mixpanel import MixpanelAdapter
-from migrate.errors import ConfigError
-from migrate.event import MAX_TIMESTAMP_US, Event, Rejection, format_timestamp, uuid_from_content, validate
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.base import BadRow
+from posthog_migrate.adapters.mixpanel import MixpanelAdapter
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import MAX_TIMESTAMP_US, Event, Rejection, format_timestamp, uuid_from_content, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 from .adapter_helpers import as_sent, rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli

@@ -25,13 +25,12 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters import adapter_class
-from adapters.base import BadRow
-from adapters.segment import TABLE_KEY, SegmentAdapter, table_name
-from migrate.errors import ConfigError
-from migrate.event import INSERT_ID_NAMESPACE, Event, Rejection, parse_timestamp, validate
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.base import BadRow
+from posthog_migrate.adapters.segment import TABLE_KEY, SegmentAdapter, table_name
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import INSERT_ID_NAMESPACE, Event, Rejection, parse_timestamp, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 from .adapter_helpers import PIPELINE_ONLY_REASONS, as_json, events_of, json_values, rows_of, source
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, run_cli, write_csv, write_jsonl

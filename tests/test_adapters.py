@@ -15,15 +15,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
+import posthog_migrate.adapters.csv as csv_module
+import posthog_migrate.adapters.parquet as parquet_module
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import adapters.csv as csv_module
-import adapters.parquet as parquet_module
-from adapters import (
+from posthog_migrate.adapters import (
     BUILTIN_ADAPTERS,
     BadRow,
     SourceFile,
@@ -31,14 +30,14 @@ from adapters import (
     available_adapters,
     detect_format,
 )
-from adapters.base import open_binary
-from adapters.csv import CsvAdapter, infer_scalar, read_csv
-from adapters.jsonl import JsonLinesAdapter, read_json_lines
-from adapters.parquet import ParquetAdapter, read_parquet
-from adapters.posthog import PostHogAdapter
-from migrate.errors import ConfigError
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, validate
-from migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.adapters.base import open_binary
+from posthog_migrate.adapters.csv import CsvAdapter, infer_scalar, read_csv
+from posthog_migrate.adapters.jsonl import JsonLinesAdapter, read_json_lines
+from posthog_migrate.adapters.parquet import ParquetAdapter, read_parquet
+from posthog_migrate.adapters.posthog import PostHogAdapter
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, validate
+from posthog_migrate.mapping import ColumnMapping, Filtered
 
 TS = "2024-04-03T12:00:00.123456Z"
 T = parse_timestamp(TS)

@@ -8,9 +8,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-
-from migrate.batches import ENVELOPE_BYTES, Batch, BatchLayout, _cut_lane, build_body, cut_windows
-from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, merge_slices
+from posthog_migrate.batches import ENVELOPE_BYTES, Batch, BatchLayout, _cut_lane, build_body, cut_windows
+from posthog_migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, merge_slices
 
 
 def _prepared_runs(tmp_path, count, seed=5, people=30, max_payload=400):

@@ -21,8 +21,7 @@ from typing import Any
 import orjson
 import pytest
 import requests
-
-from migrate.capture_server import (
+from posthog_migrate.capture_server import (
     MAX_DECODED_BODY_BYTES,
     MAX_EVENT_BYTES,
     MAX_RAW_BODY_BYTES,
@@ -32,7 +31,7 @@ from migrate.capture_server import (
     Fault,
     FaultPlan,
 )
-from migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError
 
 try:
     from isal.igzip import compress as gzip_compress
@@ -717,7 +716,7 @@ def test_keep_in_memory_false_keeps_counts_only(make_server: Callable[..., Captu
 
 def test_serve_prints_its_url_and_a_summary_on_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "served.jsonl"
-    code = f"from migrate.capture_server import serve; serve(0, {str(out)!r}, True, ['503'], 0.0, (), None)"
+    code = f"from posthog_migrate.capture_server import serve; serve(0, {str(out)!r}, True, ['503'], 0.0, (), None)"
     process = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,

@@ -15,9 +15,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from migrate import capture_server
-from migrate.capture_server import _HYPHENATED_UUID, _all_hyphenated_uuids, _judge, _plain_batch_lines
+from posthog_migrate import capture_server
+from posthog_migrate.capture_server import _HYPHENATED_UUID, _all_hyphenated_uuids, _judge, _plain_batch_lines
 
 TOKEN = "phc_TestProjectKey0123456789abcdefghijklmnop"
 

@@ -30,7 +30,7 @@ TIMEOUT = 30
 def _serving(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """`serve --port 0` in its own process group, once it says it is ready: (process, url). Killed at exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "migrate", "serve", "--port", "0", "--out", str(tmp_path / "received.jsonl"),
+        [sys.executable, "-m", "posthog_migrate", "serve", "--port", "0", "--out", str(tmp_path / "received.jsonl"),
          *options],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from migrate.checkpoint import SendProgress
+from posthog_migrate.checkpoint import SendProgress
 
 
 def test_snapshot_is_asdict_and_does_not_share_mutable_fields():

@@ -6,8 +6,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import orjson
-
-from migrate.batches import LAYOUT_VERSION
+from posthog_migrate.batches import LAYOUT_VERSION
 
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.capture_server import CaptureServer, FaultPlan
 
 from .conftest import (
     TEST_API_KEY,
@@ -246,7 +245,7 @@ def test_mapping_file_and_options_map_custom_columns(tmp_path, capture_server):
 
 def _start_slow_run(tmp_path: Path, server: CaptureServer) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "migrate", "run", "events.csv", "--host", server.url, "--workdir", "job",
+        [sys.executable, "-m", "posthog_migrate", "run", "events.csv", "--host", server.url, "--workdir", "job",
          "--batch-size", "100", "--concurrency", "2", *FAST],
         cwd=tmp_path, env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from adapters import detect_format
-from migrate.config import resolve_settings
-from migrate.errors import ConfigError
-from migrate.sources import expand_sources
+from posthog_migrate.adapters import detect_format
+from posthog_migrate.config import resolve_settings
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.sources import expand_sources
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 

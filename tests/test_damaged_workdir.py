@@ -16,9 +16,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from migrate.capture_server import CaptureServer
-from migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
+from posthog_migrate.capture_server import CaptureServer
+from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
 
@@ -149,8 +148,8 @@ def test_impossible_values_in_state_json_are_named_and_nothing_is_sent(tmp_path,
 
 
 def test_the_merge_itself_turns_an_unreadable_run_into_the_damaged_job_message(tmp_path):
-    from migrate.errors import DamagedJob
-    from migrate.spool import RunWriter, merge_slices
+    from posthog_migrate.errors import DamagedJob
+    from posthog_migrate.spool import RunWriter, merge_slices
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -177,7 +176,7 @@ def test_a_damaged_pairs_file_of_an_interrupted_prepare_is_named_not_a_traceback
 
 
 def test_every_run_of_a_resumed_prepare_is_recorded_with_its_size_and_checksum(tmp_path):
-    from migrate.spool import file_checksum
+    from posthog_migrate.spool import file_checksum
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -199,7 +198,7 @@ def test_every_run_of_a_resumed_prepare_is_recorded_with_its_size_and_checksum(t
 
 
 def test_compacted_and_identity_runs_are_recorded_with_their_checksums(tmp_path):
-    from migrate.spool import RunFile, RunWriter, compact_runs, file_checksum
+    from posthog_migrate.spool import RunFile, RunWriter, compact_runs, file_checksum
 
     writer = RunWriter(tmp_path, 8_000)
     for number in range(3_000):

@@ -17,8 +17,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from migrate.event import (
+from posthog_migrate.event import (
     CONTENT_NAMESPACE,
     INSERT_ID_NAMESPACE,
     MAX_DISTINCT_ID_CHARS,

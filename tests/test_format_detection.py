@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from adapters.base import SourceFile
+from posthog_migrate.adapters.base import SourceFile
 
 from .conftest import PROJECT_ROOT, cli_environment, install_plugin, make_rows, run_cli, write_csv, write_jsonl
 
@@ -25,9 +24,9 @@ FIXTURES = Path("/work/shared/fixtures")
 MIXPANEL_EXPORT = SAMPLES / "mixpanel" / "export-2024-03.jsonl.gz"
 
 PLUGIN = '''
-from adapters.base import Adapter
-from adapters.jsonl import read_json_lines
-from migrate.event import Event, parse_timestamp, uuid_from_id
+from posthog_migrate.adapters.base import Adapter
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.event import Event, parse_timestamp, uuid_from_id
 
 
 class SnowplowAdapter(Adapter):
@@ -130,13 +129,13 @@ def test_a_wrong_format_stops_before_any_work_and_names_the_right_one(tmp_path):
     (SAMPLES / "heap" / "tables" / "note_created.csv", None),  # Heap's columns are too common to claim
 ])
 def test_each_format_recognises_its_own_rows_and_no_other(path, expected):
-    from adapters import first_records, recognise_format
+    from posthog_migrate.adapters import first_records, recognise_format
 
     assert recognise_format(first_records(source(path))) == expected
 
 
 def test_a_generic_row_with_a_time_property_is_not_taken_for_a_mixpanel_row():
-    from adapters import recognise_format
+    from posthog_migrate.adapters import recognise_format
 
     assert recognise_format([{"event": "a", "properties": {"time": 1709251200, "distinct_id": "u"}}]) == "mixpanel"
     assert recognise_format([{"event": "a", "distinct_id": "u", "ts": 1709251200, "properties": {"time": 1}}]) is None
@@ -162,8 +161,9 @@ def test_a_plugin_recognises_its_rows_and_the_help_lists_it(tmp_path):
 
 def test_listing_the_formats_imports_no_adapter_and_loads_no_plugin(tmp_path):
     env = with_plugin(tmp_path / "plugins")
-    probe = ("import sys, adapters; names = adapters.format_names(); "
-             "loaded = sorted(m for m in sys.modules if m.startswith(('adapters.', 'pyarrow', 'snowplow'))); "
+    probe = ("import sys, posthog_migrate.adapters; names = posthog_migrate.adapters.format_names(); "
+             "loaded = sorted(m for m in sys.modules if m.startswith(('posthog_migrate.adapters.', 'pyarrow', "
+             "'snowplow'))); "
              "print(names, loaded)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                             check=True)

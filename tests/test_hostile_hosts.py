@@ -16,14 +16,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from migrate.answers import KEY_PLACEHOLDER, Verdict, judge_answer, scrub_key
-from migrate.batches import Batch
-from migrate.capture_server import CaptureServer, Fault, FaultPlan
-from migrate.errors import ConfigError, SendFailed
-from migrate.refusals import MAX_HELD_BATCHES, WHOLESALE_STREAK
-from migrate.sender import SendCounters, Sender, SendSettings
-from migrate.spool import make_tiebreak
+from posthog_migrate.answers import KEY_PLACEHOLDER, Verdict, judge_answer, scrub_key
+from posthog_migrate.batches import Batch
+from posthog_migrate.capture_server import CaptureServer, Fault, FaultPlan
+from posthog_migrate.errors import ConfigError, SendFailed
+from posthog_migrate.refusals import MAX_HELD_BATCHES, WHOLESALE_STREAK
+from posthog_migrate.sender import SendCounters, Sender, SendSettings
+from posthog_migrate.spool import make_tiebreak
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv
 

@@ -21,14 +21,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from adapters import detect_format
-from adapters.amplitude import AmplitudeAdapter
-from adapters.base import MAX_RAW_CHARS_IN_REJECT, MAX_ROW_BYTES, BadRow, SourceFile, open_binary
-from adapters.jsonl import read_json_lines
-from migrate.errors import ConfigError
-from migrate.mapping import ColumnMapping
-from migrate.sources import list_inputs
+from posthog_migrate.adapters import detect_format
+from posthog_migrate.adapters.amplitude import AmplitudeAdapter
+from posthog_migrate.adapters.base import MAX_RAW_CHARS_IN_REJECT, MAX_ROW_BYTES, BadRow, SourceFile, open_binary
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.mapping import ColumnMapping
+from posthog_migrate.sources import list_inputs
 
 from .conftest import cli_environment, make_rows, run_cli, write_csv, write_jsonl
 
@@ -284,8 +283,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def _peak_rss_mib(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     """Run posthog-migrate; return its peak resident memory (MiB) and its result."""
     peak_file = cwd / "peak-rss-kib.txt"
-    result = subprocess.run([sys.executable, "-c", _MEASURE, str(peak_file), sys.executable, "-m", "migrate", *args],
-                            cwd=cwd, env=cli_environment(), capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", _MEASURE, str(peak_file), sys.executable, "-m", "posthog_migrate", *args]
+    result = subprocess.run(command, cwd=cwd, env=cli_environment(), capture_output=True, text=True, timeout=300)
     _no_traceback(result)
     return int(peak_file.read_text()) / 1024, result
 
@@ -426,7 +425,7 @@ def test_listing_a_folder_scans_the_adapter_registry_once_not_per_file(tmp_path,
         scans.append(kwargs)
         return real_entry_points(**kwargs)
 
-    import adapters
+    from posthog_migrate import adapters
 
     monkeypatch.setattr(metadata, "entry_points", counting_entry_points)
     adapters._plugin_entry_points.cache_clear()  # scanned afresh, through the counting stand-in

@@ -7,13 +7,12 @@ import random
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from adapters.jsonl import JsonLinesAdapter
-from migrate.config import resolve_settings
-from migrate.identity import IdentityCollector
-from migrate.job import open_job
-from migrate.pipeline import dry_run
-from migrate.prepare import prepare
+from posthog_migrate.adapters.jsonl import JsonLinesAdapter
+from posthog_migrate.config import resolve_settings
+from posthog_migrate.identity import IdentityCollector
+from posthog_migrate.job import open_job
+from posthog_migrate.pipeline import dry_run
+from posthog_migrate.prepare import prepare
 
 from .conftest import write_jsonl
 
@@ -116,7 +115,7 @@ def test_a_row_mapping_to_more_events_than_the_sort_key_holds_is_rejected(tmp_pa
 
 
 def test_more_pair_runs_than_the_merge_fan_in_are_compacted_first(tmp_path, monkeypatch):
-    import migrate.identity as identity
+    import posthog_migrate.identity as identity
 
     monkeypatch.setattr(identity, "MAX_MERGE_FAN_IN", 3)
     collector = IdentityCollector(tmp_path, budget_bytes=0)

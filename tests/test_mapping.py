@@ -16,12 +16,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters.base import SourceFile
-from adapters.jsonl import read_json_lines
-from migrate.errors import ConfigError
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id, validate
-from migrate.mapping import (
+from posthog_migrate.adapters.base import SourceFile
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id, validate
+from posthog_migrate.mapping import (
     DEFAULT_EVENT_COLUMNS,
     GENERIC_SOURCE_TAG,
     ColumnMapping,
@@ -427,7 +426,7 @@ def test_bad_filter_bound_is_a_config_error(bound):
 # --- override (command-line values) ------------------------------------------------------------------
 
 def cli_values(**given: Any) -> dict:
-    """What migrate.cli.mapping_overrides hands over: None for every option not given."""
+    """What posthog_migrate.cli.mapping_overrides hands over: None for every option not given."""
     values = {
         "event": None, "event_name": None, "distinct_id": (), "timestamp": None, "timestamp_unit": None,
         "timezone": None, "uuid": None, "insert_id": None, "properties_json": None,

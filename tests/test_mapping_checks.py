@@ -20,12 +20,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from adapters import adapter_class
-from adapters.base import Adapter
-from migrate.errors import ConfigError
-from migrate.event import Rejection, uuid_from_content
-from migrate.mapping import ColumnMapping, RowMapper
+from posthog_migrate.adapters import adapter_class
+from posthog_migrate.adapters.base import Adapter
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.event import Rejection, uuid_from_content
+from posthog_migrate.mapping import ColumnMapping, RowMapper
 
 from .conftest import PROJECT_ROOT, make_rows, read_received, run_cli, write_jsonl
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from .conftest import TEST_API_KEY, cli_environment, install_plugin, run_cli, write_jsonl
 
 PLUGIN = '''
-from adapters.base import Adapter
-from adapters.jsonl import read_json_lines
-from migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
+from posthog_migrate.adapters.base import Adapter
+from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
 
 
 class SnowplowAdapter(Adapter):

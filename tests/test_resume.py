@@ -17,9 +17,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from migrate.capture_server import CaptureServer, FaultPlan
-from migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
+from posthog_migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, write_jsonl
 
@@ -30,7 +29,7 @@ RESENDING_FAULTS = ("drop-after-accept", "413-partial")
 
 
 def _command(server: CaptureServer, rate: int = 0) -> list[str]:
-    return [sys.executable, "-m", "migrate", "run", "events.jsonl", "--host", server.url, "--workdir", "job",
+    return [sys.executable, "-m", "posthog_migrate", "run", "events.jsonl", "--host", server.url, "--workdir", "job",
             "--batch-size", str(BATCH_SIZE), "--concurrency", str(CONCURRENCY), "--rate", str(rate),
             "--retry-delay", "0.01", "--max-retries", "30", "-q"]
 
@@ -124,7 +123,8 @@ def test_a_prepare_killed_after_some_spills_resumes_from_its_last_spill(tmp_path
             rows[row + part]["timestamp"] = "garbage"  # rejects before and after the spill: none written twice
         write_jsonl(folder / f"part-{part}.jsonl", rows)
     env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
-    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--memory", "1MiB", "--job", "same", "-q"]
+    base = [sys.executable, "-m", "posthog_migrate", "run", "export", "--dry-run", "--memory", "1MiB", "--job", "same",
+            "-q"]
     reference = subprocess.run([*base, "--workdir", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert reference.returncode == 3, reference.stderr
     crashed = subprocess.run([*base, "--workdir", "job"], cwd=tmp_path, capture_output=True, text=True,
@@ -163,7 +163,7 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
         rows[7]["distinct_id"] = ""  # a reject in every file: the joined rejects keep file order
         write_jsonl(folder / f"part-{part}.jsonl", rows)
     env = cli_environment(POSTHOG_API_KEY=TEST_API_KEY)
-    base = [sys.executable, "-m", "migrate", "run", "export", "--dry-run", "--job", "same", "-q"]
+    base = [sys.executable, "-m", "posthog_migrate", "run", "export", "--dry-run", "--job", "same", "-q"]
     single = subprocess.run([*base, "--workdir", "one", "--workers", "1"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert single.returncode == 3, single.stderr
@@ -171,8 +171,8 @@ def test_worker_processes_prepare_exactly_what_one_process_does_and_resume_after
                              text=True, env={**env, CRASH_POINT_VARIABLE: "after-prepare-file@2"}, timeout=120)
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
     assert len(list((tmp_path / "two" / "parts").glob("result-*.json"))) == 2
-    status = subprocess.run([sys.executable, "-m", "migrate", "status", "--workdir", "two"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)
+    status = subprocess.run([sys.executable, "-m", "posthog_migrate", "status", "--workdir", "two"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True)
     assert status.returncode == 0 and "preparing: 2 of 5 input files done" in status.stdout, status.stderr
     time.sleep(1)  # the orphaned workers notice their coordinator is gone and exit
     resumed = subprocess.run([*base, "--workdir", "two", "--workers", "2"], cwd=tmp_path, env=env,
@@ -189,7 +189,8 @@ def test_a_worker_that_starts_after_its_coordinator_died_exits_at_once():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     started = time.monotonic()
-    code = f"import time; from migrate.prepare import _worker_init; _worker_init(None, {gone.pid}); time.sleep(60)"
+    code = (f"import time; from posthog_migrate.prepare import _worker_init; _worker_init(None, {gone.pid}); "
+            "time.sleep(60)")
     worker = subprocess.run(
         [sys.executable, "-c", code],
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=30,

@@ -7,12 +7,11 @@ import time
 
 import orjson
 import pytest
-
-from migrate.answers import MAX_RETRY_AFTER_SECONDS, parse_retry_after
-from migrate.batches import Batch, BatchLayout, cut_windows
-from migrate.errors import SendFailed
-from migrate.job import person_hash
-from migrate.sender import (
+from posthog_migrate.answers import MAX_RETRY_AFTER_SECONDS, parse_retry_after
+from posthog_migrate.batches import Batch, BatchLayout, cut_windows
+from posthog_migrate.errors import SendFailed
+from posthog_migrate.job import person_hash
+from posthog_migrate.sender import (
     Dispatcher,
     FatalResponse,
     Interrupted,
@@ -21,7 +20,7 @@ from migrate.sender import (
     Sender,
     SendSettings,
 )
-from migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_slices
+from posthog_migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_slices
 
 from .conftest import TEST_API_KEY
 
@@ -253,7 +252,7 @@ def test_dispatcher_skips_batches_before_the_watermark(capture_server, tmp_path)
 
 
 def test_dispatcher_keeps_one_connection_per_sending_thread(capture_server, tmp_path, monkeypatch):
-    import migrate.sender as sender_module
+    import posthog_migrate.sender as sender_module
 
     made = []
     pinned = sender_module._pinned_session

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import orjson
-
-from adapters.jsonl import JsonLinesAdapter
-from migrate.config import resolve_settings
-from migrate.job import open_job
-from migrate.pipeline import dry_run
-from migrate.prepare import prepare
+from posthog_migrate.adapters.jsonl import JsonLinesAdapter
+from posthog_migrate.config import resolve_settings
+from posthog_migrate.job import open_job
+from posthog_migrate.pipeline import dry_run
+from posthog_migrate.prepare import prepare
 
 from .conftest import PROJECT_ROOT, TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl
 

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from adapters.base import SourceFile
-from migrate.errors import ConfigError
-from migrate.sources import (
+from posthog_migrate.adapters.base import SourceFile
+from posthog_migrate.errors import ConfigError
+from posthog_migrate.sources import (
     FINGERPRINT_SAMPLE_BYTES,
     describe_changes,
     expand_sources,

@@ -7,8 +7,15 @@ import random
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from migrate.spool import MergeCursor, RunFile, RunWriter, compact_runs, make_tiebreak, merge_runs, split_tiebreak
+from posthog_migrate.spool import (
+    MergeCursor,
+    RunFile,
+    RunWriter,
+    compact_runs,
+    make_tiebreak,
+    merge_runs,
+    split_tiebreak,
+)
 
 
 def _spill(tmp_path, events, run_bytes):

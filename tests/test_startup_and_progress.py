@@ -15,9 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from posthog_migrate.spool import RunWriter, compact_runs, rows_to_compact
 from tqdm import tqdm
-
-from migrate.spool import RunWriter, compact_runs, rows_to_compact
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 
@@ -36,7 +35,7 @@ def _imported_modules(import_times: str) -> list[str]:
 @pytest.mark.parametrize("arguments", [["--help"], ["run", "--help"], ["inspect", "--help"], ["status", "--help"],
                                        ["--version"]])
 def test_help_and_version_import_neither_numpy_nor_pyarrow(tmp_path, arguments):
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "migrate", *arguments], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "posthog_migrate", *arguments], cwd=tmp_path,
                             env=cli_environment(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(("Usage:", "posthog-migrate, version"))
@@ -45,7 +44,7 @@ def test_help_and_version_import_neither_numpy_nor_pyarrow(tmp_path, arguments):
     assert "click" in imported  # the import times were read
     assert not imported & HEAVY_MODULES
     # The registry may list the formats (run --help does), but no adapter is loaded to do it.
-    assert not [name for name in modules if name.startswith("adapters.")]
+    assert not [name for name in modules if name.startswith("posthog_migrate.adapters.")]
 
 
 def test_the_console_script_handles_ctrl_c_before_it_imports_the_command_line(tmp_path):
@@ -55,7 +54,7 @@ def test_the_console_script_handles_ctrl_c_before_it_imports_the_command_line(tm
                             env=cli_environment(PYTHONPROFILEIMPORTTIME="1"), timeout=60)
     assert result.returncode == 0, result.stderr
     imported = _imported_modules(result.stderr)
-    assert imported.index("migrate.entry") < imported.index("click") < imported.index("migrate.cli")
+    assert imported.index("posthog_migrate.entry") < imported.index("click") < imported.index("posthog_migrate.cli")
     assert not {name.split(".")[0] for name in imported} & HEAVY_MODULES
 
 
@@ -63,7 +62,7 @@ def test_the_console_script_handles_ctrl_c_before_it_imports_the_command_line(tm
 
 def _start(arguments: list[str], cwd: Path, *python_options: str) -> subprocess.Popen:
     """A real run in a process group of its own, like a command a user started in a terminal."""
-    return subprocess.Popen([sys.executable, *python_options, "-m", "migrate", *arguments], cwd=cwd,
+    return subprocess.Popen([sys.executable, *python_options, "-m", "posthog_migrate", *arguments], cwd=cwd,
                             env=cli_environment(POSTHOG_API_KEY=TEST_API_KEY), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 
