@@ -23,6 +23,7 @@ from posthog_migrate.errors import ConfigError, DamagedJob, MigrateError
 # The pipeline's modules (numpy, pyarrow, requests...) are imported inside the commands that use them, so
 # that --help, --version and a mistyped option answer at once.
 if TYPE_CHECKING:
+    from posthog_migrate.capture.server import ServeSummary
     from posthog_migrate.config import Settings
     from posthog_migrate.job import Job
     from posthog_migrate.report import Books
@@ -305,7 +306,7 @@ def _run_job(job: Job, api_key: str) -> ExitStatus:
         outcome = dry_run(job, manifest, Path(settings.out) if settings.out else job.root / "dry-run")
         target = "dry run (nothing sent)"
     elif settings.is_local:
-        from posthog_migrate.capture_server import CaptureServer
+        from posthog_migrate.capture import CaptureServer
 
         received_path = job.root / "local-capture" / "events.jsonl"
         with CaptureServer(out_path=received_path, keep_in_memory=False) as server:
@@ -515,16 +516,53 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
     """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests.
 
     Ctrl-C or SIGTERM stops it and prints how many requests and events it took."""
-    from posthog_migrate.capture_server import serve as serve_forever
+    from posthog_migrate.capture import FaultPlan
+    from posthog_migrate.capture import serve as serve_forever
+    from posthog_migrate.capture.workers import WorkersGone
 
-    # The server stops on KeyboardInterrupt, closing its out file and printing its counts: Ctrl-C raises it
-    # again instead of ending the process at once (see posthog_migrate.entry).
+    mode = "strict, like PostHog's capture code" if strict else "lenient, like PostHog's docs"
+    if faults or fault_rate:
+        mode += f"; faults: {len(faults)} scripted, rate {fault_rate}"
+    elif processes > 1:
+        mode += f"; {processes} processes"
+    where = f"appended to {out}" if out else "counted, not stored (add --out FILE to keep them)"
+
+    def announce(url: str) -> None:  # the line tests and the benchmark wait for
+        click.echo(f"Capture endpoint at {url} ({mode}). Accepted events are {where}. Ctrl-C stops.")
+
+    # The server stops on KeyboardInterrupt, closing its out file and returning its counts: Ctrl-C raises it
+    # again instead of ending the process at once (see posthog_migrate.entry), and so does SIGTERM (kill, a
+    # supervisor, the benchmark's stop).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve_forever(port=port, out_path=out, strict=strict, fault_specs=faults, fault_rate=fault_rate,
-                      fault_kinds=[k.strip() for k in fault_kinds.split(",") if k.strip()], seed=seed,
-                      processes=processes)
+        kinds = [kind.strip() for kind in fault_kinds.split(",") if kind.strip()]
+        plan = FaultPlan.parse(faults, fault_rate, kinds, seed) if faults or fault_rate else None
+        summary = serve_forever(port=port, out_path=out, strict=strict, faults=plan, processes=processes,
+                                on_ready=announce, on_warning=lambda message: click.echo(message, err=True))
+    except WorkersGone as gone:
+        _echo_stopped(gone.summary)
+        fail(gone)
     except MigrateError as error:
         fail(error)
     except OSError as error:
         fail(ConfigError(f"cannot listen on 127.0.0.1:{port}: {error}"))
+    _echo_stopped(summary)
+
+
+def _interrupt(_number: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _echo_stopped(summary: ServeSummary) -> None:
+    """What serve took, once stopped; with several processes, each one's share of the requests."""
+    stats = summary.stats
+    line = (f"Stopped: {stats.requests} requests, {stats.events_accepted} events accepted, "
+            f"{stats.requests_rejected} requests rejected")
+    shares = summary.requests_per_process
+    if shares:
+        line += f" ({len(shares)} processes: {' + '.join('?' if n is None else str(n) for n in shares)} requests)"
+    click.echo(f"{line}.")
+    lost = shares.count(None)
+    if lost:
+        click.echo(f"{lost} worker(s) did not report their counts; the totals above leave them out.", err=True)

@@ -17,7 +17,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from posthog_migrate.capture_server import CaptureServer, FaultPlan
+
+# The capture server's fixtures (capture_server, make_server), as adapter authors get them.
+pytest_plugins = ["posthog_migrate.capture.testing"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "phc_test_key_never_written_anywhere"
@@ -73,29 +75,6 @@ def write_parquet(path: Path, rows: list[dict], row_group_size: int = 1000) -> P
 
 def read_received(path: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def capture_server() -> Iterator[CaptureServer]:
-    with CaptureServer() as server:
-        yield server
-
-
-@pytest.fixture
-def make_server():
-    """Start capture servers with options (strict, faults...); all are stopped after the test."""
-    servers: list[CaptureServer] = []
-
-    def start(faults: list[str] | None = None, strict: bool = True, out_path: Path | None = None,
-              rate: float = 0.0, kinds: tuple[str, ...] = ("429", "503", "drop"), seed: int | None = None):
-        plan = FaultPlan.parse(faults or (), rate, kinds, seed) if faults or rate else None
-        server = CaptureServer(out_path=out_path, strict=strict, faults=plan).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ reference/posthog-ingestion-facts.md that it implements is pinned here.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -14,22 +13,20 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import requests
-from posthog_migrate.capture_server import (
+from posthog_migrate.capture import CaptureServer, FaultPlan
+from posthog_migrate.capture.faults import Fault
+from posthog_migrate.capture.rules import (
     MAX_DECODED_BODY_BYTES,
     MAX_EVENT_BYTES,
     MAX_RAW_BODY_BYTES,
     MAX_SINGLE_EVENT_RAW_BYTES,
-    SINGLE_EVENT_PATHS,
-    CaptureServer,
-    Fault,
-    FaultPlan,
 )
 from posthog_migrate.errors import ConfigError
 
@@ -72,20 +69,6 @@ def post(
 ) -> requests.Response:
     client: Any = session or requests
     return client.post(server.url + path, data=body, headers=headers or {}, timeout=TIMEOUT)
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., CaptureServer]]:
-    started: list[CaptureServer] = []
-
-    def make(**kwargs: Any) -> CaptureServer:
-        server = CaptureServer(**kwargs).start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture
@@ -275,7 +258,7 @@ def test_token_may_be_named_api_key_or_token_and_be_64_characters(server: Captur
     assert post(server, body).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/batch", *SINGLE_EVENT_PATHS])
+@pytest.mark.parametrize("path", ["/batch", "/capture", "/capture/", "/e", "/e/", "/i/v0/e", "/i/v0/e/"])
 def test_single_event_with_its_own_token_is_accepted_and_stored_without_it(server: CaptureServer, path: str) -> None:
     response = post(server, orjson.dumps(make_event(api_key=TOKEN)), path)
     assert response.status_code == 200
@@ -716,11 +699,9 @@ def test_keep_in_memory_false_keeps_counts_only(make_server: Callable[..., Captu
 
 def test_serve_prints_its_url_and_a_summary_on_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "served.jsonl"
-    code = f"from posthog_migrate.capture_server import serve; serve(0, {str(out)!r}, True, ['503'], 0.0, (), None)"
     process = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-m", "posthog_migrate", "serve", "--port", "0", "--out", str(out), "--fault", "503"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -729,7 +710,7 @@ def test_serve_prints_its_url_and_a_summary_on_ctrl_c(tmp_path: Path) -> None:
         banner = process.stdout.readline() if process.stdout else ""
         match = re.search(r"http://127\.0\.0\.1:\d+", banner)
         assert match, banner
-        assert str(out) in banner
+        assert str(out) in banner and "faults: 1 scripted, rate 0.0" in banner
         url = match.group(0)
         assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 503
         assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 200
@@ -738,6 +719,35 @@ def test_serve_prints_its_url_and_a_summary_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         process.kill()
     assert process.returncode == 0, stderr
-    assert "2 requests, 1 events accepted, 1 requests rejected" in stdout
+    assert "Stopped: 2 requests, 1 events accepted, 1 requests rejected." in stdout
     assert TOKEN not in banner + stdout + stderr
+    assert len(out.read_bytes().splitlines()) == 1
+
+
+def test_serve_as_a_library_prints_nothing_and_returns_what_it_took(tmp_path: Path) -> None:
+    """serve() tells its caller when it is ready and what it took; the command line does the printing."""
+    out = tmp_path / "served.jsonl"
+    code = (
+        "import sys\n"
+        "from posthog_migrate.capture import FaultPlan, serve\n"
+        "def ready(url):\n"
+        "    sys.stdout.write(f'ready at {url}\\n'); sys.stdout.flush()\n"
+        f"summary = serve(port=0, out_path={str(out)!r}, faults=FaultPlan.parse(['503']), on_ready=ready)\n"
+        "print('returned', summary.stats)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline() if process.stdout else ""
+        assert ready.startswith("ready at http://127.0.0.1:"), ready
+        url = ready.split()[-1]
+        assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 503
+        assert requests.post(url + "/batch/", data=batch_body([make_event()]), timeout=TIMEOUT).status_code == 200
+        process.send_signal(signal.SIGINT)  # KeyboardInterrupt: how serve() is stopped
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert (stdout, stderr) == (
+        "returned CaptureStats(requests=2, events_accepted=1, requests_rejected=1, faults_injected=1)\n", "")
     assert len(out.read_bytes().splitlines()) == 1

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from posthog_migrate import capture_server
-from posthog_migrate.capture_server import _HYPHENATED_UUID, _all_hyphenated_uuids, _judge, _plain_batch_lines
+from posthog_migrate.capture import rules
+from posthog_migrate.capture.rules import _HYPHENATED_UUID, _all_hyphenated_uuids, _plain_batch_lines, judge
 
 TOKEN = "phc_TestProjectKey0123456789abcdefghijklmnop"
 
@@ -37,14 +37,14 @@ def batch(events: list[Any]) -> bytes:
 
 
 def judged(body: bytes, strict: bool) -> tuple[int, str, list[bytes], list[bytes], int]:
-    verdict = _judge(body, False, strict)
+    verdict = judge(body, False, strict)
     # Events as JSON, so that two paths' dicts compare by content and key order alike.
     return verdict.status, verdict.message, list(map(orjson.dumps, verdict.events)), verdict.lines, verdict.n_events
 
 
 def judged_by_general_loop(body: bytes, strict: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     with monkeypatch.context() as patch:
-        patch.setattr(capture_server, "_plain_batch_lines", lambda events: None)
+        patch.setattr(rules, "_plain_batch_lines", lambda events: None)
         return judged(body, strict)
 
 
@@ -101,11 +101,11 @@ def test_a_batch_with_one_unusual_event_is_judged_as_the_general_loop_judges_it(
 @pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
 def test_an_event_too_big_is_left_to_the_general_loop(strict: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     events = [plain_event(0), plain_event(1)]
-    events[1]["properties"]["pad"] = "x" * capture_server.MAX_EVENT_BYTES
+    events[1]["properties"]["pad"] = "x" * rules.MAX_EVENT_BYTES
     assert _plain_batch_lines(events) is None
     body = batch(events)
     assert judged(body, strict)[:2] == (413, f"event 1: {len(orjson.dumps(events[1]))} bytes is too big "
-                                              f"(events must stay under {capture_server.MAX_EVENT_BYTES})")
+                                              f"(events must stay under {rules.MAX_EVENT_BYTES})")
     assert judged(body, strict) == judged_by_general_loop(body, strict, monkeypatch)
 
 

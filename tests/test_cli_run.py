@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from posthog_migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.capture import CaptureServer, FaultPlan
 
 from .conftest import (
     TEST_API_KEY,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from posthog_migrate.capture_server import CaptureServer
+from posthog_migrate.capture import CaptureServer
 from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_jsonl

@@ -18,7 +18,8 @@ import orjson
 import pytest
 from posthog_migrate.answers import KEY_PLACEHOLDER, Verdict, judge_answer, scrub_key
 from posthog_migrate.batches import Batch
-from posthog_migrate.capture_server import CaptureServer, Fault, FaultPlan
+from posthog_migrate.capture import CaptureServer, FaultPlan
+from posthog_migrate.capture.faults import Fault
 from posthog_migrate.errors import ConfigError, SendFailed
 from posthog_migrate.refusals import MAX_HELD_BATCHES, WHOLESALE_STREAK
 from posthog_migrate.sender import SendCounters, Sender, SendSettings

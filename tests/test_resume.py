@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from posthog_migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.capture import CaptureServer, FaultPlan
 from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, write_jsonl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from posthog_migrate.capture_server import CaptureServer, FaultPlan
+from posthog_migrate.capture import CaptureServer, FaultPlan
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 

@@ -13,9 +13,10 @@ How the connections are shared:
 - Each worker is a :class:`CaptureServer` that does not listen: it serves the connections it is handed
   and appends what it accepts to the shared ``--out`` file, one write() per request, so the lines of
   different requests never interleave.
-- Ctrl-C or SIGTERM stops the parent, which closes every worker's channel. A worker then stops its
-  server and sends its counts back; the parent prints their sum. Workers run in a process group of
-  their own, so signals meant for the group (a terminal's Ctrl-C, `timeout`) reach the parent only.
+- Ctrl-C (or SIGTERM, which the command line turns into one) stops the parent, which closes every
+  worker's channel. A worker then stops its server and sends its counts back; the parent adds them up.
+  Workers run in a process group of their own, so signals meant for the group (a terminal's Ctrl-C,
+  `timeout`) reach the parent only.
   A worker whose parent was killed sees its channel close and stops too: no server is left behind.
 
 Fault injection is not offered here: a fault script is a sequence over one server's requests.
@@ -29,15 +30,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import orjson
-from posthog_migrate.capture_server import (
+from posthog_migrate.capture.server import (
     CaptureServer,
     CaptureStats,
-    announce,
+    ServeSummary,
     cannot_listen,
-    stopped_summary,
     tune_collector_for_serving,
 )
 from posthog_migrate.errors import ConfigError
@@ -62,7 +63,7 @@ class _Worker:
         settings = {"host": host, "port": port, "out_path": out_path, "strict": strict}
         with child_end:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "posthog_migrate.capture_workers", str(child_end.fileno()),
+                [sys.executable, "-m", "posthog_migrate.capture.workers", str(child_end.fileno()),
                  orjson.dumps(settings).decode()],
                 pass_fds=(child_end.fileno(),),
                 # Its own process group: a terminal's Ctrl-C (or `timeout`, or a supervisor) signals the
@@ -105,9 +106,18 @@ class _Worker:
         return CaptureStats(**counts) if isinstance(counts, dict) else None
 
 
+class WorkersGone(ConfigError):
+    """Every worker process stopped on its own, so nothing serves any more. ``summary`` is what they took."""
+
+    def __init__(self, summary: ServeSummary):
+        super().__init__("every capture worker process stopped (their errors, if any, are above)")
+        self.summary = summary
+
+
 def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool, processes: int,
-                       mode: str, where: str) -> None:
-    """Listen, start the workers, hand them connections until Ctrl-C or SIGTERM, then print the totals."""
+                       on_ready: Callable[[str], None] | None,
+                       on_warning: Callable[[str], None] | None) -> ServeSummary:
+    """Listen, start the workers, hand them connections until KeyboardInterrupt, then return the totals."""
     if not hasattr(socket, "send_fds"):
         raise ConfigError("--processes above 1 needs a Unix system (it passes connections between processes)")
     try:
@@ -121,22 +131,24 @@ def serve_in_processes(host: str, port: int, out_path: str | None, strict: bool,
             workers = [_Worker(index, host, bound_port, out_path, strict) for index in range(processes)]
             for worker in workers:
                 worker.wait_until_ready()
-            announce(f"http://{bound_host}:{bound_port}", f"{mode}; {processes} processes", where)
+            if on_ready is not None:
+                on_ready(f"http://{bound_host}:{bound_port}")
             all_stopped = False
             with contextlib.suppress(KeyboardInterrupt):
-                all_stopped = not _hand_out_connections(listener, workers)
+                all_stopped = not _hand_out_connections(listener, workers, on_warning or _ignore)
     finally:
         with _signals_ignored():  # a second Ctrl-C must not cut the stopping (and the counts) short
             totals = [worker.stop() for worker in workers]
     counted = [stats for stats in totals if stats is not None]
     total = CaptureStats(**{key: sum(getattr(stats, key) for stats in counted) for key in asdict(CaptureStats())})
-    shares = " + ".join(str(stats.requests) if stats is not None else "?" for stats in totals)
-    print(f"Stopped: {stopped_summary(total)} ({processes} processes: {shares} requests).", flush=True)
-    lost = len(totals) - len(counted)
-    if lost:
-        print(f"{lost} worker(s) did not report their counts; the totals above leave them out.", file=sys.stderr)
+    summary = ServeSummary(total, tuple(stats.requests if stats is not None else None for stats in totals))
     if all_stopped:
-        raise ConfigError("every capture worker process stopped (their errors, if any, are above)")
+        raise WorkersGone(summary)
+    return summary
+
+
+def _ignore(message: str) -> None:
+    pass
 
 
 @contextlib.contextmanager
@@ -149,7 +161,7 @@ def _signals_ignored():
             signal.signal(signum, handler)
 
 
-def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> bool:
+def _hand_out_connections(listener: socket.socket, workers: list[_Worker], warn: Callable[[str], None]) -> bool:
     """Accept until interrupted, giving each connection to the next worker still alive; False once none is."""
     alive = list(workers)
     turn = 0
@@ -157,7 +169,7 @@ def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> bo
         try:
             connection, _ = listener.accept()
         except OSError as error:  # e.g. out of descriptors, or a connection reset while queued: keep serving
-            print(f"accepting a connection failed: {error}", file=sys.stderr, flush=True)
+            warn(f"accepting a connection failed: {error}")
             time.sleep(0.1)
             continue
         with connection:  # the worker holds its own copy of the descriptor once handed over
@@ -169,8 +181,7 @@ def _hand_out_connections(listener: socket.socket, workers: list[_Worker]) -> bo
                     break
                 except OSError:
                     alive.remove(worker)
-                    print(f"capture worker {worker.index + 1} stopped; serving with {len(alive)} process(es)",
-                          file=sys.stderr, flush=True)
+                    warn(f"capture worker {worker.index + 1} stopped; serving with {len(alive)} process(es)")
     return False
 
 
