@@ -156,3 +156,21 @@ def test_sigterm_stops_a_single_process_server_with_its_summary(tmp_path):
         stdout, _ = _stop(process)
     assert "Stopped: 1 requests, 3 events accepted, 0 requests rejected." in stdout
     assert len(_received(tmp_path)) == 3
+
+
+def test_once_every_worker_has_died_serve_reports_what_they_took_and_fails(tmp_path):
+    with _serving(tmp_path, "--processes", "2") as (process, url):
+        workers = _children(process.pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + TIMEOUT
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(requests.ConnectionError):  # the parent finds no worker to hand it to
+            requests.post(url + "/batch/", data=_body(0, 1), timeout=TIMEOUT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2, stderr
+    assert "Stopped: 0 requests, 0 events accepted, 0 requests rejected (2 processes: ? + ? requests)." in stdout
+    assert "capture worker 2 stopped; serving with 0 process(es)" in stderr
+    assert "2 worker(s) did not report their counts" in stderr
+    assert "Error: every capture worker process stopped" in stderr and "Traceback" not in stderr

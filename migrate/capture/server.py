@@ -288,6 +288,7 @@ class ServeSummary:
 
 def serve(
     port: int = 8010,
+    *,
     out_path: str | None = None,
     strict: bool = True,
     faults: FaultPlan | None = None,
