@@ -103,7 +103,7 @@ class Fetcher:
         done") in the rate-limit line. Raises TooBig when the request should be halved and ``splittable``;
         a request that cannot be halved is retried instead.
         """
-        failures = waits = 0
+        failures = waits = backoffs = 0
         while True:
             if self.settings.stop.is_set():
                 raise Interrupted
@@ -114,7 +114,9 @@ class Fetcher:
                 if waits > MAX_RATE_LIMIT_WAITS:
                     raise PullFailed(f"{self.source.label} {what}: still rate limited after {waits - 1} waits; run "
                                      "the same command again later to continue (complete chunks are kept)") from None
-                self._wait_for_rate_limit(limit.retry_after, waits, progress())
+                if limit.retry_after is None:
+                    backoffs += 1
+                self._wait_for_rate_limit(limit.retry_after, backoffs, progress())
                 continue
             except requests.ReadTimeout:  # no answer at all in time
                 error: Exception = TooBig(f"no answer within {self.source.read_timeout:g} s")
@@ -206,10 +208,11 @@ class Fetcher:
         raise BadRequest(f"{self.source.label} refused the request with {status}: {text or 'no message'}{hint}. "
                           f"Check {self.source.key}.")
 
-    def _wait_for_rate_limit(self, retry_after: float | None, waits: int, done: str) -> None:
+    def _wait_for_rate_limit(self, retry_after: float | None, backoffs: int, done: str) -> None:
+        """Wait as long as the API said, else the ``backoffs``-th backoff (doubling), showing the wait."""
         if retry_after is None:
             retry_after = min(MAX_RATE_LIMIT_WAIT_SECONDS,
-                              RATE_LIMIT_WAIT_FACTOR * self.settings.retry_delay * 2 ** (waits - 1))
+                              RATE_LIMIT_WAIT_FACTOR * self.settings.retry_delay * 2 ** (backoffs - 1))
         line = f"{self.source.vendor.capitalize()} rate limit: waiting {human_wait(retry_after)}, {done}"
         self.settings.notify(line)
         self.settings.waiting(line)

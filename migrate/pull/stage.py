@@ -11,7 +11,8 @@ anything once the job is prepared. Work directory::
     downloads/pull.json                            each source's chunks, and what each complete one holds
     downloads/amplitude-export-1a2b3c4d/20240101T00-20240101T23.zip
     downloads/mixpanel-export-5e6f7a8b/2024-01-01_2024-01-31.jsonl.gz   (.jsonl when Mixpanel did not gzip it)
-    downloads/mixpanel-engage-9c0d1e2f/page-00000.json                  (Engage's page objects, as answered)
+    downloads/mixpanel-engage-9c0d1e2f/page-00000.json                  (Engage's page objects, as answered;
+                                                                         group profiles' with their group_type)
 
 The job's fingerprint holds each source's URI without its endpoint (never with credentials) and its chunks:
 a job prepared from one range refuses another, as it refuses a changed input file.
@@ -313,8 +314,14 @@ class SourcePuller:
             self.bar.total = max(1, math.ceil(page["total"] / size))
         if page["results"]:
             name = f"page-{number:05d}"
+            size_bytes, sha256 = body.size, body.sha256
+            if self.source.parameter("group_type"):  # the page says whose profiles it holds: the group type's
+                data = orjson.dumps({**page, "data_group_id": self.source.parameter("data_group_id"),
+                                     "group_type": self.source.parameter("group_type")})
+                body.path.write_bytes(data)
+                size_bytes, sha256 = len(data), hashlib.sha256(data).hexdigest()
             os.replace(body.path, self.folder / f"{name}.json")
-            entry["pages"].append({"name": name, "file": f"{name}.json", "bytes": body.size, "sha256": body.sha256})
+            entry["pages"].append({"name": name, "file": f"{name}.json", "bytes": size_bytes, "sha256": sha256})
         else:  # past the last profile: nothing to keep
             body.path.unlink()
         entry["session_id"] = entry["session_id"] or page.get("session_id")
