@@ -440,6 +440,13 @@ def describe_status(root: Path) -> str:
     manifest = read_json(root / "manifest.json")
     if manifest is None:
         partial = read_json(root / "prepare.json")
+        downloads = read_json(root / "downloads" / "pull.json")
+        if partial is None and downloads is not None:
+            chunks = [chunk for entry in downloads["sources"].values()
+                      for chunk in entry.get("chunks", entry.get("pages", []))]
+            complete = sum(1 for chunk in chunks if "bytes" in chunk)
+            return (f"Job {root}: downloading from the export API: {complete:,} of {len(chunks):,} chunks complete; "
+                    "nothing has been sent.\nA resume downloads the chunks still missing (complete ones are kept).")
         if partial is None:
             return (f"Job {root}: not prepared (never run, or stopped before its first checkpoint).\n"
                     "A resume reads and sorts the sources from the start; nothing has been sent.")

@@ -172,6 +172,8 @@ def test_kill_9_mid_download_mid_prepare_and_mid_send_loses_nothing_and_download
         book = orjson.loads((tmp_path / "job/downloads/pull.json").read_bytes())
         chunks = next(iter(book["sources"].values()))["chunks"]
         assert [("bytes" in chunk) for chunk in chunks] == [True, True, False, False, False, False]
+        status = run_cli(["status", "--workdir", "job"], tmp_path)
+        assert "downloading from the export API: 2 of 6 chunks complete" in status.stdout
         for point in ("after-prepare-file@3", "after-checkpoint@2"):
             crashed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                                      env=_env(**AMPLITUDE_ENV, **{CRASH_POINT_VARIABLE: point}))
@@ -334,6 +336,22 @@ def test_engage_pages_are_read_under_one_session_and_a_killed_pull_continues_at_
     assert "✓ balanced" in result.stdout
 
 
+def test_a_profile_listing_that_expired_while_stopped_is_listed_again_from_its_first_page(tmp_path):
+    data = StandInData(profiles=profiles(1_500))
+    with VendorStandIn(data) as stand_in:
+        crash = {CRASH_POINT_VARIABLE: "after-engage-page@1"}
+        source = f"mixpanel://engage?project_id={PROJECT_ID}&endpoint={stand_in.url}"
+        assert _run(tmp_path, [source], "local", _env(**SERVICE_ENV, **crash)).returncode == CRASH_EXIT_CODE
+    with VendorStandIn(data) as restarted:  # a new server: the session is unknown there (400)
+        result = _run(tmp_path, [source.replace(stand_in.url, restarted.url)], "local", _env(**SERVICE_ENV))
+        assert [(e.params.get("page"), e.status) for e in restarted.log] == [("1", 400), (None, 200), ("1", 200)]
+    assert "listing the profiles again from the first page" in result.stderr
+    folder = next((tmp_path / "job/downloads").glob("mixpanel-engage-*"))
+    pages = [orjson.loads(path.read_bytes()) for path in sorted(folder.glob("page-*.json"))]
+    assert [len(page["results"]) for page in pages] == [1000, 500]
+    assert len({page["session_id"] for page in pages}) == 1
+
+
 def test_group_profiles_pages_say_their_group_type(tmp_path):
     data = StandInData(group_profiles=[{"$distinct_id": "acme", "$properties": {"$name": "Acme"}}])
     with VendorStandIn(data) as stand_in:
@@ -370,6 +388,10 @@ def test_restart_keeps_the_downloads_and_redownload_fetches_them_again(tmp_path)
         assert refused.returncode == 2 and "--redownload starts the job over from new downloads" in refused.stderr
         assert _run(tmp_path, [source], "local", _env(**AMPLITUDE_ENV), "--restart", "--redownload").returncode == 0
         assert len(stand_in.log) == 2
+        next((tmp_path / "job/downloads").glob("amplitude-export-*/*.zip")).unlink()  # lost before a restart
+        result = _run(tmp_path, [source], "local", _env(**AMPLITUDE_ENV), "--restart")
+        assert result.returncode == 0 and "missing or changed since it was downloaded" in result.stderr
+        assert len(stand_in.log) == 3
 
 
 def test_inspect_reuses_what_a_run_downloaded_and_a_run_what_inspect_downloaded(tmp_path):

@@ -36,8 +36,9 @@ from posthog_migrate.checkpoint import atomic_write_json, crash_point, read_json
 from posthog_migrate.config import Settings
 from posthog_migrate.diskspace import human_bytes
 from posthog_migrate.errors import ConfigError
+from posthog_migrate.job import JobLock
 from posthog_migrate.pull import verify
-from posthog_migrate.pull.credentials import load_credentials
+from posthog_migrate.pull.credentials import Credentials, load_credentials
 from posthog_migrate.pull.fetch import BadRequest, Body, Fetcher, FetchSettings, TooBig
 from posthog_migrate.pull.sources import HOUR, ApiSource, Chunk, Pulled, is_api_uri, parse_api_uri
 from posthog_migrate.report import progress_bar
@@ -69,9 +70,7 @@ def pull_api_sources(settings: Settings, root: Path, manifest: dict | None, stop
         raise ConfigError(f"--format {settings.format}: {vendor}:// sources are read as {vendor}; leave --format out")
     if manifest is not None:
         recorded = _recorded_pulls(manifest, sources, root)
-        return Pulled(_files_of(root, recorded, sources), vendor, recorded)
-    from posthog_migrate.job import JobLock  # (job imports this module's caller; the lock is all we need)
-
+        return Pulled(_files_of(root, recorded), vendor, recorded)
     downloads = root / DOWNLOADS_FOLDER
     downloads.mkdir(parents=True, exist_ok=True)
     with JobLock(root):
@@ -85,7 +84,7 @@ def pull_api_sources(settings: Settings, root: Path, manifest: dict | None, stop
         for source in sources:
             puller = SourcePuller(source, book, settings, credentials, stop or Event())
             pulls.append(puller.pull())
-    pulled = Pulled(_files_of(root, pulls, sources), vendor, pulls)
+    pulled = Pulled(_files_of(root, pulls), vendor, pulls)
     if not pulled.files and not [argument for argument in settings.sources if not is_api_uri(argument)]:
         raise ConfigError(f"{', '.join(source.key for source in sources)}: no data in the range (every chunk "
                           "answered that it holds none); check the dates (UTC, both inclusive)")
@@ -100,19 +99,19 @@ def _recorded_pulls(manifest: dict, sources: list[ApiSource], root: Path) -> lis
     now = [source.key for source in sources]
     if before != now:
         changes = [f"no longer pulled: {key}" for key in before if key not in now]
-        changes += [f"now pulled: {key}" for key in now if key not in before] or ["the sources' order changed"]
+        changes += [f"now pulled: {key}" for key in now if key not in before]
         raise ConfigError(
-            f"job {root} was prepared from different inputs or mapping: {'; '.join(changes)}. To migrate the new "
+            f"job {root} was prepared from different inputs or mapping: "
+            f"{'; '.join(changes) or 'the sources are given in another order'}. To migrate the new "
             "range as a new job, give --job NAME; to start this job over (events already sent are re-sent with "
             "the same uuids, which PostHog collapses), add --restart (the complete downloads are kept).")
     return recorded
 
 
-def _files_of(root: Path, pulls: list[dict], sources: list[ApiSource]) -> list[str]:
+def _files_of(root: Path, pulls: list[dict]) -> list[str]:
     """The downloaded files of the sources' chunks (an empty chunk has none), as absolute paths."""
-    folders = {source.key: source.folder for source in sources}
     downloads = (root / DOWNLOADS_FOLDER).absolute()
-    return [str(downloads / folders[entry["source"]] / chunk["file"])
+    return [str(downloads / entry["folder"] / chunk["file"])
             for entry in pulls for chunk in entry["chunks"] if chunk.get("file")]
 
 
@@ -136,7 +135,7 @@ class Book:
 class SourcePuller:
     """Downloads one source's chunks (or pages) not yet complete, one request at a time."""
 
-    def __init__(self, source: ApiSource, book: Book, settings: Settings, credentials, stop: Event):
+    def __init__(self, source: ApiSource, book: Book, settings: Settings, credentials: Credentials, stop: Event):
         self.source = source
         self.book = book
         self.folder = book.path.parent / source.folder
@@ -159,6 +158,11 @@ class SourcePuller:
         entry = self.book.entry(self.source.key, lambda: {"folder": self.source.folder,
                                                           "chunks": [c.to_dict() for c in self.source.plan()]})
         chunks = entry["chunks"]
+        for chunk in chunks:
+            if not self._still_there(chunk):
+                _say(f"{self.folder / chunk['file']}: missing or changed since it was downloaded; downloading it again")
+                for key in ("file", "bytes", "sha256"):
+                    chunk.pop(key)
         pending = [chunk for chunk in chunks if "bytes" not in chunk and not self._adopt(chunk)]
         if pending:
             self._warn_if_fresh()
@@ -217,6 +221,13 @@ class SourcePuller:
         self.bar.update(1)
         crash_point("after-download")
 
+    def _still_there(self, chunk: dict) -> bool:
+        """Whether a complete chunk's file is there, of the size it was downloaded at (an empty chunk is)."""
+        if not chunk.get("file"):
+            return True
+        path = self.folder / chunk["file"]
+        return path.is_file() and path.stat().st_size == chunk["bytes"]
+
     def _adopt(self, chunk: dict) -> bool:
         """A chunk renamed into place by a run killed before it could record it: verified, then recorded (it
         was verified before the rename too; this only re-reads it)."""
@@ -271,6 +282,9 @@ class SourcePuller:
         cursor is recorded after every page, so a killed pull continues at the next one."""
         entry = self.book.entry(self.source.key, lambda: {"folder": self.source.folder, "session_id": None,
                                                           "pages": [], "finished": False})
+        if not all(self._still_there(page) for page in entry["pages"]):
+            _say(f"{self.source.label}: a downloaded page is missing or changed; listing the profiles again")
+            self._forget_pages(entry)
         resumed = bool(entry["pages"])
         if not entry["finished"]:
             self.bar = progress_bar(None, "pages", f"downloading {self.source.label}", self.quiet,
@@ -302,10 +316,7 @@ class SourcePuller:
             # The listing's session expired while the pull was stopped: list the profiles again, from the start.
             _say(f"{self.source.label}: the listing of a stopped pull could not be continued; listing the profiles "
                  "again from the first page")
-            shutil.rmtree(self.folder)
-            self.folder.mkdir()
-            entry.update(session_id=None, pages=[], finished=False)
-            self.book.save()
+            self._forget_pages(entry)
             self.bar.reset()
             return False
         page = verify.engage_page(body.path.read_bytes())
@@ -330,6 +341,13 @@ class SourcePuller:
         self.bar.update(1)
         crash_point("after-engage-page")
         return resumed
+
+    def _forget_pages(self, entry: dict) -> None:
+        """Start the profile listing over: the pages of another listing session would overlap or miss some."""
+        for path in self.folder.glob("page-*.json"):
+            path.unlink()
+        entry.update(session_id=None, pages=[], finished=False)
+        self.book.save()
 
     # -- progress -------------------------------------------------------------------------------------
 
