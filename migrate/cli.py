@@ -131,9 +131,9 @@ def source_options(command):
         click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
         click.option("--format", "format_", cls=FormatOption, default=None, metavar="NAME"),
         click.option("--source-credentials", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-                     help="NAME=value lines of AMPLITUDE_API_KEY/AMPLITUDE_SECRET_KEY or MIXPANEL_SERVICE_ACCOUNT/"
-                          "MIXPANEL_SERVICE_SECRET (or MIXPANEL_API_SECRET) for amplitude:// and mixpanel:// "
-                          "sources. [default: the environment]"),
+                     help="Credentials of amplitude:// and mixpanel:// sources: NAME=value lines of "
+                          "AMPLITUDE_API_KEY, AMPLITUDE_SECRET_KEY, MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SERVICE_SECRET "
+                          "or MIXPANEL_API_SECRET. [default: the environment]"),
         *MAPPING_OPTIONS,
     ])
 

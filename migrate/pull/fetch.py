@@ -21,13 +21,12 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from threading import Event
 
 import orjson
 import requests
+from posthog_migrate.answers import parse_retry_after
 from posthog_migrate.errors import ConfigError, PullFailed
 from posthog_migrate.pull.credentials import WHERE_TO_FIND, Credentials
 from posthog_migrate.pull.sources import ApiSource
@@ -193,7 +192,7 @@ class Fetcher:
         if status == 404 and vendor == "amplitude" and self.source.kind == "export":
             return
         if status == 429:
-            raise _RateLimited(_retry_after_seconds(response.headers.get("Retry-After")))
+            raise _RateLimited(parse_retry_after(response.headers.get("Retry-After"), MAX_RATE_LIMIT_WAIT_SECONDS))
         if status == 504 or (status == 400 and vendor == "amplitude") or status == 413:
             raise TooBig(f"{status}{': ' + text if text else ''}", refused=status != 504)
         if status in (401, 403):
@@ -239,23 +238,6 @@ class _RateLimited(Exception):
 
 class _Transient(Exception):
     """An answer worth asking for again (5xx, 408, a body in an encoding not asked for)."""
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` in seconds from now (it is a number of seconds or an HTTP date), capped at an hour."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(MAX_RATE_LIMIT_WAIT_SECONDS, max(0.0, seconds))
 
 
 def human_wait(seconds: float) -> str:
