@@ -119,7 +119,7 @@ def judge_answer(status: int, headers: Mapping[str, str], body: bytes, host: str
     return Answer(Verdict.FATAL, status, _not_capture_answer_message(host, status, text))
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, cap: float = MAX_RETRY_AFTER_SECONDS) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent."""
     if not value:
         return None
@@ -133,7 +133,7 @@ def parse_retry_after(value: str | None) -> float | None:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         seconds = (moment - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    return min(max(seconds, 0.0), cap)
 
 
 def _batch_url(host: str) -> str:

@@ -131,6 +131,10 @@ def source_options(command):
     return _apply(command, [
         click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
         click.option("--format", "format_", cls=FormatOption, default=None, metavar="NAME"),
+        click.option("--source-credentials", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Credentials of amplitude:// and mixpanel:// sources: NAME=value lines of "
+                          "AMPLITUDE_API_KEY, AMPLITUDE_SECRET_KEY, MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SERVICE_SECRET "
+                          "or MIXPANEL_API_SECRET. [default: the environment]"),
         *MAPPING_OPTIONS,
     ])
 
@@ -213,9 +217,13 @@ def main() -> None:
               help="Job name; its work directory is .posthog-migrate/NAME. [default: from the sources]")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
 @click.option("--restart", is_flag=True, default=None, help="Forget the job's progress and start over.")
+@click.option("--redownload", is_flag=True, default=None,
+              help="With --restart: download amplitude:// and mixpanel:// sources again (else kept).")
 @send_options
 def run(**kwargs: Any) -> None:
-    """Migrate SOURCE... (files, folders, globs, s3:// URIs) into PostHog.
+    """Migrate SOURCE... (files, folders, globs, s3:// URIs, or an export API:
+    "amplitude://export?start=2024-01-01&end=2024-06-30", "mixpanel://export?project_id=N&start=…&end=…",
+    "mixpanel://engage?project_id=N") into PostHog.
 
     Running the same command again resumes the job; --restart starts it over.
     """
@@ -223,7 +231,7 @@ def run(**kwargs: Any) -> None:
 
     overrides = mapping_overrides(kwargs)
     settings = _settings_or_fail(kwargs)
-    _migrate(settings, lambda: open_job(settings, overrides))
+    _migrate(settings, lambda stop: open_job(settings, overrides, stop=stop))
 
 
 def _settings_or_fail(kwargs: dict) -> Settings:
@@ -233,8 +241,9 @@ def _settings_or_fail(kwargs: dict) -> Settings:
         fail(error)
 
 
-def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | None = None) -> None:
-    """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
+def _migrate(settings: Settings, make_job: Callable[[threading.Event], Job], restart: bool | None = None) -> None:
+    """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects).
+    ``make_job(stop)`` opens it (downloading any API source, which ``stop`` interrupts)."""
     from posthog_migrate.config import LOCAL_API_KEY
     from posthog_migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, is_disk_full
     from posthog_migrate.job import JobLock, reset_job
@@ -253,7 +262,7 @@ def _migrate(settings: Settings, make_job: Callable[[], Job], restart: bool | No
                 "no project API key: set POSTHOG_API_KEY (or --api-key) to the project's token, "
                 "found in PostHog under Project settings → Project API key (starts with phc_)"
             )
-        job = make_job()
+        job = make_job(stop)
         job.stop = stop
         with JobLock(job.root):
             if settings.restart if restart is None else restart:
@@ -358,7 +367,7 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
     kwargs["format_"] = None
     settings = _settings_or_fail(kwargs)
 
-    def make_job() -> Job:
+    def make_job(_stop: threading.Event) -> Job:
         plan = open_retry_job(settings, original, overrides)
         if plan.unreadable:
             kinds = ", ".join(f"{n:,} {reason}" for reason, n in plan.unreadable.most_common())
@@ -432,6 +441,13 @@ def describe_status(root: Path) -> str:
     manifest = read_json(root / "manifest.json")
     if manifest is None:
         partial = read_json(root / "prepare.json")
+        downloads = read_json(root / "downloads" / "pull.json")
+        if partial is None and downloads is not None:
+            chunks = [chunk for entry in downloads["sources"].values()
+                      for chunk in entry.get("chunks", entry.get("pages", []))]
+            complete = sum(1 for chunk in chunks if "bytes" in chunk)
+            return (f"Job {root}: downloading from the export API: {complete:,} of {len(chunks):,} chunks complete; "
+                    "nothing has been sent.\nA resume downloads the chunks still missing (complete ones are kept).")
         if partial is None:
             return (f"Job {root}: not prepared (never run, or stopped before its first checkpoint).\n"
                     "A resume reads and sorts the sources from the start; nothing has been sent.")

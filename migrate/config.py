@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from posthog_migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
 from posthog_migrate.errors import ConfigError, describe_unknown_keys
 from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, parse_timestamp
+from posthog_migrate.pull.sources import is_api_uri, source_key
 from posthog_migrate.sender import DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT_SECONDS, DEFAULT_RETRY_BASE_SECONDS
 
 # A batch must hold the largest event we accept, plus the envelope.
@@ -81,6 +82,8 @@ class Settings:
     timeout: float = DEFAULT_READ_TIMEOUT_SECONDS
     quiet: bool = False
     suspicious_before: str = DEFAULT_SUSPICIOUS_BEFORE  # a date or time: earlier events are flagged (not dropped)
+    source_credentials: str | None = None   # a file of AMPLITUDE_*/MIXPANEL_* credentials for API sources
+    redownload: bool = False                # with --restart: download the API sources again
 
     @property
     def is_local(self) -> bool:
@@ -148,6 +151,8 @@ class Settings:
             raise ConfigError(f"--memory {self.memory:,}: at least {MIN_MEMORY_BYTES:,} bytes")
         if self.host and self.host != LOCAL_HOST:
             check_host(self.host)
+        if self.redownload and not self.restart:
+            raise ConfigError("--redownload starts the job over from new downloads: add --restart too")
         return self
 
 
@@ -180,10 +185,11 @@ def check_host(host: str) -> None:
 
 
 def default_job_name(sources: tuple[str, ...]) -> str:
-    """A readable, stable name: the first source's name plus a hash of all of them."""
-    resolved = sorted(s if "://" in s else os.path.abspath(s) for s in sources)
+    """A readable, stable name: the first source's name plus a hash of all of them. An API source counts
+    without its endpoint= (``amplitude-export-…``), so that a job behind another proxy is the same job."""
+    resolved = sorted(source_key(s) if is_api_uri(s) else s if "://" in s else os.path.abspath(s) for s in sources)
     first = sources[0].split("?", 1)[0] if sources and "://" in sources[0] else (sources[0] if sources else "job")
-    first = Path(first.rstrip("/")).name
+    first = first.replace("://", "-") if sources and is_api_uri(sources[0]) else Path(first.rstrip("/")).name
     slug = re.sub(r"[^A-Za-z0-9]+", "-", first).strip("-")[:40] or "job"
     digest = hashlib.sha256("\n".join(resolved).encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
@@ -196,7 +202,7 @@ _EXAMPLES = {"batch_size": "2000", "concurrency": "4", "workers": "0", "max_retr
              "retry_delay": "1", "timeout": "60", "batch_bytes": "5MiB", "memory": "1GiB", "format": "csv",
              "host": "https://us.i.posthog.com", "job": "backfill", "shard": "2/8", "workdir": "work/backfill",
              "out": "dry-run", "restart": "true", "dry_run": "true", "quiet": "true",
-             "suspicious_before": DEFAULT_SUSPICIOUS_BEFORE}
+             "suspicious_before": DEFAULT_SUSPICIOUS_BEFORE, "source_credentials": "amplitude.env"}
 
 
 @functools.cache
@@ -272,7 +278,7 @@ def run_table(mapping_path: str | None) -> dict[str, Any]:
             f"{mapping_path}: [run] api_key: don't put the API key in a file; use {API_KEY_VARIABLE} "
             "(or --api-key) instead"
         )
-    allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "restart"}
+    allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "restart", "redownload"}
     unknown = [str(key) for key in table if key not in allowed]
     if unknown:
         known = sorted(allowed)

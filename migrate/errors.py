@@ -26,6 +26,13 @@ class SendFailed(MigrateError):
     exit_code = 1
 
 
+class PullFailed(MigrateError):
+    """A source's export API kept failing or refused a chunk; every download completed so far is kept, so a
+    re-run continues with the chunks still missing (exit 1)."""
+
+    exit_code = 1
+
+
 class DamagedJob(ConfigError):
     """The work directory holds what the job did not write there: a run file truncated, deleted or changed,
     or impossible values in ``state.json``. Nothing is sent from it; ``--restart`` rebuilds it (exit 2)."""

@@ -28,6 +28,7 @@ from posthog_migrate.config import Settings
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import Rejection, utc_now_us, validate
 from posthog_migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.pull.sources import Pulled, is_api_uri
 from posthog_migrate.sources import (
     InputListing,
     SkippedInput,
@@ -35,6 +36,7 @@ from posthog_migrate.sources import (
     expand_sources,
     fingerprint,
     fingerprint_path,
+    joined_listings,
     list_inputs,
 )
 from posthog_migrate.transform import EventFinisher
@@ -78,6 +80,9 @@ class Job:
     # the rows look like when --format auto recognised them (format_recognised).
     format_reason: str = ""
     format_recognised: bool = False
+    # What the fingerprint records of the amplitude:// and mixpanel:// sources: each URI (without endpoint or
+    # credentials) and its chunks (see posthog_migrate.pull.stage).
+    pulls: list[dict] = field(default_factory=list)
 
     @property
     def format_note(self) -> str | None:
@@ -251,8 +256,12 @@ def _other_format_hint(job: Job, source: SourceFile) -> str | None:
     return f"These rows look like {_shape(recognised)}: --format {recognised}."
 
 
-def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse_prepared: bool = True) -> Job:
+def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse_prepared: bool = True,
+             stop: threading.Event | None = None) -> Job:
     """Find the inputs, pick the adapter and check the mapping against the files: all before any work.
+
+    ``amplitude://`` and ``mixpanel://`` sources are downloaded first, into the work directory (a prepared
+    job's never again): their files are inputs like any other. ``stop`` interrupts the downloads.
 
     A job whose prepare finished (``manifest.json`` written) never reads its sources again, so it opens
     without them: its inputs are the ones it recorded, and those that are gone are noted in
@@ -267,17 +276,25 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     # The job's own output is never an input, even when the work directory is inside an input folder.
     own_output = [root, *([settings.out] if settings.out else [])]
     manifest = read_json(root / "manifest.json") if reuse_prepared and not settings.restart else None
+    arguments = tuple(argument for argument in settings.sources if not is_api_uri(argument))
+    pulled = Pulled()
+    if len(arguments) < len(settings.sources):
+        from posthog_migrate.pull.stage import pull_api_sources  # (requests: only for jobs that pull)
+
+        pulled = pull_api_sources(settings, root, manifest, stop)
     bar = progress_bar(None, "files", "listing", settings.quiet, delay=LISTING_PROGRESS_DELAY_SECONDS)
     try:
         if manifest is None:
-            listing, gone = list_inputs(settings.sources, explicit_format, own_output, bar.update), {}
+            listing, gone = _list_with_downloads(arguments, pulled.files, explicit_format, own_output, bar.update), {}
         else:
-            listing, gone = _inputs_of_prepared_job(settings.sources, explicit_format, manifest, own_output,
+            listing, gone = _inputs_of_prepared_job(arguments, pulled.files, explicit_format, manifest, own_output,
                                                     bar.update)
     finally:
         bar.close()
     sources = listing.sources
-    if manifest is None or explicit_format:
+    if pulled.format is not None:
+        choice = FormatChoice(pulled.format, f"the format of {pulled.format}:// sources")
+    elif manifest is None or explicit_format:
         choice = choose_format(settings, sources)
     else:
         choice = FormatChoice(manifest["fingerprint"]["format"], "as the job was prepared")
@@ -303,7 +320,17 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
             raise ConfigError(unwritable_workdir_message(root, error)) from None
     return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(),
                format_reason=choice.reason, format_recognised=choice.recognised, gone_inputs=gone,
-               skipped=listing.skipped)
+               skipped=listing.skipped, pulls=pulled.fingerprint)
+
+
+def _list_with_downloads(arguments: tuple[str, ...], downloads: list[str], explicit_format: bool,
+                         own_output: list[Path], on_listed: Callable[[int], None]) -> InputListing:
+    """The inputs the arguments name, with the files the job downloaded from APIs: those lie in its own
+    work directory, which a listing never reads otherwise."""
+    listings = [list_inputs(arguments, explicit_format, own_output, on_listed)] if arguments else []
+    if downloads:
+        listings.append(list_inputs(downloads, True, (), on_listed))
+    return joined_listings(listings)
 
 
 def unwritable_workdir_message(root: Path, error: OSError) -> str:
@@ -312,21 +339,23 @@ def unwritable_workdir_message(root: Path, error: OSError) -> str:
             "to with --workdir DIR")
 
 
-def _inputs_of_prepared_job(arguments: tuple[str, ...], explicit_format: bool, manifest: dict,
+def _inputs_of_prepared_job(arguments: tuple[str, ...], downloads: list[str], explicit_format: bool, manifest: dict,
                             own_output: list[Path], on_listed: Callable[[int], None],
                             ) -> tuple[InputListing, dict[str, dict]]:
     """The inputs of a prepared job: those it recorded (gone or not) and any the arguments name now, with
     the recorded ones that are gone.
 
-    Each argument is listed on its own, and one that names nothing any more (moved, deleted) adds nothing.
+    Each argument (and each file downloaded from an API) is listed on its own, and one that names nothing any
+    more (moved, deleted) adds nothing.
     A file found now that the job did not record keeps its place in the sorted list, so that prepare
     names it as added and refuses, as for any other change of inputs.
     """
     found: dict[str, SourceFile] = {}
     skipped: list[SkippedInput] = []
-    for argument in arguments:
+    for argument, explicit, excluded in [*((a, explicit_format, own_output) for a in arguments),
+                                         *((d, True, []) for d in downloads)]:
         try:
-            listing = list_inputs([argument], explicit_format, own_output, on_listed)
+            listing = list_inputs([argument], explicit, excluded, on_listed)
         except ConfigError:  # nothing there any more: the work directory holds what the job needs
             continue
         found.update((source.uri, source) for source in listing.sources)
@@ -381,6 +410,7 @@ def job_fingerprint(job: Job) -> dict:
         "shard": job.settings.shard_pair(),
         "inputs": [job.gone_inputs.get(source.uri) or fingerprint(source) for source in job.sources],
         "lookups": [fingerprint_path(uri) for uri in job.adapter.extra_inputs()],
+        **({"pulls": job.pulls} if job.pulls else {}),  # absent for files: jobs prepared before pulls match
     }))
 
 
@@ -399,7 +429,12 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
         lines.append(f"mapping changed ({', '.join(changed)})")
     lines += describe_changes(old.get("inputs", []), new["inputs"])
     lines += describe_changes(old.get("lookups", []), new.get("lookups", []))
-    described = {"job_id", "format", "shard", "mapping", "inputs", "lookups"}
+    old_pulls, new_pulls = ([entry["source"] for entry in fp.get("pulls", [])] for fp in (old, new))
+    lines += [f"no longer pulled: {key}" for key in old_pulls if key not in new_pulls]
+    lines += [f"now pulled: {key}" for key in new_pulls if key not in old_pulls]
+    if old_pulls == new_pulls and old.get("pulls") != new.get("pulls"):
+        lines.append("downloaded again: " + ", ".join(new_pulls))
+    described = {"job_id", "format", "shard", "mapping", "inputs", "lookups", "pulls"}
     lines += [f"{key} changed" for key in sorted((old.keys() | new.keys()) - described) if old.get(key) != new.get(key)]
     return lines
 

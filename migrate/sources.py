@@ -14,7 +14,7 @@ import os
 import stat
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -450,3 +450,12 @@ def describe_changes(before: list[dict], after: list[dict]) -> list[str]:
         if changed:
             lines.append(f"changed ({', '.join(changed)}): {uri}")
     return lines
+
+
+def joined_listings(listings: list[InputListing]) -> InputListing:
+    """Several listings as one, sorted by URI and numbered anew (a file's index is its place in the job)."""
+    if not listings:
+        raise ConfigError("nothing to read")
+    sources = sorted((source for listing in listings for source in listing.sources), key=lambda source: source.uri)
+    skipped = sorted((item for listing in listings for item in listing.skipped), key=lambda item: item.uri)
+    return InputListing([replace(source, index=index) for index, source in enumerate(sources)], skipped)
