@@ -34,6 +34,7 @@ def test_the_wheel_installs_one_top_level_package(built_wheel):
     assert top_level == {"posthog_migrate", next(n for n in top_level if n.endswith(".dist-info"))}, top_level
     assert "posthog_migrate/adapters/csv.py" in names and "posthog_migrate/cli.py" in names
     assert {f"posthog_migrate/capture/{name}.py" for name in ("__init__", "server", "workers", "testing")} <= set(names)
+    assert "posthog_migrate/pull/stage.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "posthog-migrate = posthog_migrate.entry:main" in zipfile.ZipFile(built_wheel).read(entry_points).decode()
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from posthog_migrate.capture_server import CaptureServer
+from posthog_migrate.capture import CaptureServer
 from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
 from posthog_migrate.pull.sources import HOUR, parse_api_uri
 
