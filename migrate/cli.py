@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from posthog_migrate import __version__
-from posthog_migrate.errors import ConfigError, ExitStatus, Interrupted, MigrateError
+from posthog_migrate.errors import ConfigError, ExitStatus, Interrupted, MigrateError, error_kind
 
 # The pipeline's modules (numpy, pyarrow, requests...) are imported inside the commands that use them, so
 # that --help, --version and a mistyped option answer at once.
@@ -216,7 +216,7 @@ def error_document(command: str, error: MigrateError, status: int) -> dict:
     """What --json prints when a command fails: the run's counts so far (when it got that far) and the error."""
     document = error.result.asdict() if error.result is not None else {"schema": 1, "command": command}
     document["exit_status"] = int(status)
-    document["error"] = {"type": type(error).__name__, "message": str(error)}
+    document["error"] = {"type": error_kind(error), "message": str(error)}
     return document
 
 

@@ -87,6 +87,13 @@ class DamagedJob(ConfigError):
         )
 
 
+def error_kind(error: BaseException) -> str:
+    """The name of the error's class in this module's hierarchy (an internal subclass, such as the sender's
+    FatalResponse, is named by the documented class it is): what --json and the job's log call it."""
+    documented = next((kind for kind in type(error).__mro__ if kind.__module__ == __name__), type(error))
+    return documented.__name__
+
+
 def closest_key(key: str, known: list[str]) -> str | None:
     """The known key ``key`` is most likely a misspelling of (``untill`` → ``until``), or None."""
     import difflib  # only on the error path

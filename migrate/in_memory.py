@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -167,9 +167,8 @@ def _write_once(folder: Path, suffix: str, write: Callable[[Path], str]) -> Path
     hash, atomically. A copy of that name already there is kept as it is: never rewritten, its fingerprint
     (mtime included) holds."""
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=folder, prefix=".copy-", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = folder / f".copy-{secrets.token_hex(8)}.tmp"  # hidden, as a folder's listing passes over it
+    temporary.touch(exist_ok=False)  # (not mkstemp: its file is private whatever the umask says)
     try:
         content_hash = write(temporary)
         with open(temporary, "rb+") as handle:

@@ -90,8 +90,7 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str, coun
     rejects = RejectsWriter(job.rejects_path, truncate_to=progress.rejects_bytes)
     counters = counters if counters is not None else SendCounters()
     stop = job.stop
-    bar = job.progress.bar(total, "events", "sending")
-    bar.update(progress.events_sent + progress.server_rejected_events)
+    bar = job.progress.bar(total, "events", "sending", initial=progress.events_sent + progress.server_rejected_events)
     retries = RetryDisplay(bar, job.progress)
 
     def retrying(notice: RetryNotice) -> None:

@@ -9,14 +9,13 @@ the RunResult so far as ``error.result``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from posthog_migrate.accounting import Books, PrepareStats, books, unbalanced_message
 from posthog_migrate.checkpoint import JobState, SendProgress, read_json
-from posthog_migrate.errors import DamagedJob, ExitStatus, MigrateError
+from posthog_migrate.errors import DamagedJob, ExitStatus, MigrateError, error_kind
 from posthog_migrate.event import format_timestamp
 from posthog_migrate.sender import SendCounters
 
@@ -156,7 +155,7 @@ class RunResult:
             "warnings": dict(stats.warnings) if stats else {},
             "skipped_files": _skipped(self.skipped),
             "gone_inputs": self.gone_inputs,
-            "error": None if self.error is None else {"type": type(self.error).__name__, "message": str(self.error)},
+            "error": None if self.error is None else {"type": error_kind(self.error), "message": str(self.error)},
         }
 
     def asstr(self) -> str:
@@ -385,7 +384,3 @@ def checkpointed_send(root: Path) -> SendProgress:
         return JobState(root / "state.json").send
     except MigrateError:
         return SendProgress()
-
-
-def age_of(unix_time: float) -> float:
-    return max(0.0, time.time() - unix_time)

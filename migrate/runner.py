@@ -34,6 +34,7 @@ from posthog_migrate.errors import (
     Interrupted,
     MigrateError,
     UnbalancedBooks,
+    error_kind,
 )
 from posthog_migrate.job import Job, JobLock, open_job, reset_job
 from posthog_migrate.joblog import SOURCES_LOGGED, JobLog
@@ -227,7 +228,7 @@ class _Run:
             result.error, result.exit_status = error, ExitStatus(error.exit_code)
             error.result = result
         if self.log is not None:
-            self.log.write("error", type=type(error).__name__, message=str(error))
+            self.log.write("error", type=error_kind(error), message=str(error))
             self._log_end(error)
         return error
 
@@ -243,7 +244,7 @@ class _Run:
                        self.started, 3), rows={"read": result.read, "sent": result.sent, "rejected": result.rejected,
                                                "filtered": result.filtered},
                        events={"sent": result.send.events_sent, "batches": result.send.batches_sent},
-                       error=None if error is None else {"type": type(error).__name__, "message": str(error)})
+                       error=None if error is None else {"type": error_kind(error), "message": str(error)})
 
 
 def loggable(settings: Settings) -> dict[str, Any]:

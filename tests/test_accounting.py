@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from posthog_migrate.accounting import HLL_PRECISION, OTHER_EVENTS, DistinctCounter, EventTally, PrepareStats
 from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US
 from posthog_migrate.job import person_hash
-from posthog_migrate.accounting import HLL_PRECISION, OTHER_EVENTS, DistinctCounter, EventTally, PrepareStats
 
 
 def _tally_of(events) -> EventTally:
