@@ -232,6 +232,24 @@ def test_a_stopped_dataframe_job_resumes_without_the_dataframe():
     assert copy.stat().st_mtime_ns == written and list(copy.parent.iterdir()) == [copy]
 
 
+def test_a_kernel_interrupt_ends_the_run_as_interrupted_and_the_same_call_resumes():
+    class InterruptedWhileSending(Progress):  # Jupyter's "interrupt the kernel" raises in the main thread
+        def bar(self, total, unit, description, **_):
+            class Interrupting(NullBar):
+                def update(self, n: int = 1) -> None:
+                    if n and description == "sending":
+                        raise KeyboardInterrupt
+
+            return Interrupting()
+
+    records = make_rows(500, seed=8)
+    settings = {"host": "local", "job": "kernel", "batch_size": 100, "concurrency": 1, **FAST}
+    with pytest.raises(pm.Interrupted, match="checkpointed") as stopped:
+        pm.run(records, progress=InterruptedWhileSending(), **settings)
+    assert 0 < stopped.value.result.sent < 500
+    assert pm.run(records, **settings).sent == 500
+
+
 def test_the_same_data_is_copied_once_and_other_data_is_a_new_input(tmp_path):
     folder = tmp_path / "inputs"
     table = pa.Table.from_pylist(make_rows(20))
