@@ -172,8 +172,11 @@ class SignalCatcher:
         return ExitStatus.INTERRUPTED_SIGTERM if self.signal_number == signal.SIGTERM else ExitStatus.INTERRUPTED_SIGINT
 
 
-def fail(error: MigrateError) -> NoReturn:
+def fail(error: MigrateError, command: str = "", json_output: bool = False) -> NoReturn:
+    """Say what is wrong (and with --json, print the error's document), then exit with its code."""
     click.echo(f"Error: {error}", err=True)
+    if json_output:
+        _print_json(error_document(command, error, error.exit_code))
     sys.exit(error.exit_code)
 
 
@@ -201,10 +204,7 @@ def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: Si
         finished_run = error.result is not None and error.result.stage == "done"
         if finished_run and not json_output:  # the books do not balance: the summary shows how
             click.echo(error.result.asstr())
-        click.echo(f"Error: {error}", err=True)
-        if json_output:
-            _print_json(error_document(command, error, error.exit_code))
-        sys.exit(error.exit_code)
+        fail(error, command, json_output)
     if json_output:
         _print_json(result.asdict())
     else:
@@ -265,9 +265,7 @@ def _settings_or_fail(kwargs: dict, json_output: bool, command: str) -> Settings
     try:
         return settings_from(kwargs)
     except MigrateError as error:
-        if json_output:
-            _print_json(error_document(command, error, error.exit_code))
-        fail(error)
+        fail(error, command, json_output)
 
 
 def _migrate(command: str, json_output: bool, settings: Settings, open_the_job: Callable[[Progress], Job],
@@ -303,7 +301,8 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, jso
 
     original = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
     if original is None or not original.is_dir():
-        fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"))
+        fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"),
+             "retry-rejects", json_output)
     overrides = mapping_overrides(kwargs)
     kwargs["format_"] = None
     settings = _settings_or_fail(kwargs, json_output, "retry-rejects")
@@ -353,10 +352,7 @@ def status(job: str | None, workdir: str | None, json_output: bool) -> None:
     if root is None:
         jobs = sorted(p.name for p in Path(".posthog-migrate").glob("*") if p.is_dir())
         if not jobs:
-            error = ConfigError("no jobs in .posthog-migrate/ here; name one with --workdir")
-            if json_output:
-                _print_json(error_document("status", error, error.exit_code))
-            fail(error)
+            fail(ConfigError("no jobs in .posthog-migrate/ here; name one with --workdir"), "status", json_output)
         if json_output:
             _print_json({"schema": 1, "command": "status", "exit_status": 0, "jobs": jobs})
         else:
