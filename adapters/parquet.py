@@ -26,7 +26,7 @@ def open_parquet(source: SourceFile) -> pq.ParquetFile:
         raise ConfigError(f"{source.uri}: not a readable Parquet file ({error}). Is --format right?") from None
 
 
-def _readable_batch(batch: pa.RecordBatch, names: list[str]) -> pa.RecordBatch:
+def readable_batch(batch: pa.RecordBatch, names: list[str]) -> pa.RecordBatch:
     """The batch with its columns named ``names`` (repeated names made unique: ``to_pylist`` would keep only
     the last column of a name) and top-level ns timestamp columns cast to µs (truncated, as events carry
     µs): without pandas, ``to_pylist`` raises on any ns value that is not a whole µs, which would stop the
@@ -46,7 +46,7 @@ def read_parquet(source: SourceFile) -> Iterator[RowChunk]:
     names = unique_column_names(parquet.schema_arrow.names, source.uri)
     row_number = 0
     for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK):
-        records = _readable_batch(batch, names).to_pylist()
+        records = readable_batch(batch, names).to_pylist()
         chunk = [(row_number + offset, record) for offset, record in enumerate(records, start=1)]
         row_number += len(records)
         yield chunk

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from posthog_migrate.accounting import PrepareStats  # noqa: E402
 from posthog_migrate.config import resolve_settings  # noqa: E402
 from posthog_migrate.job import open_job  # noqa: E402
 from posthog_migrate.prepare import map_rows, prepare_file  # noqa: E402
-from posthog_migrate.report import PrepareStats  # noqa: E402
 
 # The run buffer of a single prepare_file: large enough that the file is spilled once, at its end.
 RUN_BYTES = 256 << 20

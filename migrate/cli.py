@@ -1,4 +1,8 @@
-"""The command line: parse options, call the pipeline, print the summary. No logic of its own.
+"""The command line: parse options, call the library (posthog_migrate.runner), print the result, exit.
+
+The one place that exits and installs signal handlers: the library returns a result or raises an error
+carrying one, and this module prints it as text or, with --json, as one JSON document on stdout (progress
+and messages stay on stderr).
 
 Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 done but some rows rejected,
 130 interrupted by Ctrl-C and 143 by SIGTERM (the checkpoint saved either way).
@@ -6,19 +10,18 @@ Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 done but some ro
 
 from __future__ import annotations
 
-import enum
+import json
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from posthog_migrate import __version__
-from posthog_migrate.errors import ConfigError, DamagedJob, MigrateError
+from posthog_migrate.errors import ConfigError, ExitStatus, Interrupted, MigrateError, error_kind
 
 # The pipeline's modules (numpy, pyarrow, requests...) are imported inside the commands that use them, so
 # that --help, --version and a mistyped option answer at once.
@@ -26,25 +29,7 @@ if TYPE_CHECKING:
     from posthog_migrate.capture.server import ServeSummary
     from posthog_migrate.config import Settings
     from posthog_migrate.job import Job
-    from posthog_migrate.report import Books
-
-
-class ExitStatus(enum.IntEnum):
-    DONE = 0
-    FAILED = 1
-    USAGE = 2
-    DONE_WITH_REJECTS = 3
-    INTERRUPTED_SIGINT = 130
-    INTERRUPTED_SIGTERM = 143
-
-
-NO_HOST_MESSAGE = (
-    "say where to send the events:\n"
-    "  --host https://us.i.posthog.com   (or https://eu.i.posthog.com, or your self-hosted URL),\n"
-    "      with the project's API key in POSTHOG_API_KEY or --api-key;\n"
-    "  --host local                      to try it against the built-in capture server;\n"
-    "  --dry-run                         to write the request bodies to files instead."
-)
+    from posthog_migrate.render import Progress
 
 
 # --- shared options ------------------------------------------------------------------------------
@@ -79,6 +64,9 @@ MAPPING_OPTIONS = [
     click.option("--drop-property", multiple=True, metavar="NAME", help="Drop a property (repeatable)."),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
 ]
+
+JSON_OPTION = click.option("--json", "json_output", is_flag=True, default=False,
+                           help="Print one JSON document on stdout instead of the text (progress stays on stderr).")
 
 SEND_OPTIONS = [
     click.option("--host", default=None, metavar="URL",
@@ -189,9 +177,56 @@ class SignalCatcher:
         return ExitStatus.INTERRUPTED_SIGTERM if self.signal_number == signal.SIGTERM else ExitStatus.INTERRUPTED_SIGINT
 
 
-def fail(error: MigrateError) -> NoReturn:
+def fail(error: MigrateError, command: str = "", json_output: bool = False) -> NoReturn:
+    """Say what is wrong (and with --json, print the error's document), then exit with its code."""
     click.echo(f"Error: {error}", err=True)
+    if json_output:
+        _print_json(error_document(command, error, error.exit_code))
     sys.exit(error.exit_code)
+
+
+def cli_progress(settings: Settings) -> Progress:
+    """tqdm bars on stderr (none with --quiet; the notes, such as retries, are shown all the same)."""
+    from posthog_migrate.render import TqdmProgress
+
+    return TqdmProgress(bars=not settings.quiet)
+
+
+def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: SignalCatcher | None = None) -> NoReturn:
+    """Do the command's work and print its result (its text, or with --json its JSON document), then exit with
+    its status; an error is printed as "Error: ..." on stderr (and with --json as a document with the counts
+    so far, on stdout)."""
+    try:
+        result = work()
+    except Interrupted as error:
+        click.echo("Interrupted. Everything acknowledged is checkpointed; run the same command again to resume.",
+                   err=True)
+        status = catcher.exit_status if catcher is not None else ExitStatus.INTERRUPTED_SIGINT
+        if json_output:
+            _print_json(error_document(command, error, status))
+        sys.exit(status)
+    except MigrateError as error:
+        finished_run = error.result is not None and error.result.stage == "done"
+        if finished_run and not json_output:  # the books do not balance: the summary shows how
+            click.echo(error.result.asstr())
+        fail(error, command, json_output)
+    if json_output:
+        _print_json(result.asdict())
+    else:
+        click.echo(result.asstr())
+    sys.exit(result.exit_status)
+
+
+def error_document(command: str, error: MigrateError, status: int) -> dict:
+    """What --json prints when a command fails: the run's counts so far (when it got that far) and the error."""
+    document = error.result.asdict() if error.result is not None else {"schema": 1, "command": command}
+    document["exit_status"] = int(status)
+    document["error"] = {"type": error_kind(error), "message": str(error)}
+    return document
+
+
+def _print_json(document: dict) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -220,7 +255,8 @@ def main() -> None:
 @click.option("--redownload", is_flag=True, default=None,
               help="With --restart: download amplitude:// and mixpanel:// sources again (else kept).")
 @send_options
-def run(**kwargs: Any) -> None:
+@JSON_OPTION
+def run(json_output: bool, **kwargs: Any) -> None:
     """Migrate SOURCE... (files, folders, globs, s3:// URIs, or an export API:
     "amplitude://export?start=2024-01-01&end=2024-06-30", "mixpanel://export?project_id=N&start=…&end=…",
     "mixpanel://engage?project_id=N") into PostHog.
@@ -230,116 +266,28 @@ def run(**kwargs: Any) -> None:
     from posthog_migrate.job import open_job
 
     overrides = mapping_overrides(kwargs)
-    settings = _settings_or_fail(kwargs)
-    _migrate(settings, lambda stop: open_job(settings, overrides, stop=stop))
+    settings = _settings_or_fail(kwargs, json_output, "run")
+    _migrate("run", json_output, settings,
+             lambda progress, stop: open_job(settings, overrides, progress=progress, stop=stop))
 
 
-def _settings_or_fail(kwargs: dict) -> Settings:
+def _settings_or_fail(kwargs: dict, json_output: bool, command: str) -> Settings:
     try:
         return settings_from(kwargs)
     except MigrateError as error:
-        fail(error)
+        fail(error, command, json_output)
 
 
-def _migrate(settings: Settings, make_job: Callable[[threading.Event], Job], restart: bool | None = None) -> None:
-    """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects).
-    ``make_job(stop)`` opens it (downloading any API source, which ``stop`` interrupts)."""
-    from posthog_migrate.config import LOCAL_API_KEY
-    from posthog_migrate.diskspace import disk_full_message, disk_space_warning, estimate_work_bytes, is_disk_full
-    from posthog_migrate.job import JobLock, reset_job
-    from posthog_migrate.sender import Interrupted
+def _migrate(command: str, json_output: bool, settings: Settings,
+             open_the_job: Callable[[Progress, threading.Event], Job], restart: bool | None = None) -> NoReturn:
+    """Prepare and send a job, print the summary, exit with the status (shared by run and retry-rejects)."""
+    from posthog_migrate.runner import run_job
 
     stop = threading.Event()
     catcher = SignalCatcher(stop)
     catcher.install()  # before any work: Ctrl-C while the inputs are listed must not print a traceback
-    job, disk_estimate = None, 0
-    try:
-        if not settings.host and not settings.dry_run:
-            raise ConfigError(NO_HOST_MESSAGE)
-        api_key = settings.api_key or (LOCAL_API_KEY if settings.is_local or settings.dry_run else None)
-        if not api_key:
-            raise ConfigError(
-                "no project API key: set POSTHOG_API_KEY (or --api-key) to the project's token, "
-                "found in PostHog under Project settings → Project API key (starts with phc_)"
-            )
-        job = make_job(stop)
-        job.stop = stop
-        with JobLock(job.root):
-            if settings.restart if restart is None else restart:
-                reset_job(job.root)
-            events_as_json = settings.is_local or (settings.dry_run and not settings.out)
-            disk_estimate = estimate_work_bytes(job.sources, events_as_json)
-            warning = None if job.manifest_path.exists() else disk_space_warning(job.root, disk_estimate)
-            if warning is not None:  # before prepare, which writes nearly all of it
-                click.echo(f"Warning: {warning}", err=True)
-            status = _run_job(job, api_key)
-    except Interrupted:
-        click.echo(
-            "Interrupted. Everything acknowledged is checkpointed; run the same command again to resume.",
-            err=True,
-        )
-        sys.exit(catcher.exit_status)
-    except MigrateError as error:
-        fail(error)
-    except OSError as error:
-        if not is_disk_full(error):
-            raise
-        # Every write the job trusts is atomic or checkpointed: what was done before this one is kept.
-        fail(MigrateError(disk_full_message(job.root if job else settings.job_directory(), disk_estimate)))
-    sys.exit(status)
-
-
-def _run_job(job: Job, api_key: str) -> ExitStatus:
-    from posthog_migrate.config import LOCAL_HOST
-    from posthog_migrate.pipeline import dry_run, send
-    from posthog_migrate.prepare import prepare
-    from posthog_migrate.report import PrepareStats, books, run_summary, skipped_files_line
-
-    settings = job.settings
-    if not settings.quiet:
-        reason = f" ({job.format_reason})" if job.format_reason else ""
-        click.echo(f"Job {job.root}: {len(job.sources):,} file(s), format {job.format_name}{reason}", err=True)
-    if job.skipped:
-        click.echo(skipped_files_line(job.skipped), err=True)
-    started = time.monotonic()
-    already_prepared = job.manifest_path.exists()
-    manifest = prepare(job)
-    prepare_seconds = None if already_prepared else time.monotonic() - started
-    if job.gone_inputs:
-        gone = sorted(job.gone_inputs)
-        click.echo(f"{len(gone):,} input file(s) no longer there ({gone[0]}{', …' if len(gone) > 1 else ''}): "
-                   "the job was prepared, so it is sent from its work directory.", err=True)
-    stats = PrepareStats.from_dict(manifest["stats"])
-    received_path = None
-    if settings.dry_run:
-        outcome = dry_run(job, manifest, Path(settings.out) if settings.out else job.root / "dry-run")
-        target = "dry run (nothing sent)"
-    elif settings.is_local:
-        from posthog_migrate.capture import CaptureServer
-
-        received_path = job.root / "local-capture" / "events.jsonl"
-        with CaptureServer(out_path=received_path, keep_in_memory=False) as server:
-            outcome = send(job, manifest, server.url, api_key, host_label=LOCAL_HOST)
-        target = f"local capture server ({server.url})"
-    else:
-        outcome = send(job, manifest, settings.host, api_key, host_label=settings.host)
-        target = settings.host
-    click.echo(run_summary(
-        stats, outcome.progress, outcome.counters, outcome.elapsed, target=target,
-        rejects_path=job.rejects_path, dry_run_dir=outcome.dry_run_dir, received_path=received_path,
-        resumed_from=outcome.resumed_from, prepare_seconds=prepare_seconds, skipped_files=len(job.skipped),
-    ))
-    job_books = books(stats, outcome.progress)
-    if not job_books.balanced:
-        raise MigrateError(unbalanced_message(job.root, job_books))
-    return ExitStatus.DONE_WITH_REJECTS if job_books.rejected else ExitStatus.DONE
-
-
-def unbalanced_message(root: Path, job_books: Books) -> str:
-    return (f"the books do not balance: rows read = sent + rejected + filtered says {job_books.equation()}. "
-            f"Something changed the work directory {root} while the job ran (a run file, state.json or "
-            "manifest.json). Run the same command with --restart to migrate the sources again (events already "
-            "sent are sent again with the same uuids, which PostHog collapses).")
+    finish(command, json_output, lambda: run_job(settings, open_the_job, stop=stop, progress=cli_progress(settings),
+                                                 restart=restart, interface="command line"), catcher)
 
 
 # --- retry-rejects -----------------------------------------------------------------------------------
@@ -351,7 +299,8 @@ def unbalanced_message(root: Path, job_books: Books) -> str:
               help="Start this retry over (e.g. after the job's rejects file changed).")
 @_mapping_options
 @send_options
-def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **kwargs: Any) -> None:
+@JSON_OPTION
+def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, json_output: bool, **kwargs: Any) -> None:
     """Send a job's rejected rows again, after fixing the mapping (--mapping fixed.toml) or the server.
 
     Rows are mapped again by the job's adapter, with the new mapping if one is given (else the job's
@@ -362,12 +311,13 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
 
     original = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
     if original is None or not original.is_dir():
-        fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"))
+        fail(ConfigError(f"no job {'at ' + str(original) if original else 'named'}: give JOB or --workdir"),
+             "retry-rejects", json_output)
     overrides = mapping_overrides(kwargs)
     kwargs["format_"] = None
-    settings = _settings_or_fail(kwargs)
+    settings = _settings_or_fail(kwargs, json_output, "retry-rejects")
 
-    def make_job(_stop: threading.Event) -> Job:
+    def make_job(_progress: Progress, _stop: threading.Event) -> Job:
         plan = open_retry_job(settings, original, overrides)
         if plan.unreadable:
             kinds = ", ".join(f"{n:,} {reason}" for reason, n in plan.unreadable.most_common())
@@ -378,36 +328,25 @@ def retry_rejects(job: str | None, workdir: str | None, restart_retry: bool, **k
         click.echo(f"Retrying {plan.retriable:,} rejected rows as job {plan.job.root}", err=True)
         return plan.job
 
-    _migrate(settings, make_job, restart=restart_retry)
+    _migrate("retry-rejects", json_output, settings, make_job, restart=restart_retry)
 
 
 # --- inspect -----------------------------------------------------------------------------------------
 
 @main.command()
 @source_options
-def inspect(**kwargs: Any) -> None:
+@JSON_OPTION
+def inspect(json_output: bool, **kwargs: Any) -> None:
     """Preflight report for SOURCE...: rows, time range, events per day, top events, rejects. Sends nothing."""
-    from posthog_migrate.diskspace import disk_space_warning, estimate_work_bytes, human_bytes
-    from posthog_migrate.job import open_job
-    from posthog_migrate.prepare import inspect_sources
-    from posthog_migrate.report import preflight_report
+    from posthog_migrate.runner import inspect_job
 
     overrides = mapping_overrides(kwargs)
-    try:
+
+    def work() -> Any:
         settings = settings_from(kwargs)
-        job = open_job(settings, overrides, create=False, reuse_prepared=False)
-        stats, examples = inspect_sources(job)
-        disk_estimate = estimate_work_bytes(job.sources)
-        if (warning := disk_space_warning(job.root, disk_estimate)) is not None:
-            stats.warnings[warning] += 1
-    except MigrateError as error:
-        fail(error)
-    click.echo(preflight_report(stats, job.format_name, job.skipped))
-    click.echo(f"Temporary disk:    about {human_bytes(disk_estimate)} in {job.root} while the job runs")
-    if examples:
-        click.echo("First rejected rows:")
-        for example in examples:
-            click.echo(f"    {example['file']} row {example['row']}: {example['reason']}: {example['detail']}")
+        return inspect_job(settings, overrides, cli_progress(settings))
+
+    finish("inspect", json_output, work)
 
 
 # --- status ------------------------------------------------------------------------------------------
@@ -415,93 +354,29 @@ def inspect(**kwargs: Any) -> None:
 @main.command()
 @click.argument("job", required=False)
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
-def status(job: str | None, workdir: str | None) -> None:
-    """Where a job stands: phase, events sent of total, rejects, last checkpoint, what a resume does."""
+@JSON_OPTION
+def status(job: str | None, workdir: str | None, json_output: bool) -> None:
+    """Where a job stands: phase, events sent of total, rejects, last checkpoint, what a resume does, and how its
+    last run ended (from WORKDIR/job.log)."""
     root = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
     if root is None:
         jobs = sorted(p.name for p in Path(".posthog-migrate").glob("*") if p.is_dir())
         if not jobs:
-            fail(ConfigError("no jobs in .posthog-migrate/ here; name one with --workdir"))
-        click.echo("Jobs: " + ", ".join(jobs))
+            fail(ConfigError("no jobs in .posthog-migrate/ here; name one with --workdir"), "status", json_output)
+        if json_output:
+            _print_json({"schema": 1, "command": "status", "exit_status": 0, "jobs": jobs})
+        else:
+            click.echo("Jobs: " + ", ".join(jobs))
         return
-    if not root.is_dir():
-        fail(ConfigError(f"no job at {root}"))
-    try:
-        click.echo(describe_status(root))
-    except MigrateError as error:
-        fail(error)
 
+    def work() -> Any:
+        from posthog_migrate.results import job_status
 
-def describe_status(root: Path) -> str:
-    from posthog_migrate.batches import LAYOUT_VERSION
-    from posthog_migrate.checkpoint import JobState, read_json
-    from posthog_migrate.integrity import prepared_job_problems
-    from posthog_migrate.report import PrepareStats, books, day_of, human_duration
+        if not root.is_dir():
+            raise ConfigError(f"no job at {root}")
+        return job_status(root)
 
-    manifest = read_json(root / "manifest.json")
-    if manifest is None:
-        partial = read_json(root / "prepare.json")
-        downloads = read_json(root / "downloads" / "pull.json")
-        if partial is None and downloads is not None:
-            chunks = [chunk for entry in downloads["sources"].values()
-                      for chunk in entry.get("chunks", entry.get("pages", []))]
-            complete = sum(1 for chunk in chunks if "bytes" in chunk)
-            return (f"Job {root}: downloading from the export API: {complete:,} of {len(chunks):,} chunks complete; "
-                    "nothing has been sent.\nA resume downloads the chunks still missing (complete ones are kept).")
-        if partial is None:
-            return (f"Job {root}: not prepared (never run, or stopped before its first checkpoint).\n"
-                    "A resume reads and sorts the sources from the start; nothing has been sent.")
-        results = [read_json(path) for path in sorted((root / "parts").glob("result-*.json"))]
-        in_progress = [read_json(path) for path in sorted((root / "parts").glob("progress-*.json"))]
-        rows = sum(r["stats"]["rows_read"] for r in results + in_progress if r)
-        total = len(partial["fingerprint"]["inputs"])
-        return (f"Job {root}: preparing: {len(results)} of {total} input files done, {rows:,} rows read; "
-                "nothing has been sent.\n"
-                "A resume skips the finished files and continues each unfinished one after its last spill.")
-    problems = prepared_job_problems(root, manifest)
-    if problems:
-        return f"Job {root}: damaged\n{_sentence(str(DamagedJob(root, problems)))}"
-    stats = PrepareStats.from_dict(manifest["stats"])
-    progress = JobState(root / "state.json").send
-    total = stats.events
-    done = progress.events_sent + progress.server_rejected_events
-    job_books = books(stats, progress)
-    if progress.finished and not job_books.balanced:
-        phase = "damaged"
-        next_step = _sentence(unbalanced_message(root, job_books))
-    elif progress.finished:
-        phase = "done"
-        next_step = "A re-run does nothing more (add --restart to send everything again)."
-    elif progress.batches_sent and progress.layout.get("version") != LAYOUT_VERSION:
-        phase = "sending"
-        next_step = (f"A resume sends again from batch {progress.window_first_seq:,}, the start of its window: an "
-                     "earlier version cut these batches (same uuids: PostHog collapses what it already has).")
-    elif progress.batches_sent:
-        phase = "sending"
-        next_step = (f"A resume continues with batch {progress.next_seq:,}, at most {progress.layout.get('lanes', 1)} "
-                     "batches may be re-sent (same uuids: PostHog collapses them).")
-    else:
-        phase = "prepared"
-        next_step = "A resume starts sending from the first batch; the sources are not read again."
-    lines = [
-        f"Job {root}: {phase}",
-        f"Sources:   {len(manifest['sources']):,} file(s), {stats.rows_read:,} rows, {stats.events:,} events",
-        f"Sent:      {progress.events_sent:,} of {total:,} events ({100 * done / total if total else 100:.1f}%), "
-        f"{progress.batches_sent:,} batches" + (f" to {progress.host}" if progress.host else ""),
-        f"Rejected:  {stats.rejected_total + progress.server_rejected_rows:,} rows → {root / 'rejects.jsonl'}",
-        f"Filtered:  {stats.filtered_total:,} rows",
-        f"Time range: {day_of(stats.first_us)} → {day_of(stats.last_us)}",
-    ]
-    if progress.updated_at:
-        age = human_duration(time.time() - progress.updated_at)
-        lines.append(f"Last checkpoint: {age} ago")
-    lines.append(next_step)
-    return "\n".join(lines)
-
-
-def _sentence(message: str) -> str:
-    """An error message (which starts in lower case, after "Error: ") as a sentence of its own."""
-    return message[:1].upper() + message[1:]
+    finish("status", json_output, work)
 
 
 # --- serve -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from posthog_migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, MAX_BATCH_BYTES
 from posthog_migrate.errors import ConfigError, describe_unknown_keys
 from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, parse_timestamp
+from posthog_migrate.mapping import MAPPING_ARGUMENT
 from posthog_migrate.pull.sources import is_api_uri, source_key
 from posthog_migrate.sender import DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT_SECONDS, DEFAULT_RETRY_BASE_SECONDS
 
@@ -58,11 +59,32 @@ def parse_size(text: str | int, what: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+@dataclass(frozen=True)
+class Spelling:
+    """How messages name a setting the caller gave: the command line's option (``--batch-size 0``), or the
+    Python API's keyword argument (``batch_size=0``)."""
+
+    keywords: bool = False
+
+    def name(self, setting: str) -> str:
+        return f"{setting}=" if self.keywords else "--" + setting.replace("_", "-")
+
+    def given(self, setting: str, shown: Any) -> str:
+        """The setting with a value as the caller writes it: ``--batch-size 0`` or ``batch_size=0``."""
+        return f"{setting}={shown}" if self.keywords else f"{self.name(setting)} {shown}"
+
+
+COMMAND_LINE = Spelling()
+KEYWORDS = Spelling(keywords=True)
+
+
 @dataclass
 class Settings:
     sources: tuple[str, ...] = ()
     format: str = "auto"
     mapping_path: str | None = None
+    # The Python API's mapping= given as a dict: the mapping file's tables (its [run] table included).
+    mapping_tables: dict | None = None
     host: str | None = None
     api_key: str | None = field(default=None, repr=False)
     job: str | None = None
@@ -106,57 +128,66 @@ class Settings:
             return Path(self.workdir).resolve().name
         return default_job_name(self.sources)
 
-    def suspicious_before_us(self) -> int:
+    def suspicious_before_us(self, spelling: Spelling = COMMAND_LINE) -> int:
         """``suspicious_before`` in microseconds since the epoch (UTC when it names no offset)."""
         try:
             return parse_timestamp(self.suspicious_before, "iso")
         except Rejection:
+            if spelling.keywords:
+                raise ConfigError(f"suspicious_before={self.suspicious_before!r} is not a date or an ISO time; "
+                                  f'give e.g. suspicious_before="{DEFAULT_SUSPICIOUS_BEFORE}"') from None
             raise ConfigError(
                 f"[run] suspicious_before = {self.suspicious_before!r} is not a date or an ISO time; write e.g. "
                 f'suspicious_before = "{DEFAULT_SUSPICIOUS_BEFORE}"'
             ) from None
 
-    def shard_pair(self) -> tuple[int, int] | None:
+    def shard_pair(self, spelling: Spelling = COMMAND_LINE) -> tuple[int, int] | None:
         """--shard K/N as (K-1, N): 0-based, or None when the job is not sharded."""
         if not self.shard:
             return None
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.shard))
         if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-            raise ConfigError(f"--shard {self.shard!r}: write K/N with 1 <= K <= N, e.g. --shard 2/8")
+            raise ConfigError(f"{spelling.given('shard', repr(self.shard))}: write K/N with 1 <= K <= N, e.g. "
+                              f"{spelling.given('shard', repr('2/8') if spelling.keywords else '2/8')}")
         return int(match.group(1)) - 1, int(match.group(2))
 
-    def check(self) -> Settings:
+    def check(self, spelling: Spelling = COMMAND_LINE) -> Settings:
+        """Refuse values out of range, naming each as the caller gave it (``spelling``)."""
+        given = spelling.given
         if not 1 <= self.batch_size <= 1_000_000:
-            raise ConfigError(f"--batch-size {self.batch_size}: choose between 1 and 1,000,000 events")
+            raise ConfigError(f"{given('batch_size', self.batch_size)}: choose between 1 and 1,000,000 events")
         if not MIN_BATCH_BYTES <= self.batch_bytes <= MAX_BATCH_BYTES:
             raise ConfigError(
-                f"--batch-bytes {self.batch_bytes:,}: choose between {MIN_BATCH_BYTES:,} (the largest event "
-                f"plus room) and {MAX_BATCH_BYTES:,} (PostHog's 20 MiB request limit)"
+                f"{given('batch_bytes', f'{self.batch_bytes:,}')}: choose between {MIN_BATCH_BYTES:,} (the largest "
+                f"event plus room) and {MAX_BATCH_BYTES:,} (PostHog's 20 MiB request limit)"
             )
         if not 1 <= self.concurrency <= 64:
-            raise ConfigError(f"--concurrency {self.concurrency}: choose between 1 and 64")
+            raise ConfigError(f"{given('concurrency', self.concurrency)}: choose between 1 and 64")
         if self.rate < 0:
-            raise ConfigError("--rate must be 0 (unlimited) or a positive number of events per second")
+            raise ConfigError(f"{spelling.name('rate')} must be 0 (unlimited) or a positive number of events per "
+                              "second")
         if not self.timeout > 0:
-            raise ConfigError(f"--timeout {self.timeout}: give a positive number of seconds, e.g. --timeout 60")
+            raise ConfigError(f"{given('timeout', self.timeout)}: give a positive number of seconds, e.g. "
+                              f"{given('timeout', 60)}")
         if self.max_retries < 0:
-            raise ConfigError(f"--max-retries {self.max_retries}: give 0 (never retry) or a positive number")
+            raise ConfigError(f"{given('max_retries', self.max_retries)}: give 0 (never retry) or a positive number")
         if self.retry_delay < 0:
-            raise ConfigError(f"--retry-delay {self.retry_delay}: give 0 or a positive number of seconds")
-        self.shard_pair()
-        self.suspicious_before_us()
+            raise ConfigError(f"{given('retry_delay', self.retry_delay)}: give 0 or a positive number of seconds")
+        self.shard_pair(spelling)
+        self.suspicious_before_us(spelling)
         if not 0 <= self.workers <= 64:
-            raise ConfigError(f"--workers {self.workers}: choose between 1 and 64 (0 = one per core)")
+            raise ConfigError(f"{given('workers', self.workers)}: choose between 1 and 64 (0 = one per core)")
         if self.memory < MIN_MEMORY_BYTES:
-            raise ConfigError(f"--memory {self.memory:,}: at least {MIN_MEMORY_BYTES:,} bytes")
+            raise ConfigError(f"{given('memory', f'{self.memory:,}')}: at least {MIN_MEMORY_BYTES:,} bytes")
         if self.host and self.host != LOCAL_HOST:
-            check_host(self.host)
+            check_host(self.host, spelling)
         if self.redownload and not self.restart:
-            raise ConfigError("--redownload starts the job over from new downloads: add --restart too")
+            raise ConfigError(f"{spelling.name('redownload')} starts the job over from new downloads: add "
+                              f"{spelling.name('restart')} too")
         return self
 
 
-def check_host(host: str) -> None:
+def check_host(host: str, spelling: Spelling = COMMAND_LINE) -> None:
     """Refuse a --host that is not a plain http(s) base URL, before anything is sent.
 
     A user name or password in it (``https://user:pass@host``) would be printed in the summary and
@@ -164,24 +195,26 @@ def check_host(host: str) -> None:
     """
     example = "e.g. https://us.i.posthog.com, or 'local' for the built-in capture server"
     if not re.match(r"https?://", host):
-        raise ConfigError(f"--host {host!r} must start with http:// or https:// ({example})")
+        raise ConfigError(f"{spelling.given('host', repr(host))} must start with http:// or https:// ({example})")
     try:
         parts = urlsplit(host)
         parts.port  # noqa: B018 - parsing the port is what raises for "host:abc"
     except ValueError as error:
-        raise ConfigError(f"--host {host!r} is not a valid URL ({error}); write it like https://us.i.posthog.com "
-                          "or http://[::1]:8010") from None
+        raise ConfigError(f"{spelling.given('host', repr(host))} is not a valid URL ({error}); write it like "
+                          "https://us.i.posthog.com or http://[::1]:8010") from None
     if parts.username is not None or parts.password is not None:
         address = parts.netloc.rpartition("@")[2]  # the credentials themselves are never repeated
         raise ConfigError(
-            f"--host {urlunsplit(parts._replace(netloc='…@' + address))}: remove the user name and password "
-            f"from the URL (--host {urlunsplit(parts._replace(netloc=address))}). PostHog never needs them (the "
+            f"{spelling.given('host', urlunsplit(parts._replace(netloc='…@' + address)))}: remove the user name and "
+            f"password from the URL ({spelling.given('host', urlunsplit(parts._replace(netloc=address)))}). PostHog "
+            "never needs them (the "
             "project API key is what authenticates), and in the URL they would be shown and stored with the job."
         )
     if not parts.hostname:
-        raise ConfigError(f"--host {host!r} names no host ({example})")
+        raise ConfigError(f"{spelling.given('host', repr(host))} names no host ({example})")
     if parts.query or parts.fragment:
-        raise ConfigError(f"--host {host!r}: give the base URL, without ?query or #fragment ({example})")
+        raise ConfigError(f"{spelling.given('host', repr(host))}: give the base URL, without ?query or #fragment "
+                          f"({example})")
 
 
 def default_job_name(sources: tuple[str, ...]) -> str:
@@ -242,20 +275,24 @@ def _kind_problem(name: str, value: Any) -> str | None:
             return "must be a folder path (in quotes)"
     elif kind is tuple and not (isinstance(value, tuple | list) and all(isinstance(item, str) for item in value)):
         return "must be a list of file names, folders, globs or URIs"
+    elif kind is dict and not isinstance(value, dict):
+        return "must be a dict of the mapping file's tables"
     return None
 
 
-def _check_kind(name: str, value: Any, where: str | None) -> None:
-    """Raise ConfigError naming the setting (the ``[run]`` key of the file ``where``, or the command-line
-    option when ``where`` is None) when ``value`` is of the wrong kind for it."""
+def _check_kind(name: str, value: Any, where: str | None, spelling: Spelling = COMMAND_LINE) -> None:
+    """Raise ConfigError naming the setting (the ``[run]`` key of the mapping ``where``, or the option or
+    keyword argument, as ``spelling`` writes it, when ``where`` is None) when ``value`` is of the wrong kind."""
     problem = _kind_problem(name, value)
     if problem is None:
         return
     example = _EXAMPLES.get(name)
     shown = "(hidden)" if name == "api_key" else repr(value)  # never print a key, even a malformed one
     if where is None:
-        option = "--" + name.replace("_", "-")
-        raise ConfigError(f"{option} {shown} {problem}" + (f", e.g. {option} {example}" if example else ""))
+        if spelling.keywords and example and (name in _SIZE_SETTINGS or _setting_kinds().get(name) in (str, Path)):
+            example = repr(example)
+        raise ConfigError(f"{spelling.given(name, shown)} {problem}"
+                          + (f", e.g. {spelling.given(name, example)}" if example else ""))
     if example and (name in _SIZE_SETTINGS or _setting_kinds().get(name) in (str, Path)):
         example = f'"{example}"'
     fix = f"; write e.g. {name} = {example}" if example else ""
@@ -270,30 +307,38 @@ def run_table(mapping_path: str | None) -> dict[str, Any]:
         document = tomllib.loads(Path(mapping_path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}  # the mapping loader reports these with the file's name
-    table = document.get("run", {})
+    return checked_run_table(document, mapping_path)
+
+
+def checked_run_table(document: dict, where: str) -> dict[str, Any]:
+    """The ``[run]`` table of a mapping's tables (a file's, or the Python API's mapping dict), each key checked;
+    ``where`` names the mapping in messages."""
+    table = document.get("run", {}) if isinstance(document, dict) else {}
     if not isinstance(table, dict):
-        raise ConfigError(f"{mapping_path}: run = {table!r} must be a table: write the settings under a [run] line")
+        raise ConfigError(f"{where}: run = {table!r} must be a table: write the settings under a [run] line")
     if "api_key" in table:
         raise ConfigError(
-            f"{mapping_path}: [run] api_key: don't put the API key in a file; use {API_KEY_VARIABLE} "
+            f"{where}: [run] api_key: don't put the API key in a file; use {API_KEY_VARIABLE} "
             "(or --api-key) instead"
         )
-    allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "restart", "redownload"}
+    allowed = {f.name for f in fields(Settings)} - {"sources", "api_key", "mapping_path", "mapping_tables", "restart",
+                                                    "redownload"}
     unknown = [str(key) for key in table if key not in allowed]
     if unknown:
         known = sorted(allowed)
-        raise ConfigError(f"{mapping_path}: unknown key(s) in [run]: {describe_unknown_keys(unknown, known)}; "
+        raise ConfigError(f"{where}: unknown key(s) in [run]: {describe_unknown_keys(unknown, known)}; "
                           f"allowed: {', '.join(known)}")
     for name, value in table.items():
-        _check_kind(name, value, mapping_path)
+        _check_kind(name, value, where)
     return table
 
 
-def resolve_settings(cli: dict[str, Any]) -> Settings:
-    """Merge the layers. ``cli`` holds only what was given on the command line (None = not given).
+def resolve_settings(cli: dict[str, Any], spelling: Spelling = COMMAND_LINE) -> Settings:
+    """Merge the layers. ``cli`` holds only what the caller gave (None = not given): the command line's options,
+    or the Python API's keyword arguments (``spelling`` says which, for the messages).
 
     Every value is checked against its setting's kind (whole number, number, size, text, path, flag) where
-    it comes from, so a wrong one names the ``[run]`` key or the option instead of failing later.
+    it comes from, so a wrong one names the ``[run]`` key, the option or the argument instead of failing later.
     """
     known = {f.name for f in fields(Settings)}
     unknown = sorted(k for k, v in cli.items() if v is not None and k not in known)
@@ -301,9 +346,11 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
         raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
     for name, value in cli.items():
         if value is not None:
-            _check_kind(name, value, None)
+            _check_kind(name, value, None, spelling)
     values: dict[str, Any] = {}
-    table = run_table(cli.get("mapping_path"))
+    tables = cli.get("mapping_tables")
+    where = MAPPING_ARGUMENT if tables is not None else cli.get("mapping_path")
+    table = checked_run_table(tables, where) if tables is not None else run_table(cli.get("mapping_path"))
     values.update(table)
     environment = {"api_key": os.environ.get(API_KEY_VARIABLE), "host": os.environ.get(HOST_VARIABLE)}
     values.update({k: v for k, v in environment.items() if v})
@@ -311,7 +358,7 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
     values.update(given)
     for key in _SIZE_SETTINGS:
         if key in values:
-            what = f"--{key.replace('_', '-')}" if key in given else f"{cli.get('mapping_path')}: [run] {key}"
+            what = spelling.name(key) if key in given else f"{where}: [run] {key}"
             values[key] = parse_size(values[key], what)
     if values.get("host"):
         values["host"] = str(values["host"]).strip().rstrip("/")  # one spelling, so resumes recognise it
@@ -321,4 +368,4 @@ def resolve_settings(cli: dict[str, Any]) -> Settings:
     for key in ("workdir", "out"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
-    return Settings(**values).check()
+    return Settings(**values).check(spelling)

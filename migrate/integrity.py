@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from posthog_migrate.accounting import PrepareStats, books
 from posthog_migrate.checkpoint import SendProgress, read_json
 from posthog_migrate.errors import DamagedJob
-from posthog_migrate.report import PrepareStats, books
 from posthog_migrate.spool import RunFile, file_checksum
 
 # The send checkpoint's counts and positions: each a non-negative integer.

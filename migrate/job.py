@@ -27,8 +27,9 @@ from posthog_migrate.checkpoint import digest, read_json
 from posthog_migrate.config import Settings
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import Rejection, utc_now_us, validate
-from posthog_migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.mapping import MAPPING_ARGUMENT, ColumnMapping, Filtered
 from posthog_migrate.pull.sources import Pulled, is_api_uri
+from posthog_migrate.render import Progress
 from posthog_migrate.sources import (
     InputListing,
     SkippedInput,
@@ -73,6 +74,7 @@ class Job:
     job_id: str = ""
     import_source: str = ""  # what $import_source says: the format the rows came in (csv, amplitude, ...)
     stop: threading.Event = field(default_factory=threading.Event)
+    progress: Progress = field(default_factory=Progress)  # where the phases show how far they got (none: silent)
     # Inputs of a prepared job that are no longer there, with the fingerprints prepare recorded: the job
     # sends from its work directory, so a moved or deleted input is no change (see open_job).
     gone_inputs: dict[str, dict] = field(default_factory=dict)
@@ -129,7 +131,13 @@ class Job:
 
 
 def load_mapping(settings: Settings, cli_overrides: dict) -> ColumnMapping:
-    mapping = ColumnMapping.from_toml(settings.mapping_path) if settings.mapping_path else ColumnMapping()
+    """The mapping file (--mapping), or the Python API's mapping dict, with the mapping options on top."""
+    if settings.mapping_path:
+        mapping = ColumnMapping.from_toml(settings.mapping_path)
+    elif settings.mapping_tables is not None:
+        mapping = ColumnMapping.from_tables(settings.mapping_tables, MAPPING_ARGUMENT)
+    else:
+        mapping = ColumnMapping()
     return mapping.override(**cli_overrides).validated()
 
 
@@ -257,7 +265,7 @@ def _other_format_hint(job: Job, source: SourceFile) -> str | None:
 
 
 def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse_prepared: bool = True,
-             stop: threading.Event | None = None) -> Job:
+             stop: threading.Event | None = None, progress: Progress | None = None) -> Job:
     """Find the inputs, pick the adapter and check the mapping against the files: all before any work.
 
     ``amplitude://`` and ``mixpanel://`` sources are downloaded first, into the work directory (a prepared
@@ -268,9 +276,9 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     ``Job.gone_inputs`` (prepare still refuses inputs that are there with another content, or new ones);
     with ``--format auto`` its format is the one it was prepared in (its rows may be gone).
     ``reuse_prepared=False`` (inspect, which reads the sources) and ``--restart`` always need the inputs.
+    ``progress`` shows the listing, and is the job's.
     """
-    from posthog_migrate.report import progress_bar  # (numpy and tqdm: not for commands that never list inputs)
-
+    progress = progress or Progress()
     root = settings.job_directory()
     explicit_format = settings.format != "auto"
     # The job's own output is never an input, even when the work directory is inside an input folder.
@@ -281,8 +289,8 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     if len(arguments) < len(settings.sources):
         from posthog_migrate.pull.stage import pull_api_sources  # (requests: only for jobs that pull)
 
-        pulled = pull_api_sources(settings, root, manifest, stop)
-    bar = progress_bar(None, "files", "listing", settings.quiet, delay=LISTING_PROGRESS_DELAY_SECONDS)
+        pulled = pull_api_sources(settings, root, manifest, stop, progress)
+    bar = progress.bar(None, "files", "listing", delay=LISTING_PROGRESS_DELAY_SECONDS)
     try:
         if manifest is None:
             listing, gone = _list_with_downloads(arguments, pulled.files, explicit_format, own_output, bar.update), {}
@@ -305,6 +313,8 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
     except ConfigError as error:  # the adapter refuses its [source] settings: say which file holds them
         if settings.mapping_path:
             raise ConfigError(f"mapping file {settings.mapping_path}: {error}") from None
+        if settings.mapping_tables is not None:
+            raise ConfigError(f"{MAPPING_ARGUMENT}: {error}") from None
         raise
     if manifest is None and format_name in ("csv", "jsonl", "parquet"):
         # The first file that has columns stands for all: an empty file (no header) tells nothing.
@@ -320,7 +330,7 @@ def open_job(settings: Settings, cli_overrides: dict, create: bool = True, reuse
             raise ConfigError(unwritable_workdir_message(root, error)) from None
     return Job(settings, root, sources, adapter, format_name, mapping, job_id=settings.job_id(),
                format_reason=choice.reason, format_recognised=choice.recognised, gone_inputs=gone,
-               skipped=listing.skipped, pulls=pulled.fingerprint)
+               skipped=listing.skipped, pulls=pulled.fingerprint, progress=progress)
 
 
 def _list_with_downloads(arguments: tuple[str, ...], downloads: list[str], explicit_format: bool,

@@ -88,6 +88,8 @@ MAPPING_TABLE_KEYS = {
     "source": None,
     "run": None,
 }
+# How messages name the mapping the Python API was given as a dict (``mapping={"columns": {...}}``).
+MAPPING_ARGUMENT = "the mapping= argument"
 
 
 class Filtered(Exception):
@@ -245,14 +247,23 @@ class ColumnMapping:
             raise ConfigError(f"mapping file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"mapping file {path} is not valid TOML: {error}") from None
+        return cls.from_tables(document, f"mapping file {path}", base_dir=str(Path(path).resolve().parent))
+
+    @classmethod
+    def from_tables(cls, document: dict, where: str, base_dir: str | None = None) -> ColumnMapping:
+        """The mapping of a mapping file's tables (``{"columns": {...}, "filter": {...}}``), checked as the file's
+        are; ``where`` names them in messages (the file, or the Python API's mapping= argument), and relative
+        paths in ``[source]`` are read from ``base_dir`` (None: the current folder)."""
+        if not isinstance(document, dict):
+            raise ConfigError(f"{where} must be a dict of the mapping file's tables, e.g. "
+                              '{"columns": {"event": "action"}}; got ' + type(document).__name__)
         known = sorted(MAPPING_TABLE_KEYS)
         unknown = [str(section) for section in document if section not in MAPPING_TABLE_KEYS]
         if unknown:
             raise ConfigError(
-                f"mapping file {path}: unknown section(s) {describe_unknown_keys(unknown, known)}; "
+                f"{where}: unknown section(s) {describe_unknown_keys(unknown, known)}; "
                 f"the sections are: {', '.join(f'[{section}]' for section in known)}"
             )
-        where = f"mapping file {path}"
         for section, keys in MAPPING_TABLE_KEYS.items():
             if not isinstance(document.get(section, {}), dict):
                 raise ConfigError(
@@ -300,7 +311,7 @@ class ColumnMapping:
             "drop_properties": names("transform", transform, "drop_properties"),
             "rename_properties": _pairs(transform.get("rename_properties"), f"{where}: [transform] rename_properties"),
         }
-        mapping = cls(**values, base_dir=str(Path(path).resolve().parent))
+        mapping = cls(**values, base_dir=base_dir)
         return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
 
     def with_explicit(self, names: Iterable[str]) -> ColumnMapping:

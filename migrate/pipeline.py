@@ -7,7 +7,6 @@ again; ``dry_run`` writes the same request bodies to files instead.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from posthog_migrate.accounting import RejectsWriter
 from posthog_migrate.batches import BatchLayout, Window, cut_windows
 from posthog_migrate.checkpoint import CheckpointWriter, JobState, SendProgress
 from posthog_migrate.config import Settings
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.integrity import check_prepared_job
 from posthog_migrate.job import Job
-from posthog_migrate.report import RejectsWriter, human_duration, progress_bar
+from posthog_migrate.render import Bar, Progress, human_duration
 from posthog_migrate.sender import BatchResult, Dispatcher, RetryNotice, SendCounters, Sender, SendSettings
 from posthog_migrate.spool import EVENT_FROM_ROW, MergeCursor, MergedSlice, merge_slices, split_tiebreak
-from tqdm import tqdm
 
 
 @dataclass
@@ -56,12 +55,15 @@ def _calling_between(slices: Iterator[MergedSlice], call: Callable[[], None]) ->
         call()
 
 
-def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> SendOutcome:
+def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str, counters: SendCounters | None = None,
+         on_retry: Callable[[RetryNotice], None] | None = None) -> SendOutcome:
     """Send every prepared event not yet acknowledged; the checkpoint advances after each batch.
 
     ``host_label`` is what the checkpoint records as the target (``local`` for the built-in server,
     whose port changes from run to run); a resume to another target is refused once the recorded one
     acknowledged a batch (before that, e.g. after a redirect, the job may move to the right host).
+    ``counters`` (requests, retries, answers) are the caller's, so that it has them if sending fails;
+    ``on_retry`` is told of each retry, besides the progress display.
     """
     check_prepared_job(job.root, manifest)  # never send from a damaged run or an impossible checkpoint
     settings = job.settings
@@ -86,15 +88,20 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
     resumed_from = progress.events_sent
     total = manifest["stats"]["events"]
     rejects = RejectsWriter(job.rejects_path, truncate_to=progress.rejects_bytes)
-    counters = SendCounters()
+    counters = counters if counters is not None else SendCounters()
     stop = job.stop
-    bar = progress_bar(total, "events", "sending", settings.quiet)
-    bar.update(progress.events_sent + progress.server_rejected_events)
-    retries = RetryDisplay(bar)
+    bar = job.progress.bar(total, "events", "sending", initial=progress.events_sent + progress.server_rejected_events)
+    retries = RetryDisplay(bar, job.progress)
+
+    def retrying(notice: RetryNotice) -> None:
+        retries.show(notice)
+        if on_retry is not None:
+            on_retry(notice)
+
     sender = Sender(
         SendSettings(host=url, api_key=api_key, rate=settings.rate,
                      max_retries=settings.max_retries, retry_base=settings.retry_delay, timeout=settings.timeout),
-        counters, stop, on_retry=retries.show,
+        counters, stop, on_retry=retrying,
     )
     started = time.monotonic()
 
@@ -143,13 +150,14 @@ def send(job: Job, manifest: dict, url: str, api_key: str, host_label: str) -> S
 
 class RetryDisplay:
     """Shows the sender's retries as they happen: "connection refused, retry 4/10 in 6.1 s; gives up in about
-    3m42s". On the sending bar, and as a line on stderr (with --quiet too, for logs) when the problem changes
-    or 2 s have passed since the last line, so that four threads retrying fast do not flood it."""
+    3m42s". On the sending bar, and as a note (a line on stderr, with --quiet too, for logs) when the problem
+    changes or 2 s have passed since the last line, so that four threads retrying fast do not flood it."""
 
     LINE_INTERVAL_SECONDS = 2.0
 
-    def __init__(self, bar: tqdm):
+    def __init__(self, bar: Bar, progress: Progress):
         self.bar = bar
+        self.progress = progress
         self._lock = threading.Lock()  # called from every sending thread
         self._last_problem = ""
         self._last_line_at = float("-inf")
@@ -165,7 +173,7 @@ class RetryDisplay:
             now = time.monotonic()
             if notice.problem != self._last_problem or now - self._last_line_at >= self.LINE_INTERVAL_SECONDS:
                 self._last_problem, self._last_line_at = notice.problem, now
-                tqdm.write(f"Retrying: {text}", file=sys.stderr)
+                self.progress.note(f"Retrying: {text}")
 
     def clear(self) -> None:
         """A batch got through: the bar stops showing the last retry."""
@@ -189,7 +197,7 @@ def dry_run(job: Job, manifest: dict, out_dir: Path) -> SendOutcome:
     started = time.monotonic()
     counters = SendCounters()
     cursor = MergeCursor.start(len(manifest["runs"]))
-    bar = progress_bar(manifest["stats"]["events"], "events", "writing request bodies", job.settings.quiet)
+    bar = job.progress.bar(manifest["stats"]["events"], "events", "writing request bodies")
     try:
         for window in _windows(job, manifest, cursor, 0, layout):
             for batch in window.batches:

@@ -33,16 +33,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from posthog_migrate.accounting import EventTally, PrepareStats, RejectsWriter
 from posthog_migrate.adapters import adapter_class
 from posthog_migrate.adapters.base import BadRow, SourceFile, input_bytes_read, take_warnings
 from posthog_migrate.checkpoint import atomic_write_json, crash_point, read_json
-from posthog_migrate.errors import ConfigError
+from posthog_migrate.errors import ConfigError, Interrupted
 from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
 from posthog_migrate.identity import IdentityCollector, identify_event
 from posthog_migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
 from posthog_migrate.mapping import Filtered
-from posthog_migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
-from posthog_migrate.sender import Interrupted
+from posthog_migrate.render import NullBar, ReadingProgress
 from posthog_migrate.spool import (
     EVENT_ADDED,
     EVENT_FROM_ROW,
@@ -379,8 +379,8 @@ def prepare(job: Job) -> dict:
     pending = [s for s in job.sources if s.index not in done]
     workers = _worker_count(job, pending)
     run_bytes = max(MIN_RUN_BYTES, job.settings.memory // RUN_SHARE_OF_MEMORY // workers)
-    bar = ReadingProgress(sum(source.size for source in job.sources),
-                          f"reading ({workers} worker{'s' * (workers > 1)})", job.settings.quiet,
+    bar = ReadingProgress(job.progress, sum(source.size for source in job.sources),
+                          f"reading ({workers} worker{'s' * (workers > 1)})",
                           rows_done=sum(result["stats"]["rows_read"] for result in done.values()),
                           bytes_done=sum(source.size for source in job.sources if source.index in done))
 
@@ -513,7 +513,7 @@ def _step_progress(job: Job, description: str, unit: str, total: int | None, dra
     """A progress bar for one step of finishing the prepare, erased when the step is done (none when
     ``draw`` is false: no work to show). The ``advance(n)`` it yields also stops the step on Ctrl-C:
     every step is redone from its start by the next run."""
-    bar = progress_bar(total, unit, description, job.settings.quiet or not draw, leave=False)
+    bar = job.progress.bar(total, unit, description, leave=False) if draw else NullBar()
 
     def advance(count: int) -> None:
         if job.stop.is_set():
@@ -587,7 +587,7 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
         if len(examples) < 10:
             examples.append({"reason": reason, "detail": detail, "file": source.uri, "row": row})
 
-    bar = ReadingProgress(sum(source.size for source in job.sources), "reading", job.settings.quiet)
+    bar = ReadingProgress(job.progress, sum(source.size for source in job.sources), "reading")
     with tempfile.TemporaryDirectory(prefix="posthog-migrate-inspect-") as pairs_folder:
         identities = IdentityCollector(Path(pairs_folder), job.settings.memory // RUN_SHARE_OF_MEMORY // 2)
 

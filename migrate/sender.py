@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import requests
 from posthog_migrate.answers import MAX_ERROR_TEXT, Answer, Verdict, judge_answer, scrub_key
 from posthog_migrate.batches import BODY_SUFFIX, Batch, Window, body_prefix
-from posthog_migrate.errors import SendFailed
+from posthog_migrate.errors import Interrupted, SendFailed
 from posthog_migrate.refusals import BatchWatch, Ranges, RefusalMonitor, probe_index, without_index
 
 try:
@@ -58,10 +58,6 @@ def compress(*pieces: bytes | memoryview) -> bytes:
     out = [compressor.compress(piece) for piece in pieces]
     out.append(compressor.flush())
     return b"".join(out)
-
-
-class Interrupted(Exception):
-    """The run is stopping (Ctrl-C, SIGTERM): this batch was not acknowledged."""
 
 
 @dataclass

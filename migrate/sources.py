@@ -36,6 +36,9 @@ IGNORED_PREFIXES = (".", "_")
 IGNORED_ENDINGS = (".crc", ".md5", ".json.manifest")
 # A folder holding a lock file and one of these is a posthog-migrate job's work directory: never an input.
 JOB_DIRECTORY_MARKS = ("manifest.json", "prepare.json", "state.json", "local-capture", "runs")
+# The folder of a work directory where the Python API keeps its copies of in-memory inputs (DataFrames, Arrow
+# tables, records): named as arguments, they are read like any input, though inside the work directory.
+SPOOLED_INPUTS = "inputs"
 # A fingerprint reads this much from each end of a file: cheap, and catches rewritten exports of equal size.
 FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 _GLOB_CHARS = set("*?[")
@@ -235,7 +238,8 @@ class _Listing:
     def _not_excluded(self, path: str) -> bool:
         real = os.path.realpath(path)
         for folder in self.excluded:
-            if real.startswith(folder.rstrip("/") + "/"):
+            inside = folder.rstrip("/") + "/"
+            if real.startswith(inside) and not real.startswith(f"{inside}{SPOOLED_INPUTS}/"):
                 self.skip(path, "inside the job's work directory")
                 return False
         return True

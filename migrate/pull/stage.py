@@ -24,7 +24,6 @@ import hashlib
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -41,8 +40,7 @@ from posthog_migrate.pull import verify
 from posthog_migrate.pull.credentials import Credentials, load_credentials
 from posthog_migrate.pull.fetch import BadRequest, Body, Fetcher, FetchSettings, TooBig
 from posthog_migrate.pull.sources import HOUR, ApiSource, Chunk, Pulled, is_api_uri, parse_api_uri
-from posthog_migrate.report import progress_bar
-from tqdm import tqdm
+from posthog_migrate.render import Bar, Progress
 
 DOWNLOADS_FOLDER = "downloads"
 BOOK_NAME = "pull.json"
@@ -53,7 +51,8 @@ FRESHNESS = {"amplitude": timedelta(hours=2), "mixpanel": timedelta(days=5)}
 ENGAGE_PAGE_SIZE = 1000
 
 
-def pull_api_sources(settings: Settings, root: Path, manifest: dict | None, stop: Event | None = None) -> Pulled:
+def pull_api_sources(settings: Settings, root: Path, manifest: dict | None, stop: Event | None = None,
+                     progress: Progress | None = None) -> Pulled:
     """Download the API sources among the arguments (nothing when there are none).
 
     ``manifest``: the prepared job's, when it is reused; its sources are never downloaded again, and a
@@ -82,7 +81,7 @@ def pull_api_sources(settings: Settings, root: Path, manifest: dict | None, stop
         credentials = load_credentials(settings.source_credentials)
         pulls = []
         for source in sources:
-            puller = SourcePuller(source, book, settings, credentials, stop or Event())
+            puller = SourcePuller(source, book, settings, credentials, stop or Event(), progress or Progress())
             pulls.append(puller.pull())
     pulled = Pulled(_files_of(root, pulls), vendor, pulls)
     if not pulled.files and not [argument for argument in settings.sources if not is_api_uri(argument)]:
@@ -135,20 +134,21 @@ class Book:
 class SourcePuller:
     """Downloads one source's chunks (or pages) not yet complete, one request at a time."""
 
-    def __init__(self, source: ApiSource, book: Book, settings: Settings, credentials: Credentials, stop: Event):
+    def __init__(self, source: ApiSource, book: Book, settings: Settings, credentials: Credentials, stop: Event,
+                 progress: Progress):
         self.source = source
         self.book = book
         self.folder = book.path.parent / source.folder
         self.folder.mkdir(exist_ok=True)
         for leftover in self.folder.glob(".*.part"):  # a body cut short by a kill: asked for again, whole
             leftover.unlink()
-        self.quiet = settings.quiet
-        self.bar: tqdm | None = None
+        self.progress = progress
+        self.bar: Bar | None = None
         self.done = self.total = 0  # chunks (or pages): a --quiet bar counts nothing
         self.bytes_now = 0
         self.started = time.monotonic()
         self.fetcher = Fetcher(source, credentials, FetchSettings(
-            max_retries=settings.max_retries, retry_delay=settings.retry_delay, stop=stop, notify=_say,
+            max_retries=settings.max_retries, retry_delay=settings.retry_delay, stop=stop, notify=progress.note,
             on_bytes=self._on_bytes, waiting=self._show_waiting))
 
     def pull(self) -> dict:
@@ -160,25 +160,26 @@ class SourcePuller:
         chunks = entry["chunks"]
         for chunk in chunks:
             if not self._still_there(chunk):
-                _say(f"{self.folder / chunk['file']}: missing or changed since it was downloaded; downloading it again")
+                self.progress.note(f"{self.folder / chunk['file']}: missing or changed since it was downloaded; "
+                                   "downloading it again")
                 for key in ("file", "bytes", "sha256"):
                     chunk.pop(key)
         pending = [chunk for chunk in chunks if "bytes" not in chunk and not self._adopt(chunk)]
         if pending:
             self._warn_if_fresh()
             self.done, self.total = len(chunks) - len(pending), len(chunks)
-            self.bar = progress_bar(self.total, "chunks", f"downloading {self.source.label}", self.quiet,
-                                    initial=self.done)
+            self.bar = self.progress.bar(self.total, "chunks", f"downloading {self.source.label}",
+                                         initial=self.done)
             try:
                 while pending:
                     self._download(pending.pop(0), chunks, pending)
             finally:
                 self.bar.close()
-        if not self.quiet:
-            empty = sum(1 for chunk in chunks if not chunk.get("file"))
-            _say(f"{self.source.label} {self.source.first:%Y-%m-%d %H:00} → {self.source.last:%Y-%m-%d %H:00} UTC: "
-                 f"{len(chunks):,} chunks downloaded ({empty:,} empty: no data), "
-                 f"{human_bytes(sum(chunk['bytes'] for chunk in chunks))} in {self.folder}")
+        empty = sum(1 for chunk in chunks if not chunk.get("file"))
+        self.progress.info(f"{self.source.label} {self.source.first:%Y-%m-%d %H:00} → "
+                           f"{self.source.last:%Y-%m-%d %H:00} UTC: {len(chunks):,} chunks downloaded "
+                           f"({empty:,} empty: no data), {human_bytes(sum(chunk['bytes'] for chunk in chunks))} "
+                           f"in {self.folder}")
         return {"source": self.source.key, "folder": self.source.folder,
                 "chunks": [{key: chunk[key] for key in ("name", "file", "bytes", "sha256") if key in chunk}
                            for chunk in chunks]}
@@ -201,7 +202,7 @@ class SourcePuller:
             self.total += 1
             self.bar.total = self.total
             self.bar.refresh()
-            _say(f"{self.source.label} chunk {span.name}: {too_big}; asking for it in two halves "
+            self.progress.note(f"{self.source.label} chunk {span.name}: {too_big}; asking for it in two halves "
                  f"({halves[0]['name']}, {halves[1]['name']})")
             return
         self._keep(chunk, body, temporary)
@@ -270,7 +271,7 @@ class SourcePuller:
         if ends > datetime.now(UTC) - lateness:
             late = "about 2 hours after it receives them" if self.source.vendor == "amplitude" else \
                 "up to 5 days late (mobile devices send what they held offline)"
-            _say(f"Warning: the range ends {self.source.last:%Y-%m-%d %H:00} UTC, less than "
+            self.progress.note(f"Warning: the range ends {self.source.last:%Y-%m-%d %H:00} UTC, less than "
                  f"{'2 hours' if unit == HOUR else '5 days'} ago: {self.source.vendor.capitalize()} exports events "
                  f"{late}, so those exported later are not in this job. Pull the tail later as a job of its own "
                  "(start= the last day of this one): events sent twice have the same uuids, which PostHog collapses.")
@@ -283,12 +284,13 @@ class SourcePuller:
         entry = self.book.entry(self.source.key, lambda: {"folder": self.source.folder, "session_id": None,
                                                           "pages": [], "finished": False})
         if not all(self._still_there(page) for page in entry["pages"]):
-            _say(f"{self.source.label}: a downloaded page is missing or changed; listing the profiles again")
+            self.progress.note(f"{self.source.label}: a downloaded page is missing or changed; listing the profiles "
+                               "again")
             self._forget_pages(entry)
         resumed = bool(entry["pages"])
         if not entry["finished"]:
-            self.bar = progress_bar(None, "pages", f"downloading {self.source.label}", self.quiet,
-                                    initial=len(entry["pages"]))
+            self.bar = self.progress.bar(None, "pages", f"downloading {self.source.label}",
+                                         initial=len(entry["pages"]))
             try:
                 while not entry["finished"]:
                     resumed = self._next_page(entry, resumed)
@@ -314,8 +316,8 @@ class SourcePuller:
             if not resumed:
                 raise
             # The listing's session expired while the pull was stopped: list the profiles again, from the start.
-            _say(f"{self.source.label}: the listing of a stopped pull could not be continued; listing the profiles "
-                 "again from the first page")
+            self.progress.note(f"{self.source.label}: the listing of a stopped pull could not be continued; listing "
+                               "the profiles again from the first page")
             self._forget_pages(entry)
             self.bar.reset()
             return False
@@ -363,11 +365,6 @@ class SourcePuller:
     def _show_waiting(self, text: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(text)
-
-
-def _say(text: str) -> None:
-    """A line for the user on stderr, above any progress bar (shown with --quiet too: waits are long)."""
-    tqdm.write(text, file=sys.stderr)
 
 
 def _sha256(path: Path) -> str:

@@ -1,27 +1,25 @@
-"""What the user sees: the rejects file, the counts behind the summary, progress bars and reports.
+"""The books of a job: the counts gathered while reading and mapping, the rejects file, distinct counting,
+the warnings, and the equation every run must balance.
 
 Accounting is the point of this module: every row read ends as sent, rejected (with its reason, in
-the rejects file) or filtered (by a named rule), and the summary prints the equation so a user can
-check it balances.
+the rejects file) or filtered (by a named rule). What a person sees of these books (the summary, the
+preflight report, ``status``, progress bars) is drawn by posthog_migrate.render, as text or JSON.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 from array import array
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import orjson
 from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
-from tqdm import tqdm
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000
@@ -30,7 +28,7 @@ OTHER_EVENTS = "(other event names)"
 HLL_PRECISION = 14
 
 
-def _day_name(day_number: int) -> str:
+def day_name(day_number: int) -> str:
     return format_timestamp(day_number * MICROSECONDS_PER_DAY)[:10]
 
 
@@ -196,7 +194,7 @@ class PrepareStats:
             "rows_read": self.rows_read, "rows_kept": self.rows_kept, "events": self.events,
             "added_events": self.added_events, "rejected": dict(self.rejected), "filtered": dict(self.filtered),
             "event_names": dict(self.event_names),
-            "per_day": {_day_name(day): n for day, n in sorted(self.per_day.items())},
+            "per_day": {day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
             "people_registers": self.people.registers.hex(), "files": self.files, "renamed": dict(self.renamed),
             "warnings": dict(self.warnings),
@@ -252,107 +250,6 @@ def _lenient_default(value: Any) -> Any:
         return repr(value)
 
 
-def progress_bar(total: int | None, unit: str, description: str, quiet: bool, leave: bool = True,
-                 initial: int = 0, delay: float = 0.0) -> tqdm:
-    """A tqdm bar on stderr: count, rate and ETA (with a total); silent with --quiet.
-
-    The unit ``"B"`` counts bytes (in KiB, MiB...). ``leave=False`` erases the bar when it closes: for a
-    step that is worth watching while it runs but not a line of its own afterwards. ``initial`` is what an
-    earlier run did: shown, but not counted in the rate. ``delay``: shown only once that many seconds passed.
-    """
-    in_bytes = unit == "B"
-    return tqdm(
-        total=total, initial=initial, unit=unit if in_bytes else f" {unit}", unit_scale=True,
-        unit_divisor=1024 if in_bytes else 1000, desc=description, disable=quiet, leave=leave, file=sys.stderr,
-        dynamic_ncols=True, mininterval=0.5, smoothing=0.1, delay=delay,
-    )
-
-
-class ReadingProgress:
-    """The reading bar of run and inspect: bytes of input read out of the inputs' total size, so that it has
-    an ETA, with the rows read so far beside the rate."""
-
-    def __init__(self, total_bytes: int, description: str, quiet: bool, rows_done: int = 0, bytes_done: int = 0):
-        self.rows = rows_done
-        self._bar = progress_bar(total_bytes or None, "B", description, quiet, initial=bytes_done)
-        self._bar.set_postfix_str(f"{self.rows:,} rows", refresh=False)
-
-    def advance(self, rows: int, read_bytes: int) -> None:
-        self.rows += rows
-        self._bar.set_postfix_str(f"{self.rows:,} rows", refresh=False)
-        self._bar.update(read_bytes)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def human_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def day_of(timestamp_us: int | None) -> str:
-    if timestamp_us is None:
-        return "-"
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=timestamp_us)).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def format_counter(counter: Counter, indent: str = "    ", limit: int = 20) -> list[str]:
-    lines = [f"{indent}{count:>12,}  {name}" for name, count in counter.most_common(limit)]
-    if len(counter) > limit:
-        lines.append(f"{indent}{'':>12}  … and {len(counter) - limit} more")
-    return lines
-
-
-def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = ()) -> str:
-    """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything.
-
-    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason.
-    """
-    lines = [
-        f"Files read:        {stats.files:,} ({format_name})",
-        *([f"Files skipped:     {len(skipped):,} (not read):"] if skipped else []),
-        *(f"    {item.uri}: {item.why}" for item in skipped),
-        f"Rows read:         {stats.rows_read:,}",
-        f"Events to send:    {stats.events:,}"
-        + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
-        f"Rejected rows:     {stats.rejected_total:,}",
-        f"Filtered rows:     {stats.filtered_total:,}",
-        f"Time range:        {day_of(stats.first_us)}  →  {day_of(stats.last_us)}",
-        f"Distinct ids:      ≈{stats.people.estimate():,}",
-    ]
-    if stats.recent_events:
-        lines.append(
-            f"Warning: {stats.recent_events:,} events are less than 48 hours old; PostHog asks that "
-            "historical imports be at least 48 h old (send them later, or filter with the mapping's until)."
-        )
-    if stats.event_names:
-        lines.append("Top event names:")
-        lines += format_counter(stats.event_names, limit=15)
-    if stats.renamed:
-        lines.append("Mapped from the source's names (source → PostHog):")
-        lines += format_counter(stats.renamed, limit=30)
-    if stats.per_day:
-        lines.append("Events per day:")
-        days = [(_day_name(day), n) for day, n in sorted(stats.per_day.items())]
-        shown = days if len(days) <= 31 else days[:15] + [("…", 0)] + days[-15:]
-        lines += [f"    {day}  {count:>12,}" if day != "…" else "    …" for day, count in shown]
-    if stats.rejected:
-        lines.append("Rejected, by reason:")
-        lines += format_counter(stats.rejected)
-    if stats.filtered:
-        lines.append("Filtered, by rule:")
-        lines += format_counter(stats.filtered)
-    lines += warning_lines(stats)
-    return "\n".join(lines)
-
-
 def suspicious_warning(suspicious_before_us: int) -> str:
     """The warning that counts events dated before ``suspicious_before_us``: a time of 0 or 1 (1970), a negative
     number (before 1970) or a wrong unit put real events there, and a migration should not send them unseen."""
@@ -360,20 +257,6 @@ def suspicious_warning(suspicious_before_us: int) -> str:
     moment = moment[:10] if moment.endswith("T00:00:00.000000Z") else moment
     return (f"events dated before {moment}: suspicious (a time of 0, 1 or below zero? a wrong timestamp unit?); "
             "drop them with the mapping's [filter] since, or move this limit with [run] suspicious_before")
-
-
-def skipped_files_line(skipped: Sequence[Any], shown: int = 3) -> str:
-    """One line for the start of ``run``: how many files are not read, the first few, where to see all."""
-    names = ", ".join(f"{item.uri} ({item.why})" for item in skipped[:shown])
-    more = f" and {len(skipped) - shown:,} more (`posthog-migrate inspect` lists them)" if len(skipped) > shown else ""
-    return f"Skipped {len(skipped):,} file(s), not read: {names}{more}"
-
-
-def warning_lines(stats: PrepareStats) -> list[str]:
-    """The stats' warnings, for inspect and the run summary (nothing when there are none)."""
-    if not stats.warnings:
-        return []
-    return ["Warnings:", *format_counter(stats.warnings)]
 
 
 @dataclass(frozen=True)
@@ -404,59 +287,9 @@ def books(stats: PrepareStats, sent: Any) -> Books:
                  stats.filtered_total)
 
 
-def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *, target: str,
-                rejects_path: Path, dry_run_dir: Path | None = None, received_path: Path | None = None,
-                resumed_from: int = 0, prepare_seconds: float | None = None, skipped_files: int = 0) -> str:
-    """The closing summary of ``run``: the accounting equation first, then the effort and the files.
-
-    ``sent`` is the send phase's SendProgress; ``counters`` its SendCounters; ``skipped_files`` how many files
-    the inputs hold that were not read.
-    """
-    job_books = books(stats, sent)
-    rejected_total = job_books.rejected
-    verb = "written" if dry_run_dir else "sent"
-    lines = [
-        f"Target:            {target}",
-        f"Rows read:         {stats.rows_read:,}",
-        f"  {verb:<16} {sent.rows_sent:,}",
-        f"  rejected         {rejected_total:,}",
-        f"  filtered         {stats.filtered_total:,}",
-        f"  check            {job_books.equation()}  {'✓ balanced' if job_books.balanced else '✗ NOT balanced'}",
-        f"{'Events ' + verb + ':':<19}{sent.events_sent:,} in {sent.batches_sent:,} batches"
-        + (f" (including {stats.added_events:,} added: $identify, $groupidentify…)" if stats.added_events else ""),
-    ]
-    if resumed_from:
-        lines.append(f"Resumed:           {resumed_from:,} events were already sent by an earlier run")
-    if prepare_seconds is not None:
-        rows_rate = stats.rows_read / prepare_seconds if prepare_seconds > 0 else 0.0
-        lines.append(f"Prepared:          {human_duration(prepare_seconds)} (read, mapped, sorted; "
-                     f"{rows_rate:,.0f} rows/s)")
-    if not dry_run_dir:
-        rate = (sent.events_sent - resumed_from) / elapsed if elapsed > 0 else 0.0
-        lines.append(
-            f"Sent:              {human_duration(elapsed)}, {rate:,.0f} events/s; {counters.requests:,} requests "
-            f"({counters.retries:,} retries, {counters.splits:,} splits)"
-        )
-        if counters.statuses:
-            answers = ", ".join(f"{status}×{n:,}" for status, n in sorted(counters.statuses.items()))
-            lines.append(f"Answers:           {answers}")
-    reasons = stats.rejected + Counter({"server_rejected": sent.server_rejected_rows} if sent.server_rejected_rows
-                                       else {})
-    if reasons:
-        lines.append("Rejected, by reason:")
-        lines += format_counter(reasons)
-    if stats.filtered:
-        lines.append("Filtered, by rule:")
-        lines += format_counter(stats.filtered)
-    if stats.recent_events:
-        lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
-    lines += warning_lines(stats)
-    if skipped_files:
-        lines.append(f"Files skipped:     {skipped_files:,} (not read; `posthog-migrate inspect` lists them)")
-    if rejected_total:
-        lines.append(f"Rejects file:      {rejects_path}")
-    if dry_run_dir:
-        lines.append(f"Request bodies:    {dry_run_dir}")
-    if received_path:
-        lines.append(f"Received events:   {received_path}")
-    return "\n".join(lines)
+def unbalanced_message(root: Path, job_books: Books) -> str:
+    """Why a job whose books do not balance cannot be trusted, and the fix (a failed run, and ``status``)."""
+    return (f"the books do not balance: rows read = sent + rejected + filtered says {job_books.equation()}. "
+            f"Something changed the work directory {root} while the job ran (a run file, state.json or "
+            "manifest.json). Run the same command with --restart to migrate the sources again (events already "
+            "sent are sent again with the same uuids, which PostHog collapses).")

@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from posthog_migrate.accounting import HLL_PRECISION, OTHER_EVENTS, DistinctCounter, EventTally, PrepareStats
 from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US
 from posthog_migrate.job import person_hash
-from posthog_migrate.report import HLL_PRECISION, OTHER_EVENTS, DistinctCounter, EventTally, PrepareStats
 
 
 def _tally_of(events) -> EventTally:
@@ -74,9 +74,9 @@ def test_a_tally_counts_exactly_what_counting_one_by_one_counts(monkeypatch):
     # people.
     import random
 
-    import posthog_migrate.report as report
+    import posthog_migrate.accounting as accounting
 
-    monkeypatch.setattr(report, "MAX_TRACKED_EVENT_NAMES", 50)
+    monkeypatch.setattr(accounting, "MAX_TRACKED_EVENT_NAMES", 50)
     rng = random.Random(3)
     now = 1_700_000_000_000_000
     one_by_one, chunked = _OneByOne(cap=50), PrepareStats()
@@ -98,7 +98,7 @@ def test_a_tally_counts_exactly_what_counting_one_by_one_counts(monkeypatch):
 
 
 def test_warnings_add_up_across_files_survive_the_manifest_and_are_shown():
-    from posthog_migrate.report import preflight_report
+    from posthog_migrate.render import preflight_report
 
     first, second = PrepareStats(), PrepareStats()
     first.warnings["events before 2000-01-01 (suspicious timestamps)"] += 3
