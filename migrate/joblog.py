@@ -105,6 +105,17 @@ class _LoggedBar:
         self._done += n
         self._inner.update(n)
 
+    @property
+    def total(self) -> int | None:
+        return self._inner.total
+
+    @total.setter
+    def total(self, total: int | None) -> None:
+        self._inner.total = total
+
+    def refresh(self) -> None:
+        self._inner.refresh()
+
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self._inner.set_postfix_str(s, refresh=refresh)
 

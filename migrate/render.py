@@ -28,9 +28,14 @@ if TYPE_CHECKING:
 # --- progress ----------------------------------------------------------------------------------------
 
 class Bar(Protocol):
-    """What the pipeline does with a progress bar (tqdm's names)."""
+    """What the pipeline does with a progress bar (tqdm's names). ``total`` may grow while it runs (a download
+    split in two), then ``refresh()`` shows it."""
+
+    total: int | None
 
     def update(self, n: int = 1) -> Any: ...
+
+    def refresh(self) -> Any: ...
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None: ...
 
@@ -40,7 +45,12 @@ class Bar(Protocol):
 class NullBar:
     """A bar that draws nothing: silent progress, or a step with no work to show."""
 
+    total: int | None = None
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
@@ -138,6 +148,9 @@ class LogBar:
         self.n += n
         if time.monotonic() - self._logged >= self.interval:
             self._log("")
+
+    def refresh(self) -> None:
+        pass  # a line goes out at the next interval, with the new total
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = s

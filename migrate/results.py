@@ -143,7 +143,6 @@ class RunResult:
             "received_path": _path(self.received_path),
             "dry_run_dir": _path(self.dry_run_dir),
             "phases": {
-                "pull": {"chunks": self.chunks, "chunks_done": self.chunks_done},
                 "prepare": {"state": prepare_state, "seconds": self.prepare_seconds,
                             "files": stats.files if stats else None},
                 "send": {"state": self._phase_state(self.send.finished, self.stage in ("sending", "done")),
@@ -293,6 +292,7 @@ class StatusResult:
             "filtered_by_rule": dict(stats.filtered) if stats else {},
             "rejects_path": str(self.root / "rejects.jsonl"),
             "phases": {
+                "pull": {"chunks": self.chunks, "chunks_done": self.chunks_done},
                 "prepare": {"state": "done" if prepared else "in progress" if self.phase == "preparing"
                             else "not started", "files": self.files, "files_done": self.files_done},
                 "send": {"state": "done" if self.send.finished else "in progress" if send_started else "not started",

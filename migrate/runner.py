@@ -191,7 +191,7 @@ class _Run:
             self.log.write("phase", phase="send", state="started", target=result.target)
             outcome = dry_run(job, self.manifest, Path(settings.out) if settings.out else job.root / "dry-run")
         elif settings.is_local:
-            from posthog_migrate.capture_server import CaptureServer
+            from posthog_migrate.capture import CaptureServer
 
             result.received_path = job.root / "local-capture" / "events.jsonl"
             with CaptureServer(out_path=result.received_path, keep_in_memory=False) as server:

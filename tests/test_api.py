@@ -16,7 +16,7 @@ import posthog_migrate as pm
 import pyarrow as pa
 import pytest
 from posthog_migrate import api, cli
-from posthog_migrate.capture_server import CaptureServer
+from posthog_migrate.capture import CaptureServer
 from posthog_migrate.in_memory import spool
 from posthog_migrate.job import load_mapping
 from posthog_migrate.render import NullBar, Progress
@@ -95,6 +95,8 @@ RUN_OPTIONS = {
     "max_retries": (["--max-retries", "3"], {"max_retries": 3}),
     "retry_delay": (["--retry-delay", "0.5"], {"retry_delay": 0.5}),
     "timeout": (["--timeout", "30"], {"timeout": 30}),
+    "source_credentials": (["--source-credentials", "amplitude.env"], {"source_credentials": "amplitude.env"}),
+    "redownload": (["--restart", "--redownload"], {"restart": True, "redownload": True}),
     "json_output": (["--json"], None),  # the API returns the result: RunResult.asdict() is that document
 }
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from posthog_migrate.capture_server import CaptureServer
+from posthog_migrate.capture import CaptureServer
 
 from .conftest import TEST_API_KEY, cli_environment, make_rows, run_cli, write_csv, write_jsonl
 from .test_startup_and_progress import _start, _stderr_until

@@ -319,7 +319,8 @@ class SourcePuller:
             self.progress.note(f"{self.source.label}: the listing of a stopped pull could not be continued; listing "
                                "the profiles again from the first page")
             self._forget_pages(entry)
-            self.bar.reset()
+            self.bar.close()  # a bar of its own for the new listing, from its first page
+            self.bar = self.progress.bar(None, "pages", f"downloading {self.source.label}")
             return False
         page = verify.engage_page(body.path.read_bytes())
         size = page.get("page_size") if isinstance(page.get("page_size"), int) else ENGAGE_PAGE_SIZE
