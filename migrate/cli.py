@@ -393,18 +393,22 @@ def status(job: str | None, workdir: str | None, json_output: bool) -> None:
                    "408, slow:SECONDS, drop, drop-after-accept, 413-partial; hosts that are not PostHog: html "
                    "(a 200 web page), quota (a 200 over the billing quota), 301:location=URL (or 302, 303, 307, "
                    "308: a redirect to URL), STATUS:echo (e.g. 400:echo, 401:echo: the request quoted in the "
-                   "error). Repeatable.")
+                   "error); lose (a 200 that keeps none or only part of the batch, for verify). Repeatable.")
 @click.option("--fault-rate", type=float, default=0.0, show_default=True,
               help="After the script: chance that a request gets a random fault.")
 @click.option("--fault-kinds", default="429,503,drop", show_default=True, help="Kinds for --fault-rate.")
 @click.option("--seed", type=int, default=None, help="Seed for random faults (reproducible runs).")
+@click.option("--ingestion-lag", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="Accepted events become queryable (by verify, through /api/projects/N/query/) only this long "
+                   "after they were accepted, as in PostHog.")
 @click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Serve in this many processes, each taking its turn of the connections, so that a fast "
                    "sender on the same machine is not held back by one server core (the benchmark uses "
                    "2). Not with --fault or --fault-rate.")
 def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate: float, fault_kinds: str,
-          seed: int | None, processes: int) -> None:
-    """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests.
+          seed: int | None, ingestion_lag: float, processes: int) -> None:
+    """Run a local PostHog-compatible capture endpoint (/batch/, /capture/, /e/) for trials and tests, with the
+    query endpoint verify asks (/api/projects/N/query/, over what it accepted).
 
     Ctrl-C or SIGTERM stops it and prints how many requests and events it took."""
     from posthog_migrate.capture import FaultPlan
@@ -416,6 +420,8 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
         mode += f"; faults: {len(faults)} scripted, rate {fault_rate}"
     elif processes > 1:
         mode += f"; {processes} processes"
+    if ingestion_lag:
+        mode += f"; queryable {ingestion_lag:g} s after acceptance"
     where = f"appended to {out}" if out else "counted, not stored (add --out FILE to keep them)"
 
     def announce(url: str) -> None:  # the line tests and the benchmark wait for
@@ -430,7 +436,8 @@ def serve(port: int, out: str, strict: bool, faults: tuple[str, ...], fault_rate
         kinds = [kind.strip() for kind in fault_kinds.split(",") if kind.strip()]
         plan = FaultPlan.parse(faults, fault_rate, kinds, seed) if faults or fault_rate else None
         summary = serve_forever(port=port, out_path=out, strict=strict, faults=plan, processes=processes,
-                                on_ready=announce, on_warning=lambda message: click.echo(message, err=True))
+                                ingestion_lag=ingestion_lag, on_ready=announce,
+                                on_warning=lambda message: click.echo(message, err=True))
     except WorkersGone as gone:
         _echo_stopped(gone.summary)
         fail(gone)

@@ -33,7 +33,7 @@ _ECHO_CHARS = 1000
 
 FAULT_SPEC_HELP = (
     "ok | 429 | 429:retry-after=N | any status 400-599 (e.g. 408, 500, 503), optionally :retry-after=N"
-    " and/or :echo | slow:SECONDS | drop | drop-after-accept | 413-partial | html | quota"
+    " and/or :echo | slow:SECONDS | drop | drop-after-accept | 413-partial | lose | html | quota"
     " | 301/302/303/307/308:location=URL"
 )
 _STATUS_SPEC = re.compile(r"(?P<status>[45]\d\d)(?::retry-after=(?P<retry_after>\d+(?:\.\d+)?))?(?P<echo>:echo)?")
@@ -48,7 +48,9 @@ class Fault:
     quoted in the answer with ``echo``, as some servers do), ``slow`` (wait ``delay`` seconds, then handle
     normally), ``drop`` (close without answering, accept nothing), ``drop-after-accept`` (accept as usual,
     then close without answering: the client cannot know), ``413-partial`` (accept the first half of a
-    valid batch, then answer 413), ``html`` (answer 200 with a web page, accept nothing), ``quota``
+    valid batch, then answer 413), ``lose`` (answer 200 ``{"status":"Ok"}`` as usual, but keep none or only a
+    part of the events, a seeded choice: what a pipeline that drops events downstream of capture does),
+    ``html`` (answer 200 with a web page, accept nothing), ``quota``
     (answer 200 saying the project is over its billing quota, accept nothing: PostHog drops the events)
     or ``redirect`` (answer ``status`` with a Location of ``location`` plus the request's path).
     """
@@ -67,7 +69,7 @@ class Fault:
         text = spec.strip().lower()
         if text == "ok":
             return None
-        if text in ("drop", "drop-after-accept", "413-partial", "html", "quota"):
+        if text in ("drop", "drop-after-accept", "413-partial", "lose", "html", "quota"):
             return cls(spec=text, kind=text)
         redirect = _REDIRECT_SPEC.fullmatch(spec.strip())  # not lowercased: the URL's path keeps its case
         if redirect is not None:
@@ -137,18 +139,26 @@ class FaultPlan:
                 return self._random.choice(self._kinds)
             return None
 
+    def kept_by_a_loss(self, count: int) -> list[int]:
+        """Which of ``count`` accepted events a ``lose`` fault keeps: none half of the time, else a part (at least
+        one, never all), drawn from the plan's seeded random."""
+        with self._lock:
+            if count < 2 or self._random.random() < 0.5:
+                return []
+            return sorted(self._random.sample(range(count), self._random.randrange(1, count)))
 
 
-def apply_fault(fault: Fault | None, verdict: Verdict, path: str) -> tuple[Reply | None, int]:
-    """Let ``fault`` have its way with a judged request to ``path``.
+def apply_fault(fault: Fault | None, verdict: Verdict, path: str,
+                plan: FaultPlan | None = None) -> tuple[Reply | None, Sequence[int]]:
+    """Let ``fault`` (drawn from ``plan``) have its way with a judged request to ``path``.
 
-    Returns what to answer (None: close the connection without answering) and how many of the verdict's
-    events to accept.
+    Returns what to answer (None: close the connection without answering) and which of the verdict's events
+    to accept (their indices).
     """
     answer = reply_to(verdict)
     n_accepted = len(verdict.events)
     if fault is None:
-        return answer, n_accepted
+        return answer, range(n_accepted)
     if fault.kind == "slow":
         time.sleep(fault.delay)
     elif fault.kind == "status":
@@ -157,21 +167,23 @@ def apply_fault(fault: Fault | None, verdict: Verdict, path: str) -> tuple[Reply
         message = f"{_status_text(fault.status)} (injected fault, request id {os.urandom(6).hex()})"
         if fault.echo:
             message += ": could not process " + verdict.decoded[:_ECHO_CHARS].decode("utf-8", "replace")
-        return Reply.text(fault.status, message, retry_after), 0
+        return Reply.text(fault.status, message, retry_after), ()
     elif fault.kind == "html":
-        return Reply(200, _HTML_PAGE, "text/html; charset=utf-8"), 0
+        return Reply(200, _HTML_PAGE, "text/html; charset=utf-8"), ()
     elif fault.kind == "quota":
-        return Reply(200, _QUOTA_LIMITED_BODY, "application/json"), 0
+        return Reply(200, _QUOTA_LIMITED_BODY, "application/json"), ()
     elif fault.kind == "redirect":
-        return Reply.text(fault.status, f"moved to {fault.location}", [("Location", f"{fault.location}{path}")]), 0
+        return Reply.text(fault.status, f"moved to {fault.location}", [("Location", f"{fault.location}{path}")]), ()
     elif fault.kind == "drop":
-        return None, 0
+        return None, ()
     elif fault.kind == "drop-after-accept":
-        return None, n_accepted
+        return None, range(n_accepted)
     elif fault.kind == "413-partial" and verdict.status == 200:
         message = "an event in this batch is too big (injected fault; its first half was kept)"
-        return Reply.text(413, message), n_accepted // 2
-    return answer, n_accepted
+        return Reply.text(413, message), range(n_accepted // 2)
+    elif fault.kind == "lose" and verdict.status == 200 and plan is not None:
+        return answer, plan.kept_by_a_loss(n_accepted)
+    return answer, range(n_accepted)
 
 
 def _status_text(status: int) -> str:

@@ -12,14 +12,18 @@ import gc
 import os
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 from posthog_migrate.capture.faults import FaultPlan, apply_fault
 from posthog_migrate.capture.http import Reply, Request, Route, RoutingServer
+from posthog_migrate.capture.query import QUERY_PATH, QueryEndpoint
 from posthog_migrate.capture.rules import (
     BATCH_PATH,
     GZIP_MAGIC,
@@ -73,6 +77,11 @@ class CaptureServer:
     ``out_path`` gets every accepted event as a JSON line (appended, so a restarted server keeps what
     it had). ``keep_in_memory=False`` keeps only counts (see :attr:`stats`), for long runs whose memory
     must not grow with the export; ``events`` and ``requests`` then stay empty.
+
+    The query endpoint (``/api/projects/{id}/query/``, see ``query``) answers over the accepted events, read
+    back from memory or from ``out_path`` (a file written by an earlier server included) when it is first
+    asked, so that capturing pays nothing for it. ``ingestion_lag`` (seconds) makes an accepted event
+    queryable only that long after it was accepted, as PostHog's ingestion does.
     """
 
     def __init__(
@@ -84,7 +93,10 @@ class CaptureServer:
         faults: FaultPlan | None = None,
         quiet: bool = True,
         keep_in_memory: bool = True,
+        ingestion_lag: float = 0.0,
     ):
+        if not 0 <= ingestion_lag < float("inf"):
+            raise ConfigError(f"ingestion lag {ingestion_lag} must be 0 or a positive number of seconds")
         self.host = host
         self.port = port
         self.out_path = Path(out_path) if out_path is not None else None
@@ -100,6 +112,11 @@ class CaptureServer:
         self._httpd: RoutingServer | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self.ingestion_lag = ingestion_lag
+        # With a lag: (when, events accepted, bytes of out_path) after each request that accepted any, oldest first.
+        self._accepted_at: deque[tuple[float, int, int]] = deque()
+        self._landed_events = self._landed_bytes = 0  # how far the query endpoint has read
+        self._query = QueryEndpoint(self._newly_landed)
 
     def start(self, listen: bool = True) -> CaptureServer:
         """Bind (port 0 picks a free one) and serve on a daemon thread. A server runs once.
@@ -114,6 +131,8 @@ class CaptureServer:
             # Unbuffered: each request's lines go out in one write(), which O_APPEND places whole at
             # the file's end, so several servers (serve --processes) can share one file.
             self._out = open(self.out_path, "ab", buffering=0)  # noqa: SIM115 - open until stop()
+            if self.ingestion_lag:  # what an earlier server wrote there was ingested long ago
+                self._accepted_at.append((float("-inf"), 0, os.path.getsize(self.out_path)))
         try:
             self._httpd = RoutingServer((self.host, self.port), self._routes(), self._record_refusal, self.quiet,
                                         listen)
@@ -197,19 +216,20 @@ class CaptureServer:
         return [
             Route(BATCH_PATH, ("POST",), partial(self._capture, raw_limit=MAX_RAW_BODY_BYTES)),
             Route(SINGLE_EVENT_PATH, ("POST",), partial(self._capture, raw_limit=MAX_SINGLE_EVENT_RAW_BYTES)),
+            Route(QUERY_PATH, ("POST",), self._query.handle),
         ]
 
     def _capture(self, request: Request, raw_limit: int) -> Reply | None:
         """The capture endpoints: judge the body as capture would, let a fault have its way, keep what is accepted."""
         fault = self.faults.next_fault() if self.faults is not None else None
         verdict = self._read_and_judge(request, raw_limit)
-        reply, n_accepted = apply_fault(fault, verdict, request.path)
+        reply, kept = apply_fault(fault, verdict, request.path, self.faults)
         status = reply.status if reply is not None else 0
         record = RequestRecord(
             path=request.path,
             status=status,
             n_events=verdict.n_events,
-            n_accepted=n_accepted,
+            n_accepted=len(kept),
             historical_migration=verdict.historical_migration,
             has_sent_at=verdict.has_sent_at,
             raw_bytes=request.length,
@@ -218,9 +238,9 @@ class CaptureServer:
             fault=fault.spec if fault is not None else None,
             error=reply.body.decode() if reply is not None and status != 200 else None,  # a refusal is plain text
         )
-        blob = b"\n".join(verdict.lines[:n_accepted]) + b"\n" if n_accepted else b""
+        blob = b"\n".join(verdict.lines[i] for i in kept) + b"\n" if kept else b""
         # Recorded before answering: once a client has its 200, the events are already there.
-        self._commit(verdict.events[:n_accepted], blob, record)
+        self._commit([verdict.events[i] for i in kept], blob, record)
         return reply
 
     def _read_and_judge(self, request: Request, raw_limit: int) -> Verdict:
@@ -248,11 +268,46 @@ class CaptureServer:
                 self._records.append(record)
             if blob and self._out is not None:
                 _write_all(self._out, blob)
+            if self.ingestion_lag and events:
+                out_bytes = self._out.tell() if self._out is not None else 0
+                self._accepted_at.append((time.monotonic(), self._counts["events_accepted"] + len(events), out_bytes))
             counts = self._counts
             counts["requests"] += 1
             counts["events_accepted"] += len(events)
             counts["requests_rejected"] += record.status != 200
             counts["faults_injected"] += record.fault is not None
+
+
+    def _newly_landed(self) -> list[dict[str, Any]] | Iterator[dict[str, Any]]:
+        """The events accepted since the query endpoint last asked (and, with an ingestion lag, at least that long
+        ago), in acceptance order: from memory, else read back from ``out_path``."""
+        with self._lock:
+            events_end, bytes_end = self._counts["events_accepted"], None
+            if self.ingestion_lag:
+                events_end, bytes_end = self._landed_events, self._landed_bytes
+                while self._accepted_at and self._accepted_at[0][0] <= time.monotonic() - self.ingestion_lag:
+                    _, events_end, bytes_end = self._accepted_at.popleft()
+            if self.keep_in_memory:
+                landed = self._events[self._landed_events:events_end]
+                self._landed_events = events_end
+                return landed
+        if self.out_path is None:
+            raise LookupError("this capture server keeps no events to query: start it with --out FILE")
+        return self._read_landed_lines(bytes_end)
+
+    def _read_landed_lines(self, end: int | None) -> Iterator[dict[str, Any]]:
+        """The whole lines of ``out_path`` after those already read, up to byte ``end`` (None: its end)."""
+        try:
+            with open(self.out_path, "rb") as handle:
+                handle.seek(self._landed_bytes)
+                data = handle.read() if end is None else handle.read(max(0, end - self._landed_bytes))
+        except FileNotFoundError:
+            return
+        whole = data[:data.rfind(b"\n") + 1]  # another process may be writing the last line
+        self._landed_bytes += len(whole)
+        for line in whole.splitlines():
+            if line.strip():
+                yield orjson.loads(line)
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:
@@ -294,6 +349,7 @@ def serve(
     faults: FaultPlan | None = None,
     host: str = "127.0.0.1",
     processes: int = 1,
+    ingestion_lag: float = 0.0,
     on_ready: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> ServeSummary:
@@ -308,13 +364,16 @@ def serve(
     if faults is not None and processes > 1:
         raise ConfigError("faults are scripted in request order for one server: use --processes 1 with "
                           "--fault or --fault-rate")
+    if ingestion_lag and processes > 1:
+        raise ConfigError("an ingestion lag is kept by one server: use --processes 1 with --ingestion-lag")
     check_out_file(out_path)
     if processes > 1:
         from posthog_migrate.capture.workers import serve_in_processes
 
         return serve_in_processes(host, port, out_path, strict, processes, on_ready, on_warning)
     tune_collector_for_serving()
-    server = CaptureServer(host, port, out_path, strict, faults, quiet=True, keep_in_memory=False)
+    server = CaptureServer(host, port, out_path, strict, faults, quiet=True, keep_in_memory=False,
+                           ingestion_lag=ingestion_lag)
     try:
         server.start()
     except OSError as exc:
