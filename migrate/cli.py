@@ -5,7 +5,8 @@ carrying one, and this module prints it as text or, with --json, as one JSON doc
 and messages stay on stderr).
 
 Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 done but some rows rejected,
-130 interrupted by Ctrl-C and 143 by SIGTERM (the checkpoint saved either way).
+4 (verify) events missing in PostHog or merges not made, 130 interrupted by Ctrl-C and 143 by SIGTERM
+(the checkpoint saved either way).
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def _apply(command, options):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _apply_options(options):
+    return lambda command: _apply(command, options)
+
+
+def option_names(option) -> set[str]:
+    """The names (``--rate``...) a click.option decorator declares."""
+    probe = option(lambda: None)
+    return set(probe.__click_params__[0].opts)
 
 
 MAPPING_OPTIONS = [
@@ -177,11 +188,12 @@ class SignalCatcher:
         return ExitStatus.INTERRUPTED_SIGTERM if self.signal_number == signal.SIGTERM else ExitStatus.INTERRUPTED_SIGINT
 
 
-def fail(error: MigrateError, command: str = "", json_output: bool = False) -> NoReturn:
-    """Say what is wrong (and with --json, print the error's document), then exit with its code."""
+def fail(error: MigrateError, command: str = "", json_output: bool = False, json_file: str | None = None) -> NoReturn:
+    """Say what is wrong (and with --json, print the error's document; with verify's --json FILE, write it there),
+    then exit with its code."""
     click.echo(f"Error: {error}", err=True)
-    if json_output:
-        _print_json(error_document(command, error, error.exit_code))
+    if json_output or json_file:
+        _print_json(error_document(command, error, error.exit_code), json_file)
     sys.exit(error.exit_code)
 
 
@@ -192,24 +204,27 @@ def cli_progress(settings: Settings) -> Progress:
     return TqdmProgress(bars=not settings.quiet)
 
 
-def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: SignalCatcher | None = None) -> NoReturn:
+def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: SignalCatcher | None = None,
+           json_file: str | None = None) -> NoReturn:
     """Do the command's work and print its result (its text, or with --json its JSON document), then exit with
     its status; an error is printed as "Error: ..." on stderr (and with --json as a document with the counts
-    so far, on stdout)."""
+    so far, on stdout). ``json_file``: the document is written to that file as well as the text printed."""
     try:
         result = work()
     except Interrupted as error:
         click.echo("Interrupted. Everything acknowledged is checkpointed; run the same command again to resume.",
                    err=True)
         status = catcher.exit_status if catcher is not None else ExitStatus.INTERRUPTED_SIGINT
-        if json_output:
-            _print_json(error_document(command, error, status))
+        if json_output or json_file:
+            _print_json(error_document(command, error, status), json_file)
         sys.exit(status)
     except MigrateError as error:
-        finished_run = error.result is not None and error.result.stage == "done"
+        finished_run = error.result is not None and getattr(error.result, "stage", None) == "done"
         if finished_run and not json_output:  # the books do not balance: the summary shows how
             click.echo(error.result.asstr())
-        fail(error, command, json_output)
+        fail(error, command, json_output, json_file)
+    if json_file:
+        _print_json(result.asdict(), json_file)
     if json_output:
         _print_json(result.asdict())
     else:
@@ -225,8 +240,17 @@ def error_document(command: str, error: MigrateError, status: int) -> dict:
     return document
 
 
-def _print_json(document: dict) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+def _print_json(document: dict, path: str | None = None) -> None:
+    """The document on stdout, or written to ``path``."""
+    text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    if path is None:
+        click.echo(text)
+        return
+    try:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    except OSError as error:
+        click.echo(f"Error: cannot write --json {path}: {error.strerror or error}", err=True)
+        sys.exit(ExitStatus.FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -377,6 +401,58 @@ def status(job: str | None, workdir: str | None, json_output: bool) -> None:
         return job_status(root)
 
     finish("status", json_output, work)
+
+
+# --- verify ------------------------------------------------------------------------------------------
+
+RESEND_OPTION_NAMES = ("--api-key", "--rate", "--concurrency", "--batch-size", "--batch-bytes", "--max-retries",
+                       "--retry-delay", "--timeout")
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="The job's work directory.")
+@click.option("--project-id", default=None, metavar="N",
+              help="The PostHog project to ask: the number after /project/ in the app's URLs. Not needed for a job "
+                   "sent with --host local.")
+@click.option("--api-host", default=None, metavar="URL",
+              help="PostHog's app/API URL. [default: from the job's host: us.i.posthog.com → us.posthog.com, "
+                   "eu.i → eu, a self-hosted URL as is]")
+@click.option("--sample", type=click.IntRange(min=0), default=200, show_default=True, metavar="N",
+              help="How many of the job's merges ($identify, $create_alias) and distinct ids to check.")
+@click.option("--wait", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
+              help="While events are missing and their counts still rise, ask again for up to this long "
+                   "(PostHog's ingestion may lag).")
+@click.option("--resend-missing", is_flag=True, default=False,
+              help="Send the events of every (day, event) group that fell short again, byte-identical (what "
+                   "arrived collapses), then verify again. Resumable; needs the project API key.")
+@_apply_options([option for option in SEND_OPTIONS if option_names(option) & set(RESEND_OPTION_NAMES)])
+@click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars.")
+@click.option("--json", "json_to", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
+              help="Write the full report as JSON to FILE (alone, or as -: print it on stdout instead of the text).")
+def verify(job: str | None, workdir: str | None, project_id: str | None, api_host: str | None, sample: int,
+           wait: float, resend_missing: bool, json_to: str | None, quiet: bool | None, **send_options: Any) -> None:
+    """Prove that what JOB sent landed in PostHog: per UTC day and event, the events the job sent against
+    those PostHog holds with its $import_job_id; then whether a sample of the merges it asked for were made.
+    Needs POSTHOG_PERSONAL_API_KEY (a personal API key with the query:read scope).
+
+    Exit 0 when everything landed, 4 when events are missing or merges were not made.
+    """
+    from posthog_migrate.render import TqdmProgress
+    from posthog_migrate.verify import verify_job
+
+    json_output, json_file = json_to == "-", json_to if json_to not in (None, "-") else None
+    root = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None
+    if root is None:
+        fail(ConfigError("say which job to verify: JOB (its name) or --workdir DIR"), "verify", json_output, json_file)
+    stop = threading.Event()
+    catcher = SignalCatcher(stop)
+    catcher.install()
+    options = {name: value for name, value in send_options.items() if value is not None}
+    finish("verify", json_output, lambda: verify_job(
+        root, project_id=project_id, api_host=api_host.rstrip("/") if api_host else None, sample=sample, wait=wait,
+        resend_missing=resend_missing, send_options={**options, "quiet": quiet},
+        progress=TqdmProgress(bars=not quiet), stop=stop, interface="command line"), catcher, json_file)
 
 
 # --- serve -------------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ raises them. The hierarchy::
     ├── SendFailed          exit 1   the server refused or stayed unreachable; the checkpoint is saved
     ├── DiskFull            exit 1   a write found no space; everything before it is kept
     ├── UnbalancedBooks     exit 1   rows read ≠ sent + rejected + filtered at the end of a run
+    ├── QueryFailed         exit 1   PostHog's query API refused verify's questions (key, scope, project)
     └── Interrupted         exit 130 (143 for SIGTERM) the run was stopped; the checkpoint is saved
+
+``verify`` exits 4 (NOT_ALL_LANDED) when PostHog lacks events the job sent or refused merges it asked for:
+that is its finding, returned in its result, not an error.
 
 An error raised by a run carries ``result``: the run's counts so far (a ``RunResult``), or None when it
 stopped before its job was opened.
@@ -27,6 +31,7 @@ class ExitStatus(enum.IntEnum):
     FAILED = 1
     USAGE = 2
     DONE_WITH_REJECTS = 3
+    NOT_ALL_LANDED = 4  # verify: events missing in PostHog, or merges it refused
     INTERRUPTED_SIGINT = 130
     INTERRUPTED_SIGTERM = 143
 
@@ -59,6 +64,13 @@ class DiskFull(MigrateError):
 
 class UnbalancedBooks(MigrateError):
     """At the end of a run, rows read ≠ sent + rejected + filtered: something changed the work directory."""
+
+    exit_code = ExitStatus.FAILED
+
+
+class QueryFailed(MigrateError):
+    """PostHog's query API refused verify's questions (a bad key, a missing scope, no such project) or kept
+    failing; the message says what to fix (exit 1)."""
 
     exit_code = ExitStatus.FAILED
 

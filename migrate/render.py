@@ -22,7 +22,7 @@ from posthog_migrate.accounting import PrepareStats, books, day_name
 from posthog_migrate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from posthog_migrate.results import InspectResult, StatusResult
+    from posthog_migrate.results import InspectResult, StatusResult, VerifyResult
 
 
 # --- progress ----------------------------------------------------------------------------------------
@@ -429,3 +429,58 @@ def last_run_line(run: dict, root: Path) -> str:
     error = run.get("error")
     how = f": {error['type']}: {error['message']}" if error else ""
     return f"Last run:  ended {ago(run['ended'])} ago with exit status {run['exit_status']}{how} (all of it in {log})"
+
+
+# Rows of verify's table shown as text; the --json report has them all.
+VERIFY_ROWS_SHOWN = 40
+
+
+def verify_text(result: VerifyResult) -> str:
+    """What ``verify`` prints: the (day, event) groups that differ first, a total line, then the person checks and
+    the verdict."""
+    groups = sorted(result.groups, key=lambda group: (not (group.missing or group.extra), group.day, group.event))
+    shown = groups[:VERIFY_ROWS_SHOWN]
+    width = max([len(group.event) for group in shown] + [5])
+    header = f"{'day':<10}  {'event':<{width}}  {'sent':>10}  {'found':>10}  {'missing':>9}  {'extra':>7}"
+    lines = [f"Job {result.job_root} (id {result.job_id}) in project {result.project_id} at {result.api_host}", header]
+    for group in shown:
+        mark = "  ✗" if group.missing else "  +" if group.extra else ""
+        lines.append(f"{group.day:<10}  {group.event:<{width}}  {group.sent:>10,}  {group.found:>10,}  "
+                     f"{group.missing:>9,}  {group.extra:>7,}{mark}")
+    if len(groups) > len(shown):
+        differing = sum(1 for group in groups[len(shown):] if group.missing or group.extra)
+        lines.append(f"… and {len(groups) - len(shown):,} more groups ({differing:,} of them differ): "
+                     "--json FILE has every one")
+    lines.append(f"{'total':<10}  {'':<{width}}  {result.sent:>10,}  {result.found + result.extra:>10,}  "
+                 f"{result.missing:>9,}  {result.extra:>7,}")
+    if result.extra:
+        lines.append(f"Extra: {result.extra:,} events carry the job's id but were not sent by it (another job of the "
+                     "same name, or another shard of it?). Reported only: verify never deletes anything.")
+    if result.resent is not None:
+        lines.append(f"Resent: {result.resent['events']:,} events of the missing groups, byte-identical, in "
+                     f"{result.resent['batches']:,} batches (what had arrived collapses in PostHog)")
+    if result.gave_up_waiting:
+        lines.append(f"Waited {human_duration(result.waited_seconds)} for PostHog's ingestion, then stopped: "
+                     f"{result.gave_up_waiting}")
+    elif result.waited_seconds >= 1:
+        lines.append(f"Waited {human_duration(result.waited_seconds)} for PostHog's ingestion.")
+    not_merged = result.pairs_not_merged
+    lines.append(f"Merges:  {len(result.pairs):,} checked (a sample of the $identify / $create_alias the job sent), "
+                 f"{len(not_merged):,} not made")
+    for pair in not_merged[:VERIFY_ROWS_SHOWN]:
+        why = pair.reason or ("PostHog holds no such merge: the event asking for it may be among the missing "
+                              "ones, or PostHog refused it (see Data management → Ingestion warnings)")
+        lines.append(f"    {pair.event} {pair.distinct_id!r} ← {pair.other_id!r}: not the same person. {why}")
+    lines.append(f"Persons: {result.distinct_ids_checked:,} distinct ids checked (a sample), "
+                 f"{len(result.without_person):,} without a person"
+                 + (f": {', '.join(repr(i) for i in result.without_person[:10])}" if result.without_person else ""))
+    if result.landed:
+        lines.append("Verified: every event the job sent is in PostHog, and its merges were made.")
+    else:
+        problems = [f"{result.missing:,} events missing in {len(result.short_groups):,} (day, event) groups"
+                    if result.missing else "", f"{len(not_merged):,} merges not made" if not_merged else "",
+                    f"{len(result.without_person):,} distinct ids without a person" if result.without_person else ""]
+        fix = (" Run verify again with --resend-missing to send the missing groups again (byte-identical: what "
+               "arrived collapses)." if result.missing and result.resent is None else "")
+        lines.append(f"Not all landed: {'; '.join(p for p in problems if p)}.{fix}")
+    return "\n".join(lines)

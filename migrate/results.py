@@ -1,5 +1,5 @@
-"""What each command found or did, as data: :class:`RunResult` (run), :class:`InspectResult` (inspect) and
-:class:`StatusResult` (status).
+"""What each command found or did, as data: :class:`RunResult` (run), :class:`InspectResult` (inspect),
+:class:`StatusResult` (status) and :class:`VerifyResult` (verify).
 
 Each is made from a job's books (posthog_migrate.accounting) and is shown two ways: ``asdict()``, the one
 JSON document ``--json`` prints (``"schema": 1``, see the README), and ``asstr()``, the text the command
@@ -394,3 +394,125 @@ def checkpointed_send(root: Path) -> SendProgress:
         return JobState(root / "state.json").send
     except MigrateError:
         return SendProgress()
+
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """One (UTC day, event) group: distinct events the job sent, and those PostHog holds with the job's id."""
+
+    day: str
+    event: str
+    sent: int
+    found: int
+
+    @property
+    def missing(self) -> int:
+        return max(self.sent - self.found, 0)
+
+    @property
+    def extra(self) -> int:
+        return max(self.found - self.sent, 0)
+
+    def asdict(self) -> dict[str, Any]:
+        return {"day": self.day, "event": self.event, "sent": self.sent, "found": self.found,
+                "missing": self.missing, "extra": self.extra}
+
+
+@dataclass(frozen=True)
+class PairCheck:
+    """A merge the job asked for (``event`` merging ``other_id`` into ``distinct_id``) and whether PostHog made it;
+    ``reason`` is what the job knows of why not (an illegal id, an id claimed twice), when it knows."""
+
+    event: str
+    distinct_id: str
+    other_id: str
+    merged: bool
+    reason: str | None = None
+
+    def asdict(self) -> dict[str, Any]:
+        return {"event": self.event, "distinct_id": self.distinct_id, "other_id": self.other_id,
+                "merged": self.merged, "reason": self.reason}
+
+
+@dataclass(repr=False)
+class VerifyResult:
+    """What ``verify`` found: per (day, event) group what the job sent and what PostHog holds, whether the merges
+    the job asked for were made, and whether sampled distinct ids have a person. ``exit_status`` is 0 when
+    everything the job sent is there, 4 (NOT_ALL_LANDED) when events are missing or merges were refused."""
+
+    job_root: Path
+    job_id: str = ""
+    api_host: str = ""
+    project_id: str = ""
+    groups: list[GroupCheck] = field(default_factory=list)
+    pairs: list[PairCheck] = field(default_factory=list)
+    distinct_ids_checked: int = 0
+    without_person: list[str] = field(default_factory=list)
+    waited_seconds: float = 0.0
+    gave_up_waiting: str | None = None  # why verify stopped waiting for PostHog while events were still missing
+    resent: dict[str, int] | None = None  # what --resend-missing sent: events, batches, requests
+    queries: int = 0
+    exit_status: ExitStatus = ExitStatus.DONE
+    error: MigrateError | None = None
+
+    @property
+    def sent(self) -> int:
+        return sum(group.sent for group in self.groups)
+
+    @property
+    def found(self) -> int:
+        return sum(min(group.found, group.sent) for group in self.groups)
+
+    @property
+    def missing(self) -> int:
+        return sum(group.missing for group in self.groups)
+
+    @property
+    def extra(self) -> int:
+        return sum(group.extra for group in self.groups)
+
+    @property
+    def short_groups(self) -> list[GroupCheck]:
+        return [group for group in self.groups if group.missing]
+
+    @property
+    def pairs_not_merged(self) -> list[PairCheck]:
+        return [pair for pair in self.pairs if not pair.merged]
+
+    @property
+    def landed(self) -> bool:
+        """Everything the job sent is in PostHog, and its merges were made."""
+        return not self.missing and not self.pairs_not_merged and not self.without_person
+
+    def asdict(self) -> dict[str, Any]:
+        """The report as ``verify --json`` writes it (see the README)."""
+        return {
+            "schema": JSON_SCHEMA,
+            "command": "verify",
+            "exit_status": int(self.exit_status),
+            "job": {"root": str(self.job_root), "id": self.job_id},
+            "api_host": self.api_host or None,
+            "project_id": self.project_id or None,
+            "total": {"sent": self.sent, "found": self.found, "missing": self.missing, "extra": self.extra},
+            "groups": [group.asdict() for group in self.groups],
+            "people": {"pairs_checked": len(self.pairs), "pairs_not_merged": len(self.pairs_not_merged),
+                       "not_merged": [pair.asdict() for pair in self.pairs_not_merged],
+                       "distinct_ids_checked": self.distinct_ids_checked,
+                       "without_person": len(self.without_person), "without_person_ids": self.without_person},
+            "waited_seconds": round(self.waited_seconds, 1),
+            "gave_up_waiting": self.gave_up_waiting,
+            "resent": self.resent,
+            "queries": self.queries,
+            "error": None if self.error is None else {"type": error_kind(self.error), "message": str(self.error)},
+        }
+
+    def asstr(self) -> str:
+        from posthog_migrate.render import verify_text
+
+        return verify_text(self)
+
+    __str__ = asstr
+
+    def __repr__(self) -> str:
+        return (f"VerifyResult(exit_status={int(self.exit_status)}, sent={self.sent}, found={self.found}, "
+                f"missing={self.missing}, extra={self.extra}, pairs_not_merged={len(self.pairs_not_merged)})")
