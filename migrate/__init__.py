@@ -5,7 +5,7 @@ From Python (see the README's "From Python")::
     import posthog_migrate as pm
     result = pm.run("exports/2023/", format="amplitude", host="https://us.i.posthog.com", job="amp-2023")
 
-``run``, ``inspect`` and ``status`` (posthog_migrate.api) and the result classes are imported on first use:
+``run``, ``inspect``, ``status`` and ``verify`` (posthog_migrate.api) and the result classes are imported on first use:
 ``import posthog_migrate`` stays light (no numpy, pyarrow or pandas), as the command line's ``--help`` does.
 
 The pipeline's stages, one module each: ``sources`` (find and open inputs) → ``adapters`` (read rows,
@@ -25,6 +25,7 @@ from posthog_migrate.errors import (
     ExitStatus,
     Interrupted,
     MigrateError,
+    QueryFailed,
     SendFailed,
     UnbalancedBooks,
 )
@@ -34,14 +35,15 @@ __version__ = "0.1.0"
 # Where each lazily imported name lives.
 _LAZY = {
     "run": "posthog_migrate.api", "inspect": "posthog_migrate.api", "status": "posthog_migrate.api",
+    "verify": "posthog_migrate.api",
     "RunResult": "posthog_migrate.results", "InspectResult": "posthog_migrate.results",
-    "StatusResult": "posthog_migrate.results",
+    "StatusResult": "posthog_migrate.results", "VerifyResult": "posthog_migrate.results",
     "Progress": "posthog_migrate.render", "TqdmProgress": "posthog_migrate.render",
     "LogProgress": "posthog_migrate.render",
 }
 
-__all__ = ["ConfigError", "DamagedJob", "DiskFull", "ExitStatus", "Interrupted", "MigrateError", "SendFailed",
-           "UnbalancedBooks", "__version__", *_LAZY]
+__all__ = ["ConfigError", "DamagedJob", "DiskFull", "ExitStatus", "Interrupted", "MigrateError", "QueryFailed",
+           "SendFailed", "UnbalancedBooks", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

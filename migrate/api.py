@@ -1,4 +1,5 @@
-"""The Python API: the command line's ``run``, ``inspect`` and ``status`` for notebooks, scripts and orchestrators.
+"""The Python API: the command line's ``run``, ``inspect``, ``status`` and ``verify`` for notebooks, scripts and
+orchestrators.
 
     import posthog_migrate as pm
 
@@ -28,7 +29,7 @@ from posthog_migrate.errors import ConfigError, describe_unknown_keys
 from posthog_migrate.in_memory import describe, recorded_inputs, split_inputs, spool
 from posthog_migrate.job import Job, open_job
 from posthog_migrate.render import Progress, progress_from
-from posthog_migrate.results import InspectResult, RunResult, StatusResult, job_status
+from posthog_migrate.results import InspectResult, RunResult, StatusResult, VerifyResult, job_status
 from posthog_migrate.runner import inspect_job, run_job
 from posthog_migrate.sources import SPOOLED_INPUTS
 
@@ -98,13 +99,45 @@ def inspect(source_or_sources: Any, *, mapping: dict | str | os.PathLike | None 
 def status(job_or_workdir: str | os.PathLike) -> StatusResult:
     """Where a job stands, as ``posthog-migrate status`` tells it: a job's name (its work directory is
     ``.posthog-migrate/NAME``) or, as a Path or a text with a ``/``, its work directory."""
-    if isinstance(job_or_workdir, os.PathLike) or "/" in job_or_workdir or os.sep in job_or_workdir:
-        root = Path(job_or_workdir)
-    else:
-        root = Path(WORKDIR_ROOT) / job_or_workdir
+    root = _job_root(job_or_workdir)
     if not root.is_dir():
         raise ConfigError(f"no job at {root}")
     return job_status(root)
+
+
+def verify(job_or_workdir: str | os.PathLike, *, project_id: str | int | None = None, api_host: str | None = None,
+           sample: int = 200, wait: float = 600, resend_missing: bool = False, api_key: str | None = None,
+           progress: Any = None, stop: threading.Event | None = None, **options: Any) -> VerifyResult:
+    """Prove that what a job sent landed in PostHog, as ``posthog-migrate verify`` does: a job's name or work
+    directory (as for :func:`status`). The personal API key is read from POSTHOG_PERSONAL_API_KEY only.
+    ``resend_missing=True`` sends the short (day, event) groups again (with ``api_key``, else POSTHOG_API_KEY, and
+    the send settings in ``options``: ``rate``, ``concurrency``...), then verifies again.
+
+    Returns a VerifyResult: ``exit_status`` 0 when everything landed, 4 when events are missing or merges were
+    not made. Raises ConfigError, QueryFailed or Interrupted, carrying the VerifyResult so far."""
+    from posthog_migrate.verify import verify_job
+
+    unknown = [key for key in options if key not in RESEND_OPTIONS]
+    if unknown:
+        raise ConfigError(f"pm.verify(): unknown keyword argument(s) "
+                          f"{describe_unknown_keys(unknown, sorted(RESEND_OPTIONS))}; the send settings of a resend "
+                          f"are: {', '.join(sorted(RESEND_OPTIONS))}")
+    return verify_job(_job_root(job_or_workdir), project_id=None if project_id is None else str(project_id),
+                      api_host=api_host, sample=sample, wait=wait, resend_missing=resend_missing,
+                      send_options={**options, "api_key": api_key}, progress=progress_from(progress), stop=stop,
+                      spelling=KEYWORDS, interface="python")
+
+
+# The settings of a resend (verify's resend_missing=True) given as keyword arguments.
+RESEND_OPTIONS = ("rate", "concurrency", "batch_size", "batch_bytes", "max_retries", "retry_delay", "timeout")
+
+
+def _job_root(job_or_workdir: str | os.PathLike) -> Path:
+    """A job's name (its work directory is ``.posthog-migrate/NAME``) or, as a Path or a text with a ``/``, its
+    work directory."""
+    if isinstance(job_or_workdir, os.PathLike) or "/" in job_or_workdir or os.sep in job_or_workdir:
+        return Path(job_or_workdir)
+    return Path(WORKDIR_ROOT) / job_or_workdir
 
 
 def _settings(function: str, paths: list[str], options: dict[str, Any], *,

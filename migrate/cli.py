@@ -434,9 +434,16 @@ def verify(job: str | None, workdir: str | None, project_id: str | None, api_hos
            wait: float, resend_missing: bool, json_to: str | None, quiet: bool | None, **send_options: Any) -> None:
     """Prove that what JOB sent landed in PostHog: per UTC day and event, the events the job sent against
     those PostHog holds with its $import_job_id; then whether a sample of the merges it asked for were made.
-    Needs POSTHOG_PERSONAL_API_KEY (a personal API key with the query:read scope).
+    Asks PostHog's query API with POSTHOG_PERSONAL_API_KEY (a personal API key, phx_…, with the query:read
+    scope; read from the environment only). A job sent with --host local needs no key.
 
-    Exit 0 when everything landed, 4 when events are missing or merges were not made.
+    \b
+      export POSTHOG_PERSONAL_API_KEY=phx_...
+      posthog-migrate verify JOB --project-id 12345
+      posthog-migrate verify JOB --project-id 12345 --resend-missing
+
+    Exit 0 when everything landed, 4 when events are missing or merges were not made, 1 when PostHog refused
+    the questions (the message says what to fix).
     """
     from posthog_migrate.render import TqdmProgress
     from posthog_migrate.verify import verify_job

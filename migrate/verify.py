@@ -188,6 +188,9 @@ class _Verification:
         stall = max(MIN_STALL_SECONDS, self.wait / 5)
         pause = FIRST_RECHECK_SECONDS
         bar = self.progress.bar(ledger.total, "events", "found in PostHog", initial=best, leave=False)
+        if self._missing() and self.wait:
+            self.progress.note(f"{self._missing():,} of {ledger.total:,} events not found yet: PostHog may still be "
+                               f"ingesting them; asking again while they arrive, for up to {human_duration(self.wait)}")
         try:
             while self._missing():
                 now = time.monotonic()

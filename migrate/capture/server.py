@@ -238,9 +238,13 @@ class CaptureServer:
             fault=fault.spec if fault is not None else None,
             error=reply.body.decode() if reply is not None and status != 200 else None,  # a refusal is plain text
         )
-        blob = b"\n".join(verdict.lines[i] for i in kept) + b"\n" if kept else b""
+        if isinstance(kept, range):  # the usual case, a prefix (all of them): slices, no work per event
+            events, lines = verdict.events[kept.start:kept.stop], verdict.lines[kept.start:kept.stop]
+        else:
+            events, lines = [verdict.events[i] for i in kept], [verdict.lines[i] for i in kept]
+        blob = b"\n".join(lines) + b"\n" if lines else b""
         # Recorded before answering: once a client has its 200, the events are already there.
-        self._commit([verdict.events[i] for i in kept], blob, record)
+        self._commit(events, blob, record)
         return reply
 
     def _read_and_judge(self, request: Request, raw_limit: int) -> Verdict:
