@@ -76,6 +76,9 @@ MAPPING_OPTIONS = [
                  help="Drop an event by name, counted as filtered (repeatable)."),
     click.option("--rename-property", multiple=True, metavar="OLD=NEW", help="Rename a property (repeatable)."),
     click.option("--drop-property", multiple=True, metavar="NAME", help="Drop a property (repeatable)."),
+    click.option("--person-properties", type=click.Choice(["set", "set_once", "skip"]), default=None,
+                 help="What the history's $set does to persons: set (overwrite, a new project), set_once (never "
+                      "overwrite: a project with live data), skip (send none). [default: set; mapping: [person] mode]"),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
 ]
 
@@ -151,6 +154,7 @@ def mapping_overrides(kwargs: dict) -> dict:
         "properties_json": kwargs.pop("properties_column"),
         "rename_events": kwargs.pop("rename_event"), "drop_events": kwargs.pop("drop_event"),
         "rename_properties": kwargs.pop("rename_property"), "drop_properties": kwargs.pop("drop_property"),
+        "person_mode": kwargs.pop("person_properties"),
     }
 
 
@@ -379,7 +383,7 @@ def inspect(**kwargs: Any) -> None:
     """Preflight report for SOURCE...: rows, time range, events per day, top events, rejects. Sends nothing."""
     from posthog_migrate.diskspace import disk_space_warning, estimate_work_bytes, human_bytes
     from posthog_migrate.job import open_job
-    from posthog_migrate.prepare import inspect_sources
+    from posthog_migrate.prepare import inspect_sources, too_many_group_types
     from posthog_migrate.report import preflight_report
 
     overrides = mapping_overrides(kwargs)
@@ -392,12 +396,14 @@ def inspect(**kwargs: Any) -> None:
             stats.warnings[warning] += 1
     except MigrateError as error:
         fail(error)
-    click.echo(preflight_report(stats, job.format_name, job.skipped))
+    click.echo(preflight_report(stats, job.format_name, job.skipped, person_mode=job.mapping.person_mode))
     click.echo(f"Temporary disk:    about {human_bytes(disk_estimate)} in {job.root} while the job runs")
     if examples:
         click.echo("First rejected rows:")
         for example in examples:
             click.echo(f"    {example['file']} row {example['row']}: {example['reason']}: {example['detail']}")
+    if (problem := too_many_group_types(stats)) is not None:  # run would refuse the job: say so now
+        fail(ConfigError(problem))
 
 
 # --- status ------------------------------------------------------------------------------------------

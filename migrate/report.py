@@ -21,11 +21,13 @@ from typing import IO, Any
 import numpy as np
 import orjson
 from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
+from posthog_migrate.profiles import PROFILE_SOURCES
 from tqdm import tqdm
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000
 OTHER_EVENTS = "(other event names)"
+OTHER_ILLEGAL_IDS = "(other illegal ids)"
 # HyperLogLog precision: 2^14 registers, ~0.8% error, 16 KiB, whatever the number of people.
 HLL_PRECISION = 14
 
@@ -134,6 +136,13 @@ class PrepareStats:
     # Things the user should know that are neither rejects nor filters (text → how many rows, events or
     # files it concerns): shown by inspect and at the end of run, kept in the manifest.
     warnings: Counter = field(default_factory=Counter)
+    # People (see posthog_migrate.distinct_ids, posthog_migrate.identity, posthog_migrate.profiles):
+    # rows by the illegal id they had ("user_id 'null'"), devices claimed by more than one user, profile events
+    # ("(person profile) → $set"), and events by group type.
+    illegal_ids: Counter = field(default_factory=Counter)
+    shared_devices: int = 0
+    profiles: Counter = field(default_factory=Counter)
+    group_types: Counter = field(default_factory=Counter)
 
     def add_tally(self, tally: EventTally, now_us: int, suspicious_before_us: int | None = None) -> None:
         """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally.
@@ -145,8 +154,12 @@ class PrepareStats:
         self.events += len(tally.names)
         self.added_events += tally.added
         _count_capped(self.event_names, Counter(tally.names))
-        renamed = Counter(f"{source} → {name}" for source, name in zip(tally.source_names, tally.names, strict=True)
-                          if source is not None and source != name)
+        renamed = Counter()
+        for (source, name), count in Counter(zip(tally.source_names, tally.names, strict=True)).items():
+            if source is not None and source != name:
+                renamed[f"{source} → {name}"] += count
+                if source in PROFILE_SOURCES:
+                    self.profiles[f"{source} → {name}"] += count
         if renamed:
             _count_capped(self.renamed, renamed, other=None)
         # Copies, not views: a view would keep the arrays from being emptied for the next chunk.
@@ -168,10 +181,11 @@ class PrepareStats:
 
     def merge(self, other: PrepareStats) -> None:
         """Add another file's counts to these (prepare counts each input file on its own)."""
-        for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files"):
+        for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files", "shared_devices"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("rejected", "filtered", "per_day", "renamed", "warnings"):
+        for name in ("rejected", "filtered", "per_day", "renamed", "warnings", "profiles", "group_types"):
             getattr(self, name).update(getattr(other, name))
+        _count_capped(self.illegal_ids, other.illegal_ids, OTHER_ILLEGAL_IDS)
         for name, count in other.event_names.items():
             if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
                 self.event_names[name] += count
@@ -182,6 +196,10 @@ class PrepareStats:
         known = [t for t in (self.last_us, other.last_us) if t is not None]
         self.last_us = max(known) if known else None
         self.people.merge(other.people)
+
+    def add_illegal_ids(self, described: list[str]) -> None:
+        """Count a row under each illegal id it had (``user_id 'null'``), up to MAX_TRACKED_EVENT_NAMES kinds."""
+        _count_capped(self.illegal_ids, Counter(described), OTHER_ILLEGAL_IDS)
 
     @property
     def rejected_total(self) -> int:
@@ -199,7 +217,9 @@ class PrepareStats:
             "per_day": {_day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
             "people_registers": self.people.registers.hex(), "files": self.files, "renamed": dict(self.renamed),
-            "warnings": dict(self.warnings),
+            "warnings": dict(self.warnings), "illegal_ids": dict(self.illegal_ids),
+            "shared_devices": self.shared_devices, "profiles": dict(self.profiles),
+            "group_types": dict(self.group_types),
         }
 
     @classmethod
@@ -212,7 +232,9 @@ class PrepareStats:
             first_us=data["first_us"], last_us=data["last_us"],
             recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
             files=data["files"], renamed=Counter(data.get("renamed", {})),
-            warnings=Counter(data.get("warnings", {})),
+            warnings=Counter(data.get("warnings", {})), illegal_ids=Counter(data.get("illegal_ids", {})),
+            shared_devices=data.get("shared_devices", 0), profiles=Counter(data.get("profiles", {})),
+            group_types=Counter(data.get("group_types", {})),
         )
 
 
@@ -310,10 +332,12 @@ def format_counter(counter: Counter, indent: str = "    ", limit: int = 20) -> l
     return lines
 
 
-def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = ()) -> str:
+def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = (),
+                     person_mode: str | None = None) -> str:
     """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything.
 
-    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason.
+    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason. ``person_mode`` (the
+    mapping's ``[person] mode``) is explained among the lines about people.
     """
     lines = [
         f"Files read:        {stats.files:,} ({format_name})",
@@ -326,6 +350,7 @@ def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[An
         f"Filtered rows:     {stats.filtered_total:,}",
         f"Time range:        {day_of(stats.first_us)}  →  {day_of(stats.last_us)}",
         f"Distinct ids:      ≈{stats.people.estimate():,}",
+        *people_lines(stats, person_mode),
     ]
     if stats.recent_events:
         lines.append(
@@ -351,6 +376,39 @@ def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[An
         lines += format_counter(stats.filtered)
     lines += warning_lines(stats)
     return "\n".join(lines)
+
+
+# What each [person] mode does, for inspect.
+PERSON_MODE_TEXT = {
+    "set": ("set: each event's $set overwrites the person's properties, oldest first; right for a new project. "
+            'Into a project with live data, use [person] mode = "set_once" (or --person-properties set_once): '
+            "PostHog applies $set in the order it receives them, so history would overwrite newer values"),
+    "set_once": ("set_once: every $set is sent as a $set_once: persons get the values they lack and keep those they "
+                 "have (for a project with live data)"),
+    "skip": "skip: no person properties are sent; $set events (profiles) are filtered",
+}
+
+
+def people_lines(stats: PrepareStats, person_mode: str | None = None) -> list[str]:
+    """What the job does to PostHog's persons, for inspect and the run summary: the person-properties mode, ids
+    PostHog will not merge through, devices claimed by more than one user, profiles, group types (nothing about
+    what the job does not have)."""
+    lines = []
+    if person_mode is not None:
+        lines.append(f"Person properties: {PERSON_MODE_TEXT.get(person_mode, person_mode)}")
+    if stats.illegal_ids:
+        lines.append(f"Illegal ids:       {sum(stats.illegal_ids.values()):,} rows had an id PostHog will not merge "
+                     "persons through; their next id was used, else the row is rejected (illegal_distinct_id):")
+        lines += [f"    {count:>12,}  rows have {what}" for what, count in stats.illegal_ids.most_common(20)]
+    if stats.shared_devices:
+        lines.append(f"Shared devices:    {stats.shared_devices:,} devices (or anonymous ids) used by more than one "
+                     "user: each is merged into its first user only (PostHog would refuse or mis-merge the others)")
+    for what, count in stats.profiles.most_common():
+        lines.append(f"Profiles:          {count:,}  {what}")
+    if stats.group_types:
+        lines.append(f"Group types:       {len(stats.group_types)} (PostHog keeps 5 per project): "
+                     + ", ".join(f"{name} ({count:,} events)" for name, count in stats.group_types.most_common()))
+    return lines
 
 
 def suspicious_warning(suspicious_before_us: int) -> str:
@@ -448,6 +506,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
     if stats.filtered:
         lines.append("Filtered, by rule:")
         lines += format_counter(stats.filtered)
+    lines += people_lines(stats)
     if stats.recent_events:
         lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
     lines += warning_lines(stats)
