@@ -26,9 +26,23 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
   them, and the group's person, at the migration machine's address.
 - ``library`` ``"amplitude-ts/2.1.0"`` → ``$lib`` ``amplitude-ts`` and ``$lib_version`` ``2.1.0``;
   ``carrier`` → ``$network_carrier`` (PostHog's mobile SDKs' name). Other device fields the reference
-  does not map (``device_brand``, ``device_family``, ``language``, ``amplitude_id``...) are not sent.
+  does not map (``device_brand``, ``language``, ``amplitude_id``...) are not sent; ``device_family`` only helps
+  tell a web row's ``$device_type``.
 - ``[Amplitude] Page *`` properties are mapped on every event that has them (autocapture clicks carry
-  them too), and removed; ``[Amplitude] Screen Name`` → ``$screen_name`` likewise. Element
+  them too), and removed; ``[Amplitude] Screen Name`` → ``$screen_name`` likewise; ``[Amplitude] Page Referrer``
+  (else ``referrer``) → ``$referrer`` and its ``$referring_domain`` (``[Amplitude] Referring Domain``, else
+  ``referring_domain``, when given); ``[Amplitude] Viewport Height``/``Width`` → ``$viewport_height``/``_width``.
+- Identity: distinct_id = ``user_id``, else ``device_id``; an id PostHog will not merge through (``"null"``,
+  ``"0"``, ``"undefined"``...) counts as missing (posthog_migrate.distinct_ids), and ids are trimmed. A row with
+  both carries ``link`` (the identity pass merges the device into its first user once).
+- Time: ``event_time``; when it is missing or invalid, ``client_event_time``, then ``server_upload_time``
+  (counted among the warnings: PostHog's importer would use the time of the import, which is wrong).
+- Geo: the row's ``country``/``region``/``city``/``location_*`` are where the event happened, so they are sent
+  as ``$geoip_*`` with ``$geoip_disable`` even when the row has an ``ip_address`` (kept as ``$ip``): PostHog
+  locating an old IP today would be wrong. The person gets them too (``$set``, and ``$set_once`` as
+  ``$initial_geoip_*``), as PostHog's GeoIP would. An IP without geo: ``$ip`` alone, PostHog locates it.
+- Web rows: ``$browser_version`` is a number when the version is one (``"122"`` → 122), as posthog-js sends it;
+  ``$device_type`` is Desktop, Mobile or Tablet, from ``device_type`` (the OS there) and ``device_family``. Element
   Clicked/Changed also get ``$event_type`` ``click``/``change``, as PostHog's own autocapture has.
 - Event properties named like PostHog's reserved objects (``$set``, ``$set_once``, ``$group_set``,
   ``$groups``) but of the wrong shape are dropped: PostHog would refuse the whole event for them.

@@ -380,9 +380,8 @@ def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[An
 
 # What each [person] mode does, for inspect.
 PERSON_MODE_TEXT = {
-    "set": ("set: each event's $set overwrites the person's properties, oldest first; right for a new project. "
-            'Into a project with live data, use [person] mode = "set_once" (or --person-properties set_once): '
-            "PostHog applies $set in the order it receives them, so history would overwrite newer values"),
+    "set": ("set: $set overwrites person properties, oldest first (a new project; into one with live data, use "
+            "--person-properties set_once, or history overwrites newer values)"),
     "set_once": ("set_once: every $set is sent as a $set_once: persons get the values they lack and keep those they "
                  "have (for a project with live data)"),
     "skip": "skip: no person properties are sent; $set events (profiles) are filtered",

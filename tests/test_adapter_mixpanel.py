@@ -410,6 +410,7 @@ SAMPLES = {  # file: (records, good, filtered, {record: reason})
     "export-2024-03.jsonl.gz": (732, 728, 0, {41: "invalid_json", 730: "properties_not_object",
                                               731: "bad_timestamp", 732: "missing_distinct_id"}),
     "legacy-2022-11.jsonl": (167, 166, 1, {}),
+    "people-2024-03.json": (21, 20, 0, {8: "illegal_distinct_id"}),
 }
 
 

@@ -251,6 +251,8 @@ def test_inspect_counts_identify_events_beyond_its_memory_for_pairs(tmp_path):
     ("mixpanel/README.md", ["mixpanel/export-2024-03.jsonl.gz", "--format", "mixpanel"]),
     ("mixpanel/README.md", ["mixpanel/legacy-2022-11.jsonl", "--format", "mixpanel",
                             "--source-timezone", "America/Los_Angeles"]),
+    ("mixpanel/README.md", ["mixpanel/export-2024-03.jsonl.gz", "mixpanel/people-2024-03.json", "--format",
+                            "mixpanel"]),
     ("segment/README.md", ["segment/archive", "--format", "segment"]),
     ("segment/README.md", ["segment/warehouse", "--format", "segment"]),
     ("ga4/README.md", ["ga4/events_20240308.jsonl.gz", "ga4/events_20240309.parquet", "--format", "ga4"]),
