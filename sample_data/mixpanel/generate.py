@@ -227,9 +227,9 @@ def profiles(rng: random.Random, modern_out: Output) -> Profiles:
         except ValueError:
             continue
         props = row.get("properties")
-        if isinstance(props, dict) and str(props.get("distinct_id", "")).startswith("usr_") and props.get("time"):
-            if props["time"] >= last.get(props["distinct_id"], {}).get("time", 0):
-                last[props["distinct_id"]] = props
+        known = isinstance(props, dict) and str(props.get("distinct_id", "")).startswith("usr_") and props.get("time")
+        if known and props["time"] >= last.get(props["distinct_id"], {}).get("time", 0):
+            last[props["distinct_id"]] = props
     results = []
     for number, (user, props) in enumerate(sorted(last.items())):
         seen = datetime.fromtimestamp(props["time"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -271,6 +271,8 @@ def readme(modern_out: Output, legacy_out: Output, people: Profiles) -> str:
     def to_send(out: Output) -> str:
         return f"{out.good + len(out.linked_pairs):,}"
 
+    people_counts = f"{len(people.page['results'])} | {people.good} | 0 | {len(people.bad)} | `$set` {people.good}"
+
     return f"""# Mixpanel sample exports: Acme Notes
 
 Raw Export API files (JSON lines of `{{"event", "properties"}}`), written by `generate.py`; do not
@@ -280,7 +282,7 @@ edit them by hand (`python generate.py` rewrites them byte for byte).
 |---|---|---:|---:|---:|---:|---|
 | `export-2024-03.jsonl.gz` | Simplified ID Merge, 2024-03-01 – 03-04 UTC, `time` in ms | {counts(modern_out)} |
 | `legacy-2022-11.jsonl` | from 2021, Original ID Merge, `time` in America/Los_Angeles seconds | {counts(legacy_out)} |
-| `people-2024-03.json` | the 2024 project's Engage profiles: one API page | {len(people.page["results"])} | {people.good} | 0 | {len(people.bad)} | `$set` {people.good} |
+| `people-2024-03.json` | the 2024 project's Engage profiles: one API page | {people_counts} |
 
 Each good row is one event: `$mp_web_page_view` → `$pageview`, `$identify` → PostHog `$identify`,
 `$create_alias` and `$merge` → `$create_alias`. The filtered row is a `$merge` of a single id. Besides, the
