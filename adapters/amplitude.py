@@ -78,7 +78,6 @@ from posthog_migrate.adapters.base import (
 from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
-    geo_properties,
     is_empty,
     person_id_text,
     probe_rows,
@@ -151,8 +150,10 @@ MOBILE_FIELDS = (
     ("carrier", "$network_carrier"),
 )
 INITIAL_PREFIX = "initial_"
-# The person's first geo, as PostHog's GeoIP sets it: $initial_geoip_city_name...
-INITIAL_GEO_PREFIX = "$initial_"
+# The row's geo in PostHog's names (city, region, country, latitude, longitude), and the person's first geo, as
+# PostHog's GeoIP sets it: $initial_geoip_city_name...
+GEO_KEYS = ("$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_name")
+INITIAL_GEO_KEYS = {key: f"$initial_{key[1:]}" for key in (*GEO_KEYS, "$geoip_latitude", "$geoip_longitude")}
 # Property names PostHog reads as objects: a value of another shape makes capture refuse the event.
 RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
 
@@ -219,8 +220,8 @@ class AmplitudeAdapter(Adapter):
             properties["$session_id"] = session
         user_set, set_once = _person_properties(user_properties)
         if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
-            user_set = {**user_set, **geo}
-            set_once = {**set_once, **{INITIAL_GEO_PREFIX + key[1:]: value for key, value in geo.items()}}
+            user_set = {**user_set, **dict(geo)}
+            set_once = {**set_once, **{INITIAL_GEO_KEYS[key]: value for key, value in geo}}
         if user_set:
             properties["$set"] = {**properties.get("$set", {}), **user_set}
         if set_once:
@@ -357,19 +358,22 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
             del properties[key]
     if "$groups" in properties and not _valid_groups(properties["$groups"]):
         del properties["$groups"]
-    url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
-    if url is not None:
-        properties.update(url_properties(url))
+    mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
+    if PAGE_LOCATION in mapped or PAGE_URL in mapped:
+        url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
+        if url is not None:
+            properties.update(url_properties(url))
     for field, target in PAGE_FIELDS:
-        value = _scalar(event_properties.get(field))
-        if value is not None:
+        if field in mapped and (value := _scalar(event_properties[field])) is not None:
             properties[target] = value
-    referrer = _key_text(event_properties.get(PAGE_REFERRER)) or _key_text(event_properties.get("referrer"))
-    if referrer is not None:
-        properties.update(referrer_properties(referrer))  # $referrer, and its $referring_domain
-    domain = _scalar(event_properties.get(REFERRING_DOMAIN)) or _scalar(event_properties.get("referring_domain"))
-    if domain is not None:
-        properties["$referring_domain"] = domain
+    if PAGE_REFERRER in mapped or "referrer" in event_properties:
+        referrer = _key_text(event_properties.get(PAGE_REFERRER)) or _key_text(event_properties.get("referrer"))
+        if referrer is not None:
+            properties.update(referrer_properties(referrer))  # $referrer, and its $referring_domain
+    if REFERRING_DOMAIN in mapped or "referring_domain" in event_properties:
+        domain = _scalar(event_properties.get(REFERRING_DOMAIN)) or _scalar(event_properties.get("referring_domain"))
+        if domain is not None:
+            properties["$referring_domain"] = domain
     if source_name in AUTOCAPTURE_TYPES:
         properties["$event_type"] = AUTOCAPTURE_TYPES[source_name]
     return properties
@@ -400,11 +404,11 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         if value is not None:
             properties[target] = value
     if web:
-        if "$browser_version" in properties:
-            properties["$browser_version"] = _version_number(properties["$browser_version"])
-        device_type = _web_device_type(_scalar(record.get("device_type")), _scalar(record.get("device_family")))
-        if device_type is not None:
-            properties["$device_type"] = device_type
+        if type(version := properties.get("$browser_version")) is str:
+            properties["$browser_version"] = _version_number(version)
+        os_name, family = record.get("device_type"), record.get("device_family")
+        if type(os_name) in _TEXT and type(family) in _TEXT and (device := _device_type(os_name, family)) is not None:
+            properties["$device_type"] = device
     library = _key_text(record.get("library"))
     if library is not None:
         lib, _, version = library.partition("/")
@@ -416,8 +420,9 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         properties["$insert_id"] = insert_id
 
 
-def _add_geo(properties: dict, record: dict) -> dict:
-    """The row's ``$ip`` and geo; returns the geo (``$geoip_*``) for the person, empty when the row has none.
+def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
+    """The row's ``$ip`` and geo; returns the geo (``($geoip_*, value)`` pairs) for the person, none when the
+    row has none.
 
     The row's own geo is where the event happened; PostHog locating its IP today would be wrong for an old
     event (addresses move), so when the row has geo it is sent with ``$geoip_disable``, IP or not. With an IP
@@ -427,16 +432,33 @@ def _add_geo(properties: dict, record: dict) -> dict:
     has_ip = isinstance(ip, str) and not is_empty(ip)
     if has_ip:
         properties["$ip"] = ip
-    city, region, country = _scalar(record.get("city")), _scalar(record.get("region")), _scalar(record.get("country"))
-    latitude, longitude = _coordinate(record.get("location_lat")), _coordinate(record.get("location_lng"))
-    if city is None and region is None and country is None and latitude is None and longitude is None:
-        if not has_ip:
-            properties["$geoip_disable"] = True
-        return {}
-    geo = geo_properties(None, city, region, country_name=country, latitude=latitude, longitude=longitude)
+    place = (record.get("city"), record.get("region"), record.get("country"))
+    # A row's place is text (or null) and repeats from row to row: judged once per place.
+    geo = _place(*place) if type(place[0]) in _TEXT and type(place[1]) in _TEXT and type(place[2]) in _TEXT else (
+        _place_items(*map(_scalar, place)))
+    latitude, longitude = record.get("location_lat"), record.get("location_lng")
+    if latitude is not None or longitude is not None:
+        geo += tuple((key, value) for key, value in ((LATITUDE, _coordinate(latitude)),
+                                                     (LONGITUDE, _coordinate(longitude))) if value is not None)
+    if geo or not has_ip:
+        properties["$geoip_disable"] = True
     properties.update(geo)
-    del geo["$geoip_disable"]
     return geo
+
+
+_TEXT = frozenset({str, type(None)})
+LATITUDE, LONGITUDE = "$geoip_latitude", "$geoip_longitude"
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(city: str | None, region: str | None, country: str | None) -> tuple[tuple[str, Any], ...]:
+    return _place_items(_scalar(city), _scalar(region), _scalar(country))
+
+
+def _place_items(city: Any, region: Any, country: Any) -> tuple[tuple[str, Any], ...]:
+    """($geoip_*, value) pairs of the usable ones (see _scalar) of a place's city, region and country."""
+    return tuple((key, value) for key, value in zip(GEO_KEYS, (city, region, country), strict=True)
+                 if value is not None)
 
 
 def _coordinate(value: Any) -> float | None:
@@ -445,15 +467,15 @@ def _coordinate(value: Any) -> float | None:
 
 
 @functools.lru_cache(maxsize=1024)  # few distinct versions in an export
-def _version_number(value: Any) -> Any:
+def _version_number(value: str) -> Any:
     """``"120"`` → 120 and ``"17.4"`` → 17.4, as posthog-js sends ``$browser_version``; other text as it is."""
-    if isinstance(value, str) and _VERSION_NUMBER.fullmatch(value):
+    if _VERSION_NUMBER.fullmatch(value):
         return float(value) if "." in value else int(value)
     return value
 
 
-@functools.lru_cache(maxsize=1024)
-def _web_device_type(os_name: Any, family: Any) -> str | None:
+@functools.lru_cache(maxsize=1024)  # few distinct devices in an export
+def _device_type(os_name: str | None, family: str | None) -> str | None:
     """Desktop, Mobile or Tablet, as posthog-js says it, from a web row's device_type (the OS there) and
     device_family; None when neither tells."""
     words = " ".join(text.lower() for text in (os_name, family) if isinstance(text, str))

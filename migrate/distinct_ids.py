@@ -35,7 +35,7 @@ def _with_quotes(ids: tuple[str, ...]) -> frozenset[str]:
 _FOLDED = _with_quotes(CASE_INSENSITIVE_ILLEGAL_IDS)
 _EXACT = _with_quotes(CASE_SENSITIVE_ILLEGAL_IDS)
 # No illegal id is longer: most real ids (uuids, emails) are answered by one length test.
-_LONGEST_ILLEGAL_ID = max(map(len, _FOLDED | _EXACT))
+LONGEST_ILLEGAL_ID = max(map(len, _FOLDED | _EXACT))
 
 # (field, id) pairs a row offered but could not use: what inspect counts ("12,000 rows have user_id 'null'").
 PassedOver = tuple[tuple[str, str], ...]
@@ -45,7 +45,7 @@ def is_illegal_id(text: str) -> bool:
     """PostHog's rule, for an id already trimmed: empty, one of the case-insensitive names (``Guest``,
     ``UNDEFINED``), one of the case-sensitive ones (``null``, ``0``, ``NaN``: ``nan`` is fine), or any of
     these in quotes (``"undefined"``)."""
-    return not text or (len(text) <= _LONGEST_ILLEGAL_ID and (text in _EXACT or text.lower() in _FOLDED))
+    return not text or (len(text) <= LONGEST_ILLEGAL_ID and (text in _EXACT or text.lower() in _FOLDED))
 
 
 def legal_id(text: str | None) -> str | None:

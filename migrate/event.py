@@ -21,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from posthog_migrate.distinct_ids import ILLEGAL_DISTINCT_ID, PassedOver, is_illegal_id
+from posthog_migrate.distinct_ids import ILLEGAL_DISTINCT_ID, LONGEST_ILLEGAL_ID, PassedOver, is_illegal_id
 
 # PostHog's Kafka message limit is about 1 MB; posthog-python caps an event at 900 KiB. Stay there.
 MAX_EVENT_BYTES = 900 * 1024
@@ -358,8 +358,6 @@ _OBJECT_PROPERTIES = ("$set", "$set_once", "$group_set")
 _SURVEY_EVENTS = frozenset({"survey sent", "survey shown", "survey dismissed"})
 # The events that merge two persons, and the property holding the other id.
 _MERGE_EVENTS = {"$identify": "$anon_distinct_id", "$create_alias": "alias", "$merge_dangerously": "alias"}
-# Ids with surrounding spaces are judged trimmed; no illegal id is longer than this with them.
-_LONGEST_CHECKED_ID = 64
 
 
 def _validate_special_event(event: Event) -> None:
@@ -403,7 +401,7 @@ def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> byt
         raise Rejection("missing_event_name", "event name is missing or empty")
     if not isinstance(event.distinct_id, str) or not event.distinct_id.strip():
         raise Rejection("missing_distinct_id", "distinct_id is missing or empty")
-    if len(event.distinct_id) <= _LONGEST_CHECKED_ID and is_illegal_id(event.distinct_id.strip()):
+    if len(event.distinct_id) <= LONGEST_ILLEGAL_ID and is_illegal_id(event.distinct_id):
         raise Rejection(ILLEGAL_DISTINCT_ID, f"distinct_id {event.distinct_id!r} is an id PostHog will not merge "
                         "persons through (every row with it would be one person)",
                         illegal_ids=(("distinct_id", event.distinct_id),))

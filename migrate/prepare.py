@@ -40,7 +40,14 @@ from posthog_migrate.checkpoint import atomic_write_json, crash_point, read_json
 from posthog_migrate.distinct_ids import PassedOver, describe_passed_over
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import MAX_EVENT_BYTES, Event, Rejection, retimed, utc_now_us, validate
-from posthog_migrate.identity import REFUSED_MERGE_RULE, IdentityCollector, decide, identify_event, merges_its_link
+from posthog_migrate.identity import (
+    MERGE_PROPERTIES,
+    REFUSED_MERGE_RULE,
+    IdentityCollector,
+    decide,
+    identify_event,
+    merges_its_link,
+)
 from posthog_migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
 from posthog_migrate.mapping import Filtered
 from posthog_migrate.report import EventTally, PrepareStats, ReadingProgress, RejectsWriter, progress_bar
@@ -180,7 +187,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 if "$groups" in properties or event.event == "$groupidentify":
                     count_group_types(stats.group_types, event)
                 if event.link is not None:
-                    if merges_its_link(event):  # the identity pass decides whether this merge is sent
+                    if event.event in MERGE_PROPERTIES and merges_its_link(event):  # the identity pass decides
                         identities.hold_merge(event, row_bits | sub_event, person, _kind(event), payload)
                         continue
                     identities.see(*event.link, event.timestamp_us, row_bits | sub_event)
