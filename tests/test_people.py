@@ -503,3 +503,50 @@ def test_a_gzipped_engage_page_is_read_too(tmp_path):
     (tmp_path / "people.json.gz").write_bytes(gzip.compress(json.dumps(ENGAGE_PAGE, indent=1).encode()))
     rows = rows_of(MixpanelAdapter(ColumnMapping()).read(source(tmp_path / "people.json.gz")))
     assert len(rows) == 3
+
+
+def test_a_prepare_killed_after_a_spill_resumes_to_the_same_merges_and_profiles(tmp_path):
+    """Held merges, sightings and untimed profiles are spilled with the file's checkpoints: a prepare killed after
+    one sends, once resumed, exactly what an uninterrupted one sends."""
+    import subprocess
+    import sys
+
+    from posthog_migrate.checkpoint import CRASH_EXIT_CODE, CRASH_POINT_VARIABLE
+
+    from .conftest import cli_environment
+
+    rows = []
+    for n in range(12_000):  # more than a chunk (5,000 rows): the first checkpoint comes inside the file
+        user, device = f"usr_{n % 3_000}", f"dev-{n % 2_500}"  # devices shared by more than one user
+        if n % 10 == 0:
+            rows.append({"event": "$identify", "properties": {"time": 1709287200 + n, "$identified_id": user,
+                                                              "$anon_id": f"$device:{device}", "$insert_id": f"i{n}"}})
+        else:
+            rows.append({"event": "Note Created", "properties": {"time": 1709287200 + n, "distinct_id": user,
+                                                                 "$user_id": user, "$device_id": device,
+                                                                 "$insert_id": f"e{n}"}})
+    write_jsonl(tmp_path / "events.jsonl", rows)
+    write_jsonl(tmp_path / "people.jsonl", [
+        {"$distinct_id": f"usr_{n}", "$properties": {"$email": f"u{n}@example.com", **(
+            {"$last_seen": "2024-03-01T12:00:00"} if n % 4 else {})}} for n in range(300)])
+    env = cli_environment()
+    command = [sys.executable, "-m", "posthog_migrate", "run", "events.jsonl", "people.jsonl", "--format", "mixpanel",
+               "--dry-run", "--memory", "1MiB", "--job", "same", "--workers", "1", "-q"]
+    clean = subprocess.run([*command, "--workdir", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    assert "Shared devices:    2,500 devices" in clean.stdout and "Profiles:          300" in clean.stdout
+    crashed = subprocess.run([*command, "--workdir", "job"], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, CRASH_POINT_VARIABLE: "after-prepare-checkpoint@1"})
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    resumed = subprocess.run([*command, "--workdir", "job"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def sent(job: str) -> list[dict]:
+        return [e for path in sorted((tmp_path / job / "dry-run").glob("batch-*.json"))
+                for e in orjson.loads(path.read_bytes())["batch"]]
+
+    assert sent("job") == sent("clean")
+    assert (orjson.loads((tmp_path / "job" / "manifest.json").read_bytes())["stats"]
+            == orjson.loads((tmp_path / "clean" / "manifest.json").read_bytes())["stats"])
+    merged = merges(sent("clean"))
+    assert len({other for _, other in merged}) == len(merged)  # each device merged once, into one user
