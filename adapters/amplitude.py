@@ -220,8 +220,8 @@ class AmplitudeAdapter(Adapter):
             properties["$session_id"] = session
         user_set, set_once = _person_properties(user_properties)
         if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
-            user_set = {**user_set, **dict(geo)}
-            set_once = {**set_once, **{INITIAL_GEO_KEYS[key]: value for key, value in geo}}
+            user_set.update(geo)
+            set_once.update((INITIAL_GEO_KEYS[key], value) for key, value in geo)
         if user_set:
             properties["$set"] = {**properties.get("$set", {}), **user_set}
         if set_once:
