@@ -62,6 +62,9 @@ MAPPING_OPTIONS = [
                  help="Drop an event by name, counted as filtered (repeatable)."),
     click.option("--rename-property", multiple=True, metavar="OLD=NEW", help="Rename a property (repeatable)."),
     click.option("--drop-property", multiple=True, metavar="NAME", help="Drop a property (repeatable)."),
+    click.option("--person-properties", type=click.Choice(["set", "set_once", "skip"]), default=None,
+                 help="What the history's $set does to persons: set (overwrite, a new project), set_once (never "
+                      "overwrite: a project with live data), skip (send none). [default: set; mapping: [person] mode]"),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
 ]
 
@@ -144,6 +147,7 @@ def mapping_overrides(kwargs: dict) -> dict:
         "properties_json": kwargs.pop("properties_column"),
         "rename_events": kwargs.pop("rename_event"), "drop_events": kwargs.pop("drop_event"),
         "rename_properties": kwargs.pop("rename_property"), "drop_properties": kwargs.pop("drop_property"),
+        "person_mode": kwargs.pop("person_properties"),
     }
 
 
@@ -206,8 +210,10 @@ def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: Si
             _print_json(error_document(command, error, status))
         sys.exit(status)
     except MigrateError as error:
-        finished_run = error.result is not None and error.result.stage == "done"
-        if finished_run and not json_output:  # the books do not balance: the summary shows how
+        # A finished run whose books do not balance (its summary shows how), or an inspect that found what a run
+        # would refuse (its report shows the counts): the result first, then the error.
+        finished_run = error.result is not None and getattr(error.result, "stage", "done") == "done"
+        if finished_run and not json_output:
             click.echo(error.result.asstr())
         fail(error, command, json_output)
     if json_output:
