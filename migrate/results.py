@@ -152,6 +152,7 @@ class RunResult:
             },
             "time_range": _time_range(stats),
             "distinct_ids": stats.people.estimate() if stats and self.prepared else None,
+            "people": people_document(stats) if stats and self.prepared else None,
             "warnings": dict(stats.warnings) if stats else {},
             "skipped_files": _skipped(self.skipped),
             "gone_inputs": self.gone_inputs,

@@ -150,9 +150,15 @@ def test_inspect_counts_rows_per_illegal_id_and_run_sends_none_of_them(tmp_path)
     assert "           3  rows have user_id 'undefined'" in inspected.stdout
     assert "           3  rows have device_id '0'" in inspected.stdout
     assert "           3  illegal_distinct_id" in inspected.stdout  # among the rejected, by reason
+    people = orjson.loads(run_cli(["inspect", "export.json", "--format", "amplitude", "--json"], tmp_path).stdout)
+    assert people["people"]["illegal_ids"] == {"user_id 'null'": 12, "user_id 'undefined'": 3, "device_id '0'": 3}
+    assert people["people"]["person_properties"] == "set"
     result, received = run_local(tmp_path, "export.json", "--format", "amplitude")
     assert result.returncode == 3 and "16 = 13 + 3 + 0  ✓ balanced" in result.stdout
     assert "rows have user_id 'null'" in result.stdout  # the summary says it too
+    ran = orjson.loads(run_cli(["run", "export.json", "--format", "amplitude", "--host", "local", "--workdir", "job",
+                                "--json", "-q"], tmp_path).stdout)  # the job is done: the same books, as JSON
+    assert ran["people"]["illegal_ids"]["user_id 'null'"] == 12
     assert {e["distinct_id"] for e in received} == {TABLET, "alice"}
     assert merges(received) == [("alice", TABLET)]
     rejects = [orjson.loads(line) for line in (tmp_path / "job" / "rejects.jsonl").read_bytes().splitlines()]
