@@ -26,9 +26,23 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
   them, and the group's person, at the migration machine's address.
 - ``library`` ``"amplitude-ts/2.1.0"`` → ``$lib`` ``amplitude-ts`` and ``$lib_version`` ``2.1.0``;
   ``carrier`` → ``$network_carrier`` (PostHog's mobile SDKs' name). Other device fields the reference
-  does not map (``device_brand``, ``device_family``, ``language``, ``amplitude_id``...) are not sent.
+  does not map (``device_brand``, ``language``, ``amplitude_id``...) are not sent; ``device_family`` only helps
+  tell a web row's ``$device_type``.
 - ``[Amplitude] Page *`` properties are mapped on every event that has them (autocapture clicks carry
-  them too), and removed; ``[Amplitude] Screen Name`` → ``$screen_name`` likewise. Element
+  them too), and removed; ``[Amplitude] Screen Name`` → ``$screen_name`` likewise; ``[Amplitude] Page Referrer``
+  (else ``referrer``) → ``$referrer`` and its ``$referring_domain`` (``[Amplitude] Referring Domain``, else
+  ``referring_domain``, when given); ``[Amplitude] Viewport Height``/``Width`` → ``$viewport_height``/``_width``.
+- Identity: distinct_id = ``user_id``, else ``device_id``; an id PostHog will not merge through (``"null"``,
+  ``"0"``, ``"undefined"``...) counts as missing (posthog_migrate.distinct_ids), and ids are trimmed. A row with
+  both carries ``link`` (the identity pass merges the device into its first user once).
+- Time: ``event_time``; when it is missing or invalid, ``client_event_time``, then ``server_upload_time``
+  (counted among the warnings: PostHog's importer would use the time of the import, which is wrong).
+- Geo: the row's ``country``/``region``/``city``/``location_*`` are where the event happened, so they are sent
+  as ``$geoip_*`` with ``$geoip_disable`` even when the row has an ``ip_address`` (kept as ``$ip``): PostHog
+  locating an old IP today would be wrong. The person gets them too (``$set``, and ``$set_once`` as
+  ``$initial_geoip_*``), as PostHog's GeoIP would. An IP without geo: ``$ip`` alone, PostHog locates it.
+- Web rows: ``$browser_version`` is a number when the version is one (``"122"`` → 122), as posthog-js sends it;
+  ``$device_type`` is Desktop, Mobile or Tablet, from ``device_type`` (the OS there) and ``device_family``. Element
   Clicked/Changed also get ``$event_type`` ``click``/``change``, as PostHog's own autocapture has.
 - Event properties named like PostHog's reserved objects (``$set``, ``$set_once``, ``$group_set``,
   ``$groups``) but of the wrong shape are dropped: PostHog would refuse the whole event for them.
@@ -36,8 +50,10 @@ Mapping (../shared/reference/source-formats.md, "Amplitude"), with these choices
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
 import uuid as uuid_module
 import zipfile
 import zlib
@@ -62,14 +78,16 @@ from posthog_migrate.adapters.base import (
 from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
-    geo_properties,
     is_empty,
+    person_id_text,
     probe_rows,
+    referrer_properties,
     session_uuid7,
     url_properties,
     without_empty,
 )
 from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.distinct_ids import PassedOver, is_illegal_id, no_usable_id, only_legal
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import (
     MAX_TIMESTAMP_US,
@@ -107,9 +125,23 @@ PAGE_DOMAIN = "[Amplitude] Page Domain"
 PAGE_PATH = "[Amplitude] Page Path"
 PAGE_TITLE = "[Amplitude] Page Title"
 SCREEN_NAME = "[Amplitude] Screen Name"
-MAPPED_EVENT_PROPERTIES = frozenset({PAGE_LOCATION, PAGE_URL, PAGE_DOMAIN, PAGE_PATH, PAGE_TITLE, SCREEN_NAME})
+PAGE_REFERRER = "[Amplitude] Page Referrer"
+REFERRING_DOMAIN = "[Amplitude] Referring Domain"
+VIEWPORT_HEIGHT = "[Amplitude] Viewport Height"
+VIEWPORT_WIDTH = "[Amplitude] Viewport Width"
+MAPPED_EVENT_PROPERTIES = frozenset({PAGE_LOCATION, PAGE_URL, PAGE_DOMAIN, PAGE_PATH, PAGE_TITLE, SCREEN_NAME,
+                                     PAGE_REFERRER, REFERRING_DOMAIN, VIEWPORT_HEIGHT, VIEWPORT_WIDTH})
 # (Amplitude property, PostHog property) for the page and screen fields copied as they are.
-PAGE_FIELDS = ((PAGE_DOMAIN, "$host"), (PAGE_PATH, "$pathname"), (PAGE_TITLE, "title"), (SCREEN_NAME, "$screen_name"))
+PAGE_FIELDS = ((PAGE_DOMAIN, "$host"), (PAGE_PATH, "$pathname"), (PAGE_TITLE, "title"), (SCREEN_NAME, "$screen_name"),
+               (VIEWPORT_HEIGHT, "$viewport_height"), (VIEWPORT_WIDTH, "$viewport_width"))
+# A web row's device, in the words of its device_type (the OS on the web) and device_family.
+MOBILE_WORDS = ("iphone", "ios", "android", "windows phone", "blackberry", "mobile")
+DESKTOP_WORDS = ("windows", "mac", "linux", "ubuntu", "chrome os", "chromeos", "fedora", "debian", "desktop")
+_VERSION_NUMBER = re.compile(r"\d{1,9}(\.\d{1,9})?")
+# A row without a usable event_time takes its time from these, in this order (counted under FALLBACK_TIME_NOTE).
+FALLBACK_TIME_FIELDS = ("client_event_time", "server_upload_time")
+FALLBACK_TIME_NOTE = ("Amplitude rows whose event_time is missing or invalid: their {field} was used (PostHog's "
+                      "importer would use the time of the import)")
 # Row field → PostHog property, by kind of row: on the web Amplitude's "OS" is the browser.
 WEB_FIELDS = (("os_name", "$browser"), ("os_version", "$browser_version"), ("device_type", "$os"))
 MOBILE_FIELDS = (
@@ -118,6 +150,10 @@ MOBILE_FIELDS = (
     ("carrier", "$network_carrier"),
 )
 INITIAL_PREFIX = "initial_"
+# The row's geo in PostHog's names (city, region, country, latitude, longitude), and the person's first geo, as
+# PostHog's GeoIP sets it: $initial_geoip_city_name...
+GEO_KEYS = ("$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_name")
+INITIAL_GEO_KEYS = {key: f"$initial_{key[1:]}" for key in (*GEO_KEYS, "$geoip_latitude", "$geoip_longitude")}
 # Property names PostHog reads as objects: a value of another shape makes capture refuse the event.
 RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
 
@@ -153,11 +189,15 @@ class AmplitudeAdapter(Adapter):
         name = EVENT_NAMES.get(source_name, source_name)
         if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id, device_id = _user_and_device(record)
+        user_id, device_id, passed = _user_and_device(record)
         distinct_id = user_id or device_id
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "the row has neither a user_id nor a device_id")
-        timestamp_us = _timestamp(record.get("event_time"))
+            raise no_usable_id("the row has neither a user_id nor a device_id", passed)
+        notes: tuple[str, ...] = ()
+        try:
+            timestamp_us = _timestamp(record.get("event_time"), "event_time")
+        except Rejection as missing:
+            timestamp_us, notes = _fallback_time(record, missing)
         self.mapper.apply_time_filters(timestamp_us)
         # Objects are almost always objects already: json_object (text, null, junk) only for the rest.
         event_properties = record.get("event_properties")
@@ -168,17 +208,20 @@ class AmplitudeAdapter(Adapter):
             user_properties = json_object(user_properties, "user_properties")
         groups = _groups(json_object(record.get("groups"), "groups"))
         group_properties = json_object(record.get("group_properties"), "group_properties")
-        event_uuid = self._uuid(record, device_id, distinct_id, timestamp_us, source_name)
+        event_uuid = self._uuid(record, distinct_id, timestamp_us, source_name)
         link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
 
         # The helpers below add to ``properties`` in a fixed order: key order is part of the bytes sent.
         properties = _event_properties(event_properties, source_name)
         _add_device_properties(properties, record)
-        _add_geo(properties, record)
+        geo = _add_geo(properties, record)
         session = _session_id(record.get("session_id"), device_id)
         if session is not None:
             properties["$session_id"] = session
         user_set, set_once = _person_properties(user_properties)
+        if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
+            user_set.update(geo)
+            set_once.update((INITIAL_GEO_KEYS[key], value) for key, value in geo)
         if user_set:
             properties["$set"] = {**properties.get("$set", {}), **user_set}
         if set_once:
@@ -202,22 +245,25 @@ class AmplitudeAdapter(Adapter):
             own = added.pop()
             own.uuid, own.added, own.source_event = event_uuid, False, source_name
             return [*added, own]
-        own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)
+        own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link,
+                    illegal_ids=passed, notes=notes)
         return [*added, own] if added else [own]
 
     def person_of(self, record: dict) -> str | None:
         try:
-            user_id, device_id = _user_and_device(record)
+            user_id, device_id, _ = _user_and_device(record)
             return user_id or device_id  # to_events' distinct_id
         except Rejection:
             return None  # to_events rejects the row; which shard reports it is decided the usual way
 
-    def _uuid(self, record: dict, device_id: str | None, distinct_id: str, timestamp_us: int, name: str) -> str:
+    def _uuid(self, record: dict, distinct_id: str, timestamp_us: int, name: str) -> str:
         source_uuid = record.get("uuid")
         if type(source_uuid) is str and is_canonical_uuid(source_uuid):  # as exported: nothing to normalise
             return source_uuid
         if not is_empty(source_uuid):
             return normalise_uuid(source_uuid)
+        # The device as these uuids have always named it (untrimmed; "null" as none), so that they never change.
+        device_id = _identifier(record, "device_id", reject=False)
         insert_id = _identifier(record, "$insert_id", reject=False)
         if insert_id is not None:
             return uuid_from_id(f"amplitude:insert_id:{device_id or ''}:{insert_id}")
@@ -230,9 +276,15 @@ class AmplitudeAdapter(Adapter):
 # --- field helpers ---------------------------------------------------------------------------------
 
 
-def _user_and_device(record: dict) -> tuple[str | None, str | None]:
-    """The row's user and device ids (either may be missing); the user's, else the device's, is its person."""
-    return _identifier(record, "user_id"), _identifier(record, "device_id")
+def _user_and_device(record: dict) -> tuple[str | None, str | None, PassedOver]:
+    """The row's user and device ids (either may be missing); the user's, else the device's, is its person. An
+    id PostHog would not merge through ("null", "0"...) is missing too, and returned among those passed over."""
+    user_id, device_id = person_id_text(record.get("user_id"), "user_id"), person_id_text(record.get("device_id"),
+                                                                                          "device_id")
+    if (user_id is None or not is_illegal_id(user_id)) and (device_id is None or not is_illegal_id(device_id)):
+        return user_id, device_id, ()
+    (user_id, device_id), passed = only_legal(("user_id", user_id), ("device_id", device_id))
+    return user_id, device_id, passed
 
 
 def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
@@ -253,14 +305,26 @@ def _identifier(record: dict, key: str, reject: bool = True) -> str | None:
     return None
 
 
-def _timestamp(value: Any) -> int:
-    """``event_time`` is UTC whatever --source-timezone says: Amplitude writes it so."""
+def _timestamp(value: Any, field: str) -> int:
+    """A row's time field: UTC whatever --source-timezone says, as Amplitude writes them all."""
     if is_empty(value):
-        raise Rejection("bad_timestamp", "the row has no event_time")
+        raise Rejection("bad_timestamp", f"the row has no {field}")
     timestamp_us = parse_timestamp(value, "auto", UTC)
     if not MIN_TIMESTAMP_US <= timestamp_us <= MAX_TIMESTAMP_US:
-        raise Rejection("bad_timestamp", f"event_time {str(value)[:40]!r} is outside the years 1 to 9999")
+        raise Rejection("bad_timestamp", f"{field} {str(value)[:40]!r} is outside the years 1 to 9999")
     return timestamp_us
+
+
+def _fallback_time(record: dict, missing: Rejection) -> tuple[int, tuple[str, ...]]:
+    """The time of a row whose event_time is missing or invalid: its client_event_time, else its
+    server_upload_time, with the note that says so (PostHog's importer would use the time of the import; the
+    row is kept rather than rejected). ``missing`` is raised again when neither is usable."""
+    for field in FALLBACK_TIME_FIELDS:
+        try:
+            return _timestamp(record.get(field), field), (FALLBACK_TIME_NOTE.format(field=field),)
+        except Rejection:
+            continue
+    raise Rejection(missing.reason, f"{missing.detail}, nor a usable {' or '.join(FALLBACK_TIME_FIELDS)}")
 
 
 def _scalar(value: Any) -> Any:
@@ -294,13 +358,22 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
             del properties[key]
     if "$groups" in properties and not _valid_groups(properties["$groups"]):
         del properties["$groups"]
-    url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
-    if url is not None:
-        properties.update(url_properties(url))
+    mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
+    if PAGE_LOCATION in mapped or PAGE_URL in mapped:
+        url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
+        if url is not None:
+            properties.update(url_properties(url))
     for field, target in PAGE_FIELDS:
-        value = _scalar(event_properties.get(field))
-        if value is not None:
+        if field in mapped and (value := _scalar(event_properties[field])) is not None:
             properties[target] = value
+    if PAGE_REFERRER in mapped or "referrer" in event_properties:
+        referrer = _key_text(event_properties.get(PAGE_REFERRER)) or _key_text(event_properties.get("referrer"))
+        if referrer is not None:
+            properties.update(referrer_properties(referrer))  # $referrer, and its $referring_domain
+    if REFERRING_DOMAIN in mapped or "referring_domain" in event_properties:
+        domain = _scalar(event_properties.get(REFERRING_DOMAIN)) or _scalar(event_properties.get("referring_domain"))
+        if domain is not None:
+            properties["$referring_domain"] = domain
     if source_name in AUTOCAPTURE_TYPES:
         properties["$event_type"] = AUTOCAPTURE_TYPES[source_name]
     return properties
@@ -330,6 +403,12 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         value = _scalar(record.get(field))
         if value is not None:
             properties[target] = value
+    if web:
+        if type(version := properties.get("$browser_version")) is str:
+            properties["$browser_version"] = _version_number(version)
+        os_name, family = record.get("device_type"), record.get("device_family")
+        if type(os_name) in _TEXT and type(family) in _TEXT and (device := _device_type(os_name, family)) is not None:
+            properties["$device_type"] = device
     library = _key_text(record.get("library"))
     if library is not None:
         lib, _, version = library.partition("/")
@@ -341,22 +420,72 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         properties["$insert_id"] = insert_id
 
 
-def _add_geo(properties: dict, record: dict) -> None:
+def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
+    """The row's ``$ip`` and geo; returns the geo (``($geoip_*, value)`` pairs) for the person, none when the
+    row has none.
+
+    The row's own geo is where the event happened; PostHog locating its IP today would be wrong for an old
+    event (addresses move), so when the row has geo it is sent with ``$geoip_disable``, IP or not. With an IP
+    and no geo, PostHog locates the IP. With neither, ``$geoip_disable`` alone: PostHog would otherwise locate
+    the migration machine's address."""
     ip = record.get("ip_address")
-    if isinstance(ip, str) and not is_empty(ip):  # the usual case: PostHog locates the real address
+    has_ip = isinstance(ip, str) and not is_empty(ip)
+    if has_ip:
         properties["$ip"] = ip
-        return
+    place = (record.get("city"), record.get("region"), record.get("country"))
+    # A row's place is text (or null) and repeats from row to row: judged once per place.
+    geo = _place(*place) if type(place[0]) in _TEXT and type(place[1]) in _TEXT and type(place[2]) in _TEXT else (
+        _place_items(*map(_scalar, place)))
+    latitude, longitude = record.get("location_lat"), record.get("location_lng")
+    if latitude is not None or longitude is not None:
+        geo += tuple((key, value) for key, value in ((LATITUDE, _coordinate(latitude)),
+                                                     (LONGITUDE, _coordinate(longitude))) if value is not None)
+    if geo or not has_ip:
+        properties["$geoip_disable"] = True
+    properties.update(geo)
+    return geo
 
-    def number(key: str) -> float | None:
-        value = record.get(key)
-        is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return value if is_number else None
 
-    properties.update(geo_properties(
-        None, _scalar(record.get("city")), _scalar(record.get("region")),
-        country_name=_scalar(record.get("country")), latitude=number("location_lat"),
-        longitude=number("location_lng"),
-    ))
+_TEXT = frozenset({str, type(None)})
+LATITUDE, LONGITUDE = "$geoip_latitude", "$geoip_longitude"
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(city: str | None, region: str | None, country: str | None) -> tuple[tuple[str, Any], ...]:
+    return _place_items(_scalar(city), _scalar(region), _scalar(country))
+
+
+def _place_items(city: Any, region: Any, country: Any) -> tuple[tuple[str, Any], ...]:
+    """($geoip_*, value) pairs of the usable ones (see _scalar) of a place's city, region and country."""
+    return tuple((key, value) for key, value in zip(GEO_KEYS, (city, region, country), strict=True)
+                 if value is not None)
+
+
+def _coordinate(value: Any) -> float | None:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return value if is_number else None
+
+
+@functools.lru_cache(maxsize=1024)  # few distinct versions in an export
+def _version_number(value: str) -> Any:
+    """``"120"`` → 120 and ``"17.4"`` → 17.4, as posthog-js sends ``$browser_version``; other text as it is."""
+    if _VERSION_NUMBER.fullmatch(value):
+        return float(value) if "." in value else int(value)
+    return value
+
+
+@functools.lru_cache(maxsize=1024)  # few distinct devices in an export
+def _device_type(os_name: str | None, family: str | None) -> str | None:
+    """Desktop, Mobile or Tablet, as posthog-js says it, from a web row's device_type (the OS there) and
+    device_family; None when neither tells."""
+    words = " ".join(text.lower() for text in (os_name, family) if isinstance(text, str))
+    if "ipad" in words or "tablet" in words:
+        return "Tablet"
+    if any(word in words for word in MOBILE_WORDS):
+        return "Mobile"
+    if any(word in words for word in DESKTOP_WORDS):
+        return "Desktop"
+    return None
 
 
 def _session_id(value: Any, device_id: str | None) -> str | None:

@@ -370,6 +370,9 @@ class Adapter:
 
     def __init__(self, mapping: ColumnMapping):
         mapping.check_source_options(self.name, self.known_source_options)
+        if (mapping.profiles or mapping.group_profiles) and type(self).to_events is not Adapter.to_events:
+            raise ConfigError(f"[profiles] and [group_profiles] map CSV, JSON lines or Parquet tables; the {self.name} "
+                              "format maps its own rows (see the README's People section)")
         self.mapping = mapping
         self.mapper = RowMapper(mapping, self.source_tag)
 

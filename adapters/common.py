@@ -26,8 +26,12 @@ from posthog_migrate.event import Rejection, hyphenated_uuid, number_id_text
 
 # Values platforms use for "nothing here"; they must not become properties or person properties.
 EMPTY_MARKERS = frozenset({"", "EMPTY", "(not set)", "(not provided)", "null", "None"})
-# Ids that are really "no id" (a JavaScript String(null) and friends).
+# Ids that are really "no id" (a JavaScript String(null) and friends), for ids that name no person (group keys,
+# session ids). A person's id is judged by posthog_migrate.distinct_ids instead (see person_id_text).
 JUNK_IDS = frozenset({"null", "undefined", "none", "nil"})
+# What a platform writes for "no id here": a person id with one of these is missing. Ids PostHog will not merge
+# through ("null", "undefined", "0"...) are not missing: distinct_ids.pick_id passes them over and counts them.
+BLANK_ID_MARKERS = frozenset({"", "EMPTY", "(not set)", "(not provided)"})
 # The record key under which read() passes a warehouse file's table name to to_events (kept in rejects,
 # so a retry of a rejected row still knows its table).
 TABLE_KEY = "_source_table"
@@ -151,6 +155,22 @@ def id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str |
     if isinstance(value, str):
         text = value.strip()
         return None if not text or is_empty(text) or text.lower() in JUNK_IDS else value
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise Rejection(reason, f"{what} {short_repr(value)} is not text or a number")
+    return number_id_text(value, what, reason)
+
+
+def person_id_text(value: Any, what: str, reason: str = "missing_distinct_id") -> str | None:
+    """A person's id as trimmed text (numbers too: ``12.0`` → ``"12"``); None when missing or blank. Whether
+    PostHog merges through it is for posthog_migrate.distinct_ids to say. Raises Rejection(reason) for a value
+    that cannot be an id (an object, a boolean, NaN)."""
+    if type(value) is str:
+        if value and not value[0].isspace() and not value[-1].isspace():  # the usual id: nothing to trim
+            return None if value in BLANK_ID_MARKERS else value
+        text = value.strip()
+        return None if text in BLANK_ID_MARKERS else text
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise Rejection(reason, f"{what} {short_repr(value)} is not text or a number")
     return number_id_text(value, what, reason)

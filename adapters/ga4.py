@@ -4,7 +4,8 @@ Mapping: ../shared/reference/source-formats.md, "GA4".
 
 - ``event_timestamp``: microseconds, UTC (text in JSON extracts, where every INT64 is a string; a number in
   Parquet). ``event_date`` is in the property's timezone and is ignored.
-- distinct_id = ``user_id``, else ``user_pseudo_id``; a row with both carries ``link``.
+- distinct_id = ``user_id``, else ``user_pseudo_id`` (an id PostHog will not merge through counts as missing);
+  a row with both carries ``link``.
 - ``event_params`` and ``user_properties`` (``[{key, value: {string_value, int_value, float_value,
   double_value}}]``) → the first non-null value; INT64 text becomes a number. Params become properties;
   user properties become ``$set``. ``(not set)`` / ``(not provided)`` and empty values are dropped everywhere.
@@ -48,9 +49,9 @@ from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
 from posthog_migrate.adapters.common import (
     file_kind,
     geo_properties,
-    id_text,
     is_empty,
     object_value,
+    person_id_text,
     probe_rows,
     put,
     referrer_properties,
@@ -61,6 +62,7 @@ from posthog_migrate.adapters.common import (
 )
 from posthog_migrate.adapters.jsonl import read_json_lines
 from posthog_migrate.adapters.parquet import read_parquet
+from posthog_migrate.distinct_ids import no_usable_id, only_legal
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_id
 from posthog_migrate.mapping import Filtered
@@ -211,11 +213,12 @@ class Ga4Adapter(Adapter):
         name = EVENT_NAMES.get(source_name, source_name)
         if name in self.mapper.drop_events or source_name in self.mapper.drop_events:
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id = id_text(record.get("user_id"), "user_id")
-        pseudo_id = id_text(record.get("user_pseudo_id"), "user_pseudo_id")
+        (user_id, pseudo_id), passed = only_legal(
+            ("user_id", person_id_text(record.get("user_id"), "user_id")),
+            ("user_pseudo_id", person_id_text(record.get("user_pseudo_id"), "user_pseudo_id")))
         distinct_id = user_id or pseudo_id
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "the row has no user_id and no user_pseudo_id")
+            raise no_usable_id("the row has no user_id and no user_pseudo_id", passed)
         stamp = record.get("event_timestamp")
         if is_empty(stamp):
             raise Rejection("bad_timestamp", "the row has no event_timestamp")
@@ -259,7 +262,8 @@ class Ga4Adapter(Adapter):
         ))
         event_uuid = uuid_from_id(f"ga4:{key}:{content_digest(record)}")
         link = (user_id, pseudo_id) if user_id and pseudo_id and user_id != pseudo_id else None
-        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)]
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link,
+                      illegal_ids=passed)]
 
 
 def _device_properties(device: dict, web_info: dict) -> dict:

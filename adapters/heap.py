@@ -6,10 +6,11 @@ Mapping: ../shared/reference/source-formats.md, "Heap".
   is the table's name: the file's stem (``pageviews.csv``) or its folder (``pageviews/part-00001.parquet``);
   an ``all_events`` table names each row's event in ``event_table_name``. ``pageviews`` → ``$pageview``.
 - ``sessions`` and ``user_migrations`` rows are filtered (they are lookups, not events: give them as the
-  ``[source]`` files below). ``users`` rows become ``$set`` events (the user's columns as person properties,
-  ``joindate`` as ``$set_once``) at ``last_modified`` (else ``joindate``).
+  ``[source]`` files below). ``users`` rows are person profiles: ``$set`` events (the user's columns as person
+  properties, ``joindate`` as ``$set_once``, with ``$geoip_disable``) at ``last_modified`` (else ``joindate``).
 - distinct_id = ``identity`` when known (the row's own ``identity`` column, else the ``[source] users``
-  file), else the Heap user id after ``user_migrations``. Heap ids are int64: always read and sent as text.
+  file), else the Heap user id after ``user_migrations`` (an id PostHog will not merge through, such as ``0``,
+  counts as missing). Heap ids are int64: always read and sent as text.
   A row whose user is identified carries ``link = (identity, heap user id)``.
 - ``time`` is UTC, possibly with a `` UTC`` suffix (a naive time is read in the mapping's timezone,
   UTC by default). uuid = UUIDv5 of ``heap:<event_id>``; content-derived without an event id.
@@ -57,6 +58,7 @@ from posthog_migrate.adapters.common import (
     geo_properties,
     id_text,
     is_empty,
+    person_id_text,
     probe_rows,
     put,
     read_table_rows,
@@ -67,9 +69,11 @@ from posthog_migrate.adapters.common import (
     url_properties,
     without_empty,
 )
+from posthog_migrate.distinct_ids import PassedOver, no_usable_id, only_legal
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from posthog_migrate.mapping import ColumnMapping, Filtered
+from posthog_migrate.profiles import PERSON_PROFILE
 
 PAGEVIEWS_TABLE = "pageviews"
 SOURCE_OPTIONS = ("user_migrations", "users", "sessions")
@@ -243,13 +247,14 @@ class HeapAdapter(Adapter):
             raise Filtered(LOOKUP_TABLES[table])
         raw_user = id_text(record.get("user_id"), "user_id")
         user = self.migrated(raw_user)
-        identity = id_text(record.get("identity"), "identity")
+        identity = person_id_text(record.get("identity"), "identity")
         if identity is None and user is not None:
             identity = self.identities.get(user) or self.identities.get(raw_user)
+        (identity, user), passed = only_legal(("identity", identity), ("user_id", user))
         distinct_id = identity or user
         link = (identity, user) if identity and user and identity != user else None
         if table == USERS_TABLE:
-            return [self._user_event(record, distinct_id, raw_user, link)]
+            return [self._user_event(record, distinct_id, raw_user, link, passed)]
 
         source_name = text_value(record.get("event_table_name")) or (table if table != ALL_EVENTS_TABLE else None)
         if not source_name or not source_name.strip():
@@ -259,7 +264,7 @@ class HeapAdapter(Adapter):
         if name in self.mapper.drop_events or source_name in self.mapper.drop_events:
             raise Filtered(f"event {source_name!r} dropped by the mapping")
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "the row has no user_id and no identity")
+            raise no_usable_id("the row has no user_id and no identity", passed)
         stamp = record.get("time")
         if is_empty(stamp):
             raise Rejection("bad_timestamp", "the row has no time")
@@ -280,26 +285,28 @@ class HeapAdapter(Adapter):
             event_uuid = uuid_from_id(f"heap:{event_id}")
         else:
             event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
-        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link)]
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link,
+                      illegal_ids=passed)]
 
     def _user_event(self, record: dict, distinct_id: str | None, raw_user: str | None,
-                    link: tuple[str, str] | None) -> Event:
+                    link: tuple[str, str] | None, passed: PassedOver) -> Event:
         """A row of Heap's users table: the user's properties, as a ``$set`` event."""
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "the users row has no user_id and no identity")
+            raise no_usable_id("the users row has no user_id and no identity", passed)
         stamp = next((record.get(k) for k in ("last_modified", "joindate") if not is_empty(record.get(k))), None)
         if stamp is None:
             raise Rejection("bad_timestamp", "the users row has no last_modified and no joindate")
         timestamp_us = parse_timestamp(stamp, "auto", self.mapper.zone)
         self.mapper.apply_time_filters(timestamp_us)
-        properties: dict = {}
+        properties: dict = {"$geoip_disable": True}  # else PostHog would locate the migration machine onto the person
         person = without_empty({k: v for k, v in record.items() if k not in USER_BOOKKEEPING and isinstance(k, str)})
         if person:
             properties["$set"] = person
         if not is_empty(record.get("joindate")):
             properties["$set_once"] = {"joindate": record["joindate"]}
         event_uuid = uuid_from_id(f"heap:user:{raw_user or distinct_id}:{timestamp_us}")
-        return Event("$set", distinct_id, timestamp_us, event_uuid, properties, source_event=USERS_TABLE, link=link)
+        return Event("$set", distinct_id, timestamp_us, event_uuid, properties, source_event=PERSON_PROFILE, link=link,
+                     illegal_ids=passed)
 
 
 def _optional_id(value: Any) -> str | None:

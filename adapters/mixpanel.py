@@ -10,16 +10,28 @@ Mapping (../shared/reference/source-formats.md, "Mixpanel"), with these choices 
   option (UTC) nothing moves. An ISO string without an offset is read in that zone too.
 - uuid: UUIDv5 of ``$insert_id`` in PostHog's importer's namespace (``UUID(bytes=b"posthog_mixpanel")``),
   so both tools' imports of one row collapse in PostHog; without ``$insert_id``, the row's content.
-- Identity: ``distinct_id`` (canonical after merges), else ``$user_id``, else ``$device_id``.
+- Identity: ``distinct_id`` (canonical after merges), else ``$user_id``, else ``$device_id``; an id PostHog
+  will not merge through (``"null"``, ``"0"``...) counts as missing (posthog_migrate.distinct_ids). As PostHog's
+  importer does, a row's ``$distinct_id_before_identity`` (the id the event was sent under, before Mixpanel's ID
+  merge resolved it) is its distinct_id when the resolved one looks anonymous: it starts with ``$device:``, or
+  is made only of capital letters, digits and dashes (a device's uuid); so an event imported by both tools
+  gets the same uuid *and* distinct_id, and PostHog collapses the two. ``[source] distinct_id = "canonical"``
+  keeps the resolved id always.
   Mixpanel's ``$identify`` → PostHog ``$identify`` (``distinct_id = $identified_id``,
   ``$anon_distinct_id = $anon_id``); ``$create_alias`` → ``$create_alias`` (``alias``); ``$merge`` →
   ``$create_alias`` from ``$distinct_ids`` (the row's ``distinct_id`` keeps its id, each other id is an
   alias: one event per other id, the extra ones ``added``). They are rebuilt with only the ids and the
-  geo fields; without two different ids they are filtered (a merge of one id does nothing); a
-  ``$merge`` of more than 256 ids is rejected (``too_many_events``: 255 events per row at most).
-- ``$user_id`` + ``$device_id`` give the row's ``link`` as they are. Note that newer Mixpanel SDKs send
-  anonymous events as ``distinct_id = "$device:<$device_id>"``; in a resolved export those events carry
-  the user's canonical id anyway.
+  geo fields; without two different ids they are filtered (a merge of one id does nothing), with an illegal
+  one on either side they are rejected (``illegal_distinct_id``); a ``$merge`` of more than 256 ids is
+  rejected (``too_many_events``: 255 events per row at most). Each is the merge of its pair (``link``), so the
+  identity pass can hold back one PostHog would refuse (a device already merged into another user).
+- Simplified ID merge: an event with both ``$user_id`` and ``$device_id`` merges the device into the user,
+  and the device's anonymous events were sent under ``$device:<$device_id>``: that is the ``link``'s device
+  (``$anon_distinct_id`` of the ``$identify`` the identity pass sends), so the anonymous history joins the
+  user. (PostHog's importer links the bare ``$device_id``, which no event was sent under.)
+- Person properties, as PostHog's SDKs set them: ``$set`` of the browser, OS, device, screen and geo
+  properties the event has (PERSON_PROPERTIES) and ``$set_once`` of their ``$initial_*`` forms, plus
+  Mixpanel's own ``$initial_referrer``/``$initial_referring_domain``; the event's own ``$set`` wins.
 - Properties: renamed and dropped as the reference lists; also ``$app_build_number`` → ``$app_build``
   and ``$carrier`` → ``$network_carrier`` (PostHog's mobile SDKs' names), and the old project's
   ``token`` is dropped. ``$current_url`` also gives ``$host``/``$pathname`` unless Mixpanel's
@@ -27,6 +39,24 @@ Mapping (../shared/reference/source-formats.md, "Mixpanel"), with these choices 
   ``$geoip_disable`` and Mixpanel's own geo.
 - Properties named like PostHog's reserved objects (``$set``, ``$set_once``, ``$group_set``, ``$groups``)
   but of the wrong shape are dropped: PostHog would refuse the whole event for them.
+- ``mp_country_code`` also gives ``$geoip_country_name`` (MaxMind's English name, as PostHog's GeoIP writes it).
+- ``$insert_id`` that is a number: the uuid is UUIDv5 of its text (PostHog's importer only reads text insert ids
+  and gives such rows a random uuid, so re-runs of its import duplicate them; ours do not).
+
+Profiles (the Engage API's people, or group profiles exported with ``data_group_id``) are read beside the
+events, recognised by their shape: ``{"$distinct_id": ..., "$properties": {...}}``, one per line, or the API's
+pages (``{"page": 0, "session_id": ..., "results": [profile, ...]}``), one per line or a (pretty-printed)
+file of one page. Each profile is one ``$set`` event for its ``$distinct_id`` (see posthog_migrate.profiles),
+at its ``$last_seen`` (else just after the job's last event), with PROFILE_PROPERTIES renamed to PostHog's
+names (``$email`` → ``email``, ``$name`` or ``$first_name`` + ``$last_name`` → ``name``...), ``$created`` set
+once as ``$initial_created_at``, and the rest as they are. With ``[source] group_type = "company"`` the
+job's profiles are group profiles: one ``$groupidentify`` each (``$group_key`` = ``$distinct_id``). A page
+the pull wrote (``mixpanel://engage?data_group_id=N&group_type=company``) says its group type itself
+(``"group_type"`` beside ``results``): its profiles are that type's, whatever ``[source] group_type`` says.
+
+    [source]
+    group_type = "company"       # the job's profiles are group profiles of this type
+    distinct_id = "canonical"    # never $distinct_id_before_identity (default: "posthog", PostHog's rule)
 """
 
 from __future__ import annotations
@@ -39,9 +69,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import orjson
-from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile
-from posthog_migrate.adapters.common import event_name, geo_properties, is_empty, probe_rows, url_properties
+from posthog_migrate.adapters.base import (
+    MAX_RAW_CHARS_IN_REJECT,
+    MAX_ROW_BYTES,
+    Adapter,
+    BadRow,
+    RowChunk,
+    SourceFile,
+    in_chunks,
+    open_binary,
+    too_large_row,
+)
+from posthog_migrate.adapters.common import (
+    event_name,
+    geo_properties,
+    is_empty,
+    person_id_text,
+    probe_rows,
+    url_properties,
+    without_empty,
+)
+from posthog_migrate.adapters.countries import country_name
 from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.distinct_ids import is_illegal_id, no_usable_id, only_legal
+from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import (
     MAX_TIMESTAMP_US,
     MIN_TIMESTAMP_US,
@@ -53,6 +104,7 @@ from posthog_migrate.event import (
     uuid_from_content,
 )
 from posthog_migrate.mapping import DEFAULT_TIMESTAMP_COLUMNS, ColumnMapping, Filtered
+from posthog_migrate.profiles import group_profile_event, person_profile_event, profile_uuid
 from posthog_migrate.spool import MAX_EVENTS_PER_ROW
 
 # PostHog's importer's namespace (706f7374-686f-675f-6d69-7870616e656c): fixed forever.
@@ -73,6 +125,36 @@ RENAMED_PROPERTIES = (
     ("$manufacturer", "$device_manufacturer"), ("$model", "$device_model"), ("$carrier", "$network_carrier"),
 )
 RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
+# The event properties (in PostHog's names) that also describe the person: $set as they are, and $set_once as
+# $initial_<name>, as PostHog's SDKs and GeoIP set them on live events.
+PERSON_PROPERTIES = (
+    "$browser", "$browser_version", "$os", "$os_version", "$device", "$device_model", "$device_manufacturer",
+    "$screen_height", "$screen_width", "$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_code",
+    "$geoip_country_name",
+)
+INITIAL_PERSON_PROPERTIES = tuple((key, f"$initial_{key[1:]}") for key in PERSON_PROPERTIES)
+# Mixpanel's own first-touch properties: set once, under their names.
+MIXPANEL_SET_ONCE = ("$initial_referrer", "$initial_referring_domain")
+# A profile's reserved properties in PostHog's names (the rest keep theirs). $first_name and $last_name also make
+# ``name`` when there is no $name; $created is set once; $last_seen is the event's time, not a property.
+PROFILE_PROPERTIES = {
+    "$email": "email", "$name": "name", "$first_name": "first_name", "$last_name": "last_name", "$phone": "phone",
+    "$avatar": "avatar", "$city": "$geoip_city_name", "$region": "$geoip_subdivision_1_name",
+    "$country_code": "$geoip_country_code", "$timezone": "$geoip_time_zone",
+}
+PROFILE_CREATED = ("$created", "$initial_created_at")
+PROFILE_TIME = "$last_seen"
+# Keys of an Engage API answer around its profiles: a record with "results" and one of these is a page.
+PAGE_KEYS = ("page", "page_size", "session_id", "total", "status")
+# The key the pull adds to a page of group profiles (the group type it was asked for, see pull.stage), and the
+# key under which a profile read from such a page carries it to the mapping.
+PAGE_GROUP_TYPE = "group_type"
+PROFILE_GROUP_TYPE = "$group_type"
+SOURCE_OPTIONS = ("distinct_id", "group_type")
+# [source] distinct_id: PostHog's importer's rule for $distinct_id_before_identity, or the resolved id always.
+DISTINCT_ID_RULES = ("posthog", "canonical")
+ANONYMOUS_PREFIX = "$device:"
+_ANONYMOUS_LOOKING = re.compile(r"[A-Z0-9-]+")
 _NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _ONE_US = timedelta(microseconds=1)
@@ -83,81 +165,143 @@ class MixpanelAdapter(Adapter):
     name: ClassVar[str] = "mixpanel"
     extensions: ClassVar[tuple[str, ...]] = ()  # plain JSON lines: by their shape, or --format mixpanel
     source_tag: ClassVar[str] = "mixpanel"
-    recognised_shape: ClassVar[str] = "a Mixpanel export (event and properties.time)"
+    known_source_options: ClassVar[tuple[str, ...]] = SOURCE_OPTIONS
+    recognised_shape: ClassVar[str] = ("a Mixpanel export (event and properties.time, or profiles: $distinct_id "
+                                       "and $properties)")
 
     @classmethod
     def recognises(cls, record: dict) -> bool:
         # Not a generic row that happens to have a "time" property: those have a time column of their own.
         properties = record.get("properties")
-        return ("event" in record and isinstance(properties, dict) and "time" in properties
-                and not any(column in record for column in DEFAULT_TIMESTAMP_COLUMNS))
+        return (("event" in record and isinstance(properties, dict) and "time" in properties
+                 and not any(column in record for column in DEFAULT_TIMESTAMP_COLUMNS))
+                or _is_profile(record) or _is_page(record))
 
     def __init__(self, mapping: ColumnMapping):
         super().__init__(mapping)
         self._local_zone = None if self.mapping.timezone in UTC_NAMES else self.mapper.zone
+        rule = self.mapping.source_option("distinct_id", "posthog")
+        if rule not in DISTINCT_ID_RULES:
+            raise ConfigError(f"[source] distinct_id = {rule!r}: write \"posthog\" ($distinct_id_before_identity when "
+                              "the resolved id looks anonymous, as PostHog's importer does) or \"canonical\"")
+        self.before_identity = rule == "posthog"
+        group_type = self.mapping.source_option("group_type")
+        if group_type is not None and (not isinstance(group_type, str) or not group_type.strip()):
+            raise ConfigError(f"[source] group_type = {group_type!r}: give the group type of the job's profiles as "
+                              'non-empty text, e.g. group_type = "company"')
+        self.group_type = group_type
 
     def read(self, source: SourceFile) -> Iterator[RowChunk]:
-        return probe_rows(source, read_json_lines(source), _looks_like_mixpanel, "Mixpanel",
-                          expected='has the shape {"event": ..., "properties": {"time": ...}}')
+        chunks = _read_one_document(source) if _is_one_document(source) else read_json_lines(source)
+        return probe_rows(source, _pages_opened(chunks), _looks_like_mixpanel, "Mixpanel",
+                          expected='has the shape {"event": ..., "properties": {"time": ...}} or '
+                                   '{"$distinct_id": ..., "$properties": {...}}')
 
     # -- mapping ------------------------------------------------------------------------------------
 
     def to_events(self, record: dict) -> list[Event]:
+        if "event" not in record and _is_profile(record):
+            return [self._profile_event(record)]
         source_name = event_name(record.get("event"), "event")
         props = _properties(record.get("properties"))
         name = EVENT_NAMES.get(source_name, source_name)
         if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id = _identifier(props, "$user_id", reject=False)
-        device_id = _identifier(props, "$device_id", reject=False)
-        link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
         if source_name in IDENTITY_EVENTS:
-            return self._identity_events(record, source_name, props, link)
-        distinct_id = _identifier(props, "distinct_id") or user_id or device_id
+            return self._identity_events(record, source_name, props)
+        field, resolved = self._resolved_id(props)
+        (resolved, user_id, device_id), passed = only_legal(
+            (field, resolved), ("$user_id", _person_id(props, "$user_id", reject=False)),
+            ("$device_id", _person_id(props, "$device_id", reject=False)))
+        distinct_id = resolved or user_id or device_id
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "the row has no properties.distinct_id, $user_id or $device_id")
+            raise no_usable_id("the row has no properties.distinct_id, $user_id or $device_id", passed)
         timestamp_us = self._timestamp(props.get("time"))
         self.mapper.apply_time_filters(timestamp_us)
         event_uuid = self._uuid(record, props, distinct_id, timestamp_us, source_name)
-        return [Event(name, distinct_id, timestamp_us, event_uuid, _mapped_properties(props),
-                      source_event=source_name, link=link)]
+        return [Event(name, distinct_id, timestamp_us, event_uuid, _mapped_properties(props, with_person=True),
+                      source_event=source_name, link=_device_link(user_id, device_id), illegal_ids=passed)]
 
-    def _identity_events(self, record: dict, source_name: str, props: dict,
-                         link: tuple[str, str] | None) -> list[Event]:
+    def _resolved_id(self, props: dict) -> tuple[str, str | None]:
+        """(field, id) of the row's distinct_id: the resolved one, or the one the event was sent under when the
+        resolved one looks anonymous (PostHog's importer's rule, see the module's docstring)."""
+        canonical = _person_id(props, "distinct_id")
+        if not self.before_identity:
+            return "distinct_id", canonical
+        before = props.get("$distinct_id_before_identity")
+        if type(before) is not str or (canonical is not None and not _looks_anonymous(canonical)):
+            return "distinct_id", canonical
+        return "$distinct_id_before_identity", person_id_text(before, "$distinct_id_before_identity")
+
+    def _identity_events(self, record: dict, source_name: str, props: dict) -> list[Event]:
         """Mixpanel's ID-merge events, rebuilt as PostHog's: one event per id merged into the person."""
         if source_name == "$identify":
-            primary = _identifier(props, "$identified_id", reject=False) or _identifier(props, "distinct_id")
-            others = [_identifier(props, "$anon_id", reject=False)]
+            primary = ("$identified_id", _person_id(props, "$identified_id", reject=False))
+            if primary[1] is None:
+                primary = ("distinct_id", _person_id(props, "distinct_id"))
+            others = [("$anon_id", _person_id(props, "$anon_id", reject=False))]
         elif source_name == "$create_alias":
-            primary = _identifier(props, "distinct_id")
-            others = [_identifier(props, "alias", reject=False)]
+            primary = ("distinct_id", _person_id(props, "distinct_id"))
+            others = [("alias", _person_id(props, "alias", reject=False))]
         else:
             ids = _id_list(props.get("$distinct_ids"))
-            own_id = _identifier(props, "distinct_id")
-            primary = own_id if own_id in ids else (ids[0] if ids else own_id)
-            others = ids
-        others = list(dict.fromkeys(other for other in others if other is not None and other != primary))
-        if primary is None or not others:
+            own_id = _person_id(props, "distinct_id")
+            primary = ("distinct_id", own_id if own_id in ids else (ids[0] if ids else own_id))
+            others = [("$distinct_ids", other) for other in ids]
+        others = [(field, other) for field, other in others if other is not None and other != primary[1]]
+        if primary[1] is None or not others:
             raise Filtered(f"mixpanel {source_name} without two different ids")
-        if len(others) >= MAX_EVENTS_PER_ROW:
-            raise Rejection("too_many_events", f"the {source_name} merges {len(others) + 1} ids; at most "
+        (primary_id, *other_ids), passed = only_legal(primary, *others)
+        other_ids = list(dict.fromkeys(other for other in other_ids if other is not None))
+        if primary_id is None or not other_ids:  # a merge through an id PostHog refuses: nothing to send
+            raise no_usable_id("", passed)
+        if len(other_ids) >= MAX_EVENTS_PER_ROW:
+            raise Rejection("too_many_events", f"the {source_name} merges {len(other_ids) + 1} ids; at most "
                             f"{MAX_EVENTS_PER_ROW} fit in one row")
         timestamp_us = self._timestamp(props.get("time"))
         self.mapper.apply_time_filters(timestamp_us)
-        event_uuid = self._uuid(record, props, primary, timestamp_us, source_name)
+        event_uuid = self._uuid(record, props, primary_id, timestamp_us, source_name)
         geo = _geo(props)
         if source_name == "$identify":
-            return [Event("$identify", primary, timestamp_us, event_uuid, {"$anon_distinct_id": others[0], **geo},
-                          source_event=source_name, link=link)]
+            return [Event("$identify", primary_id, timestamp_us, event_uuid, {"$anon_distinct_id": other_ids[0], **geo},
+                          source_event=source_name, link=(primary_id, other_ids[0]), illegal_ids=passed)]
         events = [
-            Event("$create_alias", primary, timestamp_us,
+            Event("$create_alias", primary_id, timestamp_us,
                   uuid5_text(MERGE_NAMESPACE, f"merge:{event_uuid}:{alias}"), {"alias": alias, **geo},
-                  added=True, source_event=source_name, link=link)
-            for alias in others[:-1]
+                  added=True, source_event=source_name, link=(primary_id, alias))
+            for alias in other_ids[:-1]
         ]
-        events.append(Event("$create_alias", primary, timestamp_us, event_uuid, {"alias": others[-1], **geo},
-                            source_event=source_name, link=link))
+        events.append(Event("$create_alias", primary_id, timestamp_us, event_uuid, {"alias": other_ids[-1], **geo},
+                            source_event=source_name, link=(primary_id, other_ids[-1]), illegal_ids=passed))
         return events
+
+    def _profile_event(self, record: dict) -> Event:
+        """An Engage profile: one $set event for the person (or $groupidentify for a group's profile)."""
+        props = record.get("$properties")
+        if isinstance(props, str):
+            props = _properties(props)
+        if props is None:
+            props = {}
+        if not isinstance(props, dict):
+            raise Rejection("properties_not_object", f"$properties is {type(props).__name__}, expected an object")
+        key = person_id_text(record.get("$distinct_id"), "$distinct_id")
+        if key is None:
+            raise Rejection("missing_distinct_id", "the profile has no $distinct_id")
+        stamp = props.get(PROFILE_TIME)
+        timestamp_us = None if is_empty(stamp) else self._timestamp(stamp)
+        if timestamp_us is not None:
+            self.mapper.apply_time_filters(timestamp_us)
+        person_set, set_once = _profile_properties(props)
+        group_type = record.get(PROFILE_GROUP_TYPE) or self.group_type
+        if group_type is not None:
+            if not isinstance(group_type, str):
+                raise Rejection("bad_group_type", f"the page's group_type is {group_type!r}, expected text")
+            return group_profile_event(group_type, key, timestamp_us,
+                                       profile_uuid(self.source_tag, f"group:{group_type}", key, props), person_set)
+        if is_illegal_id(key):
+            raise no_usable_id("", (("$distinct_id", key),))
+        return person_profile_event(key, timestamp_us, profile_uuid(self.source_tag, "person", key, props),
+                                    person_set, set_once)
 
     def _timestamp(self, value: Any) -> int:
         if is_empty(value):
@@ -219,10 +363,45 @@ def _identifier(props: dict, key: str, reject: bool = True) -> str | None:
     return text
 
 
+def _person_id(props: dict, key: str, reject: bool = True) -> str | None:
+    """A person's id from the properties, trimmed; None when absent or blank. Other shapes (an object, a boolean,
+    NaN) reject the row, or count as absent when ``reject`` is false. Whether PostHog merges through it is
+    judged by the caller (posthog_migrate.distinct_ids)."""
+    try:
+        return person_id_text(props.get(key), f"properties.{key}")
+    except Rejection:
+        if reject:
+            raise
+        return None
+
+
 def _id_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
-    return list(dict.fromkeys(text for text in map(_id_text, value) if text is not None))
+    texts = []
+    for item in value:
+        try:
+            text = person_id_text(item, "$distinct_ids")
+        except Rejection:
+            continue
+        if text is not None:
+            texts.append(text)
+    return list(dict.fromkeys(texts))
+
+
+def _looks_anonymous(distinct_id: str) -> bool:
+    """PostHog's importer's test of a resolved id that names no known user: ``$device:...``, or only capital
+    letters, digits and dashes (a device's uuid in capitals)."""
+    return distinct_id.startswith(ANONYMOUS_PREFIX) or _ANONYMOUS_LOOKING.fullmatch(distinct_id) is not None
+
+
+def _device_link(user_id: str | None, device_id: str | None) -> tuple[str, str] | None:
+    """(user, the id the device's anonymous events were sent under) for a row with both ids: Mixpanel's
+    simplified ID merge sends them as ``$device:<$device_id>``."""
+    if user_id is None or device_id is None:
+        return None
+    anonymous = device_id if device_id.startswith(ANONYMOUS_PREFIX) else ANONYMOUS_PREFIX + device_id
+    return (user_id, anonymous) if anonymous != user_id else None
 
 
 def _in_range(timestamp_us: int, value: Any) -> int:
@@ -238,11 +417,12 @@ def _scalar(value: Any) -> Any:
 
 
 def _geo(props: dict) -> dict:
+    code = _scalar(props.get("mp_country_code"))
     return geo_properties(None, _scalar(props.get("$city")), _scalar(props.get("$region")),
-                          country_code=_scalar(props.get("mp_country_code")))
+                          country_name=country_name(code), country_code=code)
 
 
-def _mapped_properties(props: dict) -> dict:
+def _mapped_properties(props: dict, with_person: bool = False) -> dict:
     properties = {key: value for key, value in props.items() if key not in DROPPED_PROPERTIES}
     for key in RESERVED_OBJECTS:
         if key in properties and not isinstance(properties[key], dict):
@@ -259,9 +439,110 @@ def _mapped_properties(props: dict) -> dict:
         for key, value in url_properties(url).items():
             properties.setdefault(key, value)
     properties.update(_geo(props))
+    if with_person:
+        _add_person_properties(properties)
     return properties
+
+
+def _add_person_properties(properties: dict) -> None:
+    """The person's browser, OS, device and geo, from the event's: ``$set``, and ``$set_once`` as ``$initial_*``
+    (the event's own ``$set``/``$set_once`` win)."""
+    person_set = {key: properties[key] for key in PERSON_PROPERTIES if _scalar(properties.get(key)) is not None}
+    set_once = {initial: properties[key] for key, initial in INITIAL_PERSON_PROPERTIES if key in person_set}
+    for key in MIXPANEL_SET_ONCE:
+        if _scalar(properties.get(key)) is not None:
+            set_once[key] = properties[key]
+    if person_set:
+        properties["$set"] = {**person_set, **properties.get("$set", {})}
+    if set_once:
+        properties["$set_once"] = {**set_once, **properties.get("$set_once", {})}
+
+
+def _profile_properties(props: dict) -> tuple[dict, dict]:
+    """A profile's properties in PostHog's names: ($set, $set_once). See PROFILE_PROPERTIES."""
+    person_set: dict = {}
+    set_once: dict = {}
+    for key, value in without_empty(props).items():
+        if key == PROFILE_TIME:
+            continue
+        if key == PROFILE_CREATED[0]:
+            set_once[PROFILE_CREATED[1]] = value
+        elif key == "$country_code":
+            person_set["$geoip_country_code"] = value
+            if (name := country_name(value)) is not None:
+                person_set["$geoip_country_name"] = name
+        else:
+            person_set[PROFILE_PROPERTIES.get(key, key)] = value
+    if "name" not in person_set:
+        full_name = " ".join(str(part) for part in (person_set.get("first_name"), person_set.get("last_name")) if part)
+        if full_name:
+            person_set["name"] = full_name
+    return person_set, set_once
+
+
+def _is_profile(record: dict) -> bool:
+    return "$distinct_id" in record and "$properties" in record
+
+
+def _is_page(record: dict) -> bool:
+    return isinstance(record.get("results"), list) and any(key in record for key in PAGE_KEYS)
+
+
+def _pages_opened(chunks: Iterator[RowChunk]) -> Iterator[RowChunk]:
+    """The records of the chunks, with each Engage API page (``{"page": 0, "results": [...]}``) replaced by the
+    profiles it holds; rows are numbered again from 1 across the file, so that every profile has a row of its own
+    (for the rejects file, and for a resume, which skips rows by number)."""
+    def numbered() -> Iterator[tuple[int, dict | BadRow, int]]:
+        row_number = 0
+        for chunk in chunks:
+            for _, record in chunk:
+                if type(record) is dict and _is_page(record):
+                    group_type = record.get(PAGE_GROUP_TYPE)
+                    for profile in record["results"]:
+                        row_number += 1
+                        if group_type and isinstance(profile, dict):  # a page of group profiles, as the pull wrote
+                            profile = {**profile, PROFILE_GROUP_TYPE: group_type}
+                        yield row_number, profile if isinstance(profile, dict) else BadRow(
+                            "not_an_object", f"an element of a page's results is a {type(profile).__name__}, "
+                            "expected a profile object", repr(profile)[:MAX_RAW_CHARS_IN_REJECT]), 0
+                    continue
+                row_number += 1
+                yield row_number, record, 0
+    return in_chunks(numbered())
+
+
+def _is_one_document(source: SourceFile) -> bool:
+    """Whether the file is one JSON object spread over several lines (a page saved as the API answered it,
+    pretty-printed), rather than JSON lines: it starts with ``{`` and its first line is no JSON object."""
+    with open_binary(source.uri) as stream:
+        first = stream.readline(MAX_ROW_BYTES)
+    first = first.removeprefix(b"\xef\xbb\xbf").strip()
+    if not first.startswith(b"{"):
+        return False
+    try:
+        return not isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        return True
+
+
+def _read_one_document(source: SourceFile) -> Iterator[RowChunk]:
+    """A file of one JSON object (an Engage page), as one record; one over MAX_ROW_BYTES is rejected."""
+    with open_binary(source.uri) as stream:
+        data = stream.read(MAX_ROW_BYTES + 1)
+        if len(data) > MAX_ROW_BYTES:
+            size = len(data) + sum(len(rest) for rest in iter(lambda: stream.read(1 << 20), b""))
+            yield [(1, too_large_row(data, size))]
+            return
+    try:
+        record = orjson.loads(data.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"{source.uri}: neither JSON lines nor one JSON object ({error}); is it a Mixpanel "
+                          "export? Check --format") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{source.uri}: one JSON {type(record).__name__}, expected a Mixpanel page or profile")
+    yield [(1, record)]
 
 
 def _looks_like_mixpanel(row: dict) -> bool:
     properties = row.get("properties")
-    return "event" in row and isinstance(properties, dict) and "time" in properties
+    return ("event" in row and isinstance(properties, dict) and "time" in properties) or _is_profile(row)

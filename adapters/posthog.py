@@ -4,6 +4,8 @@ JSON lines of captured events (``{"uuid","event","distinct_id","timestamp","prop
 CSV PostHog's UI exports (``properties`` as a JSON string, ``elements_chain``, ``person_id``...).
 Fields that belong to the old project or to the old request (``team_id``, ``person_id``, ``sent_at``,
 ``offset``, the old project's token) are dropped: re-sending them would mis-time or mis-route events.
+Distinct ids are trimmed; an event whose distinct_id PostHog will not merge through (``null``, ``0``...) is
+rejected (``illegal_distinct_id``), and an ``$identify`` whose ``$anon_distinct_id`` is one is sent without it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import ClassVar
 from posthog_migrate.adapters.base import Adapter, RowChunk, SourceFile, file_name, without_compression
 from posthog_migrate.adapters.csv import read_csv, read_csv_header
 from posthog_migrate.adapters.jsonl import read_json_lines
+from posthog_migrate.distinct_ids import PassedOver, is_illegal_id
 from posthog_migrate.event import Event, Rejection, json_object, normalise_uuid, parse_timestamp, uuid_from_content
 from posthog_migrate.mapping import Filtered
 
@@ -56,7 +59,7 @@ class PostHogAdapter(Adapter):
             raise Rejection("missing_distinct_id", "the row has no usable 'distinct_id'")
         if isinstance(distinct_id, float) and not math.isfinite(distinct_id):
             raise Rejection("missing_distinct_id", f"'distinct_id' is {distinct_id!r}, a number that is no id")
-        distinct_id = str(distinct_id)
+        distinct_id = str(distinct_id).strip()
         properties.pop("distinct_id", None)
         properties.pop("token", None)  # the old project's key must not travel
         timestamp_us = parse_timestamp(record.get("timestamp"), "auto", self.mapper.zone)
@@ -72,9 +75,15 @@ class PostHogAdapter(Adapter):
             properties["$elements_chain"] = elements
         if record.get("ip") and "$ip" not in properties:
             properties["$ip"] = record["ip"]
+        passed: PassedOver = ()
+        anonymous = properties.get("$anon_distinct_id")
+        if name == "$identify" and isinstance(anonymous, str | int) and is_illegal_id(str(anonymous).strip()):
+            # PostHog refuses that merge: send the $identify for its person properties, without it.
+            passed = (("$anon_distinct_id", str(anonymous)),)
+            del properties["$anon_distinct_id"]
         source_uuid = record.get("uuid")
         if source_uuid not in (None, ""):
             event_uuid = normalise_uuid(source_uuid)
         else:
             event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
-        return [Event(name, distinct_id, timestamp_us, event_uuid, properties)]
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, illegal_ids=passed)]

@@ -34,8 +34,9 @@ class RejectsAdapter(Adapter):
 
     def __init__(self, mapping: ColumnMapping, original: type[Adapter]):
         self.rows = original(mapping)  # the original format's adapter, which reads (and checks) [source]
-        # The [source] settings belong to the original format, not to the rejects file or the events' adapter.
-        without_source = replace(mapping, source_options=())
+        # The [source] settings (and the profile tables) belong to the original format, not to the rejects file or
+        # the events' adapter.
+        without_source = replace(mapping, source_options=(), profiles=(), group_profiles=())
         super().__init__(without_source)
         self.events = PostHogAdapter(without_source)
 

@@ -7,8 +7,11 @@ Mapping: ../shared/reference/source-formats.md, "Segment" (PostHog's own Segment
   ``$groupidentify`` (``$group_type`` from the mapping's ``[source] group_type``, default ``segment_group``;
   ``$group_key`` = groupId, ``$group_set`` = traits); ``alias`` → ``$create_alias`` (distinct_id = userId,
   ``alias`` = previousId).
-- distinct_id = userId, else anonymousId (ids such as ``"null"``/``"undefined"`` count as missing).
-  A row with both ids carries ``link`` so the pipeline merges the device into the user once per job.
+- distinct_id = userId, else anonymousId (ids PostHog will not merge through, such as ``"null"``/``"undefined"``,
+  count as missing: posthog_migrate.distinct_ids). A row with both ids carries ``link`` so the pipeline merges
+  the device into the user once per job. An identify call with both is that merge itself (its ``$identify``
+  carries ``$anon_distinct_id`` and the traits), as is an alias call (``$create_alias``): the identity pass sends
+  no other ``$identify`` for the pair, and holds back the merge of a device another user claimed first.
 - timestamp = ``timestamp`` (Segment's skew-corrected time), else receivedAt - (sentAt - originalTimestamp)
   when all three are there (the same correction), else originalTimestamp, else receivedAt.
 - uuid = UUIDv5 of ``segment:{messageId}:{type}:{event or name}``. Not of messageId alone: real exports reuse a
@@ -56,6 +59,7 @@ from posthog_migrate.adapters.common import (
     is_empty,
     number_value,
     object_value,
+    person_id_text,
     probe_rows,
     put,
     read_table_rows,
@@ -66,6 +70,7 @@ from posthog_migrate.adapters.common import (
     url_properties,
     without_empty,
 )
+from posthog_migrate.distinct_ids import is_illegal_id, no_usable_id, only_legal
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import Event, Rejection, parse_timestamp, uuid_from_content, uuid_from_id
 from posthog_migrate.mapping import ColumnMapping, Filtered
@@ -168,12 +173,14 @@ class SegmentAdapter(Adapter):
         source_event = _source_name(message, kind) if kind == "track" else kind
         if name in self.mapper.drop_events or source_event in self.mapper.drop_events:
             raise Filtered(f"event {source_event!r} dropped by the mapping")
-        user_id = id_text(message.get("userId"), "userId")
-        anonymous_id = id_text(message.get("anonymousId"), "anonymousId")
+        (user_id, anonymous_id), passed = only_legal(("userId", person_id_text(message.get("userId"), "userId")),
+                                                     ("anonymousId", person_id_text(message.get("anonymousId"),
+                                                                                    "anonymousId")))
         distinct_id = user_id if kind == "alias" else user_id or anonymous_id
         if distinct_id is None:
-            raise Rejection("missing_distinct_id", "an alias call without a userId" if kind == "alias"
-                            else "the message has no userId and no anonymousId")
+            raise no_usable_id("an alias call without a userId" if kind == "alias"
+                               else "the message has no userId and no anonymousId",
+                               tuple(p for p in passed if p[0] == "userId") if kind == "alias" else passed)
         timestamp_us = self._timestamp(message)
         self.mapper.apply_time_filters(timestamp_us)
 
@@ -204,7 +211,9 @@ class SegmentAdapter(Adapter):
             if traits:
                 properties["$group_set"] = traits
         else:  # alias
-            previous_id = id_text(message.get("previousId"), "previousId", "invalid_special_event")
+            previous_id = person_id_text(message.get("previousId"), "previousId", "invalid_special_event")
+            if previous_id is not None and is_illegal_id(previous_id):
+                raise no_usable_id("", (("previousId", previous_id),))
             if previous_id is None or previous_id == distinct_id:
                 raise Rejection("invalid_special_event", "an alias call needs a previousId different from its userId")
             properties["alias"] = previous_id
@@ -216,8 +225,12 @@ class SegmentAdapter(Adapter):
             event_uuid = uuid_from_id(f"segment:{message_id}:{kind}:{_source_name(message, kind)}")
         else:
             event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
-        link = (user_id, anonymous_id) if user_id and anonymous_id and user_id != anonymous_id else None
-        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_event, link=link)]
+        if kind == "alias":  # the alias call is the merge of (userId, previousId)
+            link = (distinct_id, properties["alias"])
+        else:
+            link = (user_id, anonymous_id) if user_id and anonymous_id and user_id != anonymous_id else None
+        return [Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_event, link=link,
+                      illegal_ids=passed)]
 
     def _timestamp(self, message: dict) -> int:
         zone = self.mapper.zone

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from posthog_migrate.accounting import PrepareStats  # noqa: E402
 from posthog_migrate.config import resolve_settings  # noqa: E402
+from posthog_migrate.identity import IdentityCollector  # noqa: E402
 from posthog_migrate.job import open_job  # noqa: E402
 from posthog_migrate.prepare import map_rows, prepare_file  # noqa: E402
 
@@ -53,7 +54,8 @@ def main() -> None:
         source = job.sources[0]
         rows = sum(len(chunk) for chunk in job.adapter.read(source))
         read = cpu_per_row(lambda: sum(len(chunk) for chunk in job.adapter.read(source)), rows, args.repeat)
-        mapped = cpu_per_row(lambda: map_rows(job, source, lambda *_: None, lambda *_: None, PrepareStats()),
+        mapped = cpu_per_row(lambda: map_rows(job, source, lambda *_: None, lambda *_: None, PrepareStats(),
+                                                  IdentityCollector(job.identity_dir, RUN_BYTES)),
                              rows, args.repeat)
         whole = cpu_per_row(lambda: prepare_file(job, source, RUN_BYTES), rows, args.repeat)
     print(f"{rows:,} rows ({job.format_name}): read {read:.1f} µs/row, read + map {mapped:.1f} µs/row, "

@@ -20,10 +20,12 @@ from typing import IO, Any
 import numpy as np
 import orjson
 from posthog_migrate.event import MICROSECONDS_PER_DAY, RECENT_EVENT_AGE_US, format_timestamp, json_default
+from posthog_migrate.profiles import PROFILE_SOURCES
 
 # Event names tracked one by one for "top events"; beyond this, counted under OTHER_EVENTS.
 MAX_TRACKED_EVENT_NAMES = 10_000
 OTHER_EVENTS = "(other event names)"
+OTHER_ILLEGAL_IDS = "(other illegal ids)"
 # HyperLogLog precision: 2^14 registers, ~0.8% error, 16 KiB, whatever the number of people.
 HLL_PRECISION = 14
 
@@ -132,6 +134,13 @@ class PrepareStats:
     # Things the user should know that are neither rejects nor filters (text → how many rows, events or
     # files it concerns): shown by inspect and at the end of run, kept in the manifest.
     warnings: Counter = field(default_factory=Counter)
+    # People (see posthog_migrate.distinct_ids, posthog_migrate.identity, posthog_migrate.profiles):
+    # rows by the illegal id they had ("user_id 'null'"), devices claimed by more than one user, profile events
+    # ("(person profile) → $set"), and events by group type.
+    illegal_ids: Counter = field(default_factory=Counter)
+    shared_devices: int = 0
+    profiles: Counter = field(default_factory=Counter)
+    group_types: Counter = field(default_factory=Counter)
 
     def add_tally(self, tally: EventTally, now_us: int, suspicious_before_us: int | None = None) -> None:
         """Count a chunk's events at once (the numbers by numpy, the names by Counter), and empty the tally.
@@ -143,8 +152,12 @@ class PrepareStats:
         self.events += len(tally.names)
         self.added_events += tally.added
         _count_capped(self.event_names, Counter(tally.names))
-        renamed = Counter(f"{source} → {name}" for source, name in zip(tally.source_names, tally.names, strict=True)
-                          if source is not None and source != name)
+        renamed = Counter()
+        for (source, name), count in Counter(zip(tally.source_names, tally.names, strict=True)).items():
+            if source is not None and source != name:
+                renamed[f"{source} → {name}"] += count
+                if source in PROFILE_SOURCES:
+                    self.profiles[f"{source} → {name}"] += count
         if renamed:
             _count_capped(self.renamed, renamed, other=None)
         # Copies, not views: a view would keep the arrays from being emptied for the next chunk.
@@ -166,10 +179,11 @@ class PrepareStats:
 
     def merge(self, other: PrepareStats) -> None:
         """Add another file's counts to these (prepare counts each input file on its own)."""
-        for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files"):
+        for name in ("rows_read", "rows_kept", "events", "added_events", "recent_events", "files", "shared_devices"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("rejected", "filtered", "per_day", "renamed", "warnings"):
+        for name in ("rejected", "filtered", "per_day", "renamed", "warnings", "profiles", "group_types"):
             getattr(self, name).update(getattr(other, name))
+        _count_capped(self.illegal_ids, other.illegal_ids, OTHER_ILLEGAL_IDS)
         for name, count in other.event_names.items():
             if name in self.event_names or len(self.event_names) < MAX_TRACKED_EVENT_NAMES:
                 self.event_names[name] += count
@@ -180,6 +194,10 @@ class PrepareStats:
         known = [t for t in (self.last_us, other.last_us) if t is not None]
         self.last_us = max(known) if known else None
         self.people.merge(other.people)
+
+    def add_illegal_ids(self, described: list[str]) -> None:
+        """Count a row under each illegal id it had (``user_id 'null'``), up to MAX_TRACKED_EVENT_NAMES kinds."""
+        _count_capped(self.illegal_ids, Counter(described), OTHER_ILLEGAL_IDS)
 
     @property
     def rejected_total(self) -> int:
@@ -197,7 +215,9 @@ class PrepareStats:
             "per_day": {day_name(day): n for day, n in sorted(self.per_day.items())},
             "first_us": self.first_us, "last_us": self.last_us, "recent_events": self.recent_events,
             "people_registers": self.people.registers.hex(), "files": self.files, "renamed": dict(self.renamed),
-            "warnings": dict(self.warnings),
+            "warnings": dict(self.warnings), "illegal_ids": dict(self.illegal_ids),
+            "shared_devices": self.shared_devices, "profiles": dict(self.profiles),
+            "group_types": dict(self.group_types),
         }
 
     @classmethod
@@ -210,7 +230,9 @@ class PrepareStats:
             first_us=data["first_us"], last_us=data["last_us"],
             recent_events=data["recent_events"], people=DistinctCounter(bytes.fromhex(data["people_registers"])),
             files=data["files"], renamed=Counter(data.get("renamed", {})),
-            warnings=Counter(data.get("warnings", {})),
+            warnings=Counter(data.get("warnings", {})), illegal_ids=Counter(data.get("illegal_ids", {})),
+            shared_devices=data.get("shared_devices", 0), profiles=Counter(data.get("profiles", {})),
+            group_types=Counter(data.get("group_types", {})),
         )
 
 

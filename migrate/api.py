@@ -115,7 +115,7 @@ def verify(job_or_workdir: str | os.PathLike, *, project_id: str | int | None = 
 
     Returns a VerifyResult: ``exit_status`` 0 when everything landed, 4 when events are missing or merges were
     not made. Raises ConfigError, QueryFailed or Interrupted, carrying the VerifyResult so far."""
-    from posthog_migrate.verify import verify_job
+    from posthog_migrate.verification import verify_job
 
     unknown = [key for key in options if key not in RESEND_OPTIONS]
     if unknown:

@@ -73,6 +73,9 @@ MAPPING_OPTIONS = [
                  help="Drop an event by name, counted as filtered (repeatable)."),
     click.option("--rename-property", multiple=True, metavar="OLD=NEW", help="Rename a property (repeatable)."),
     click.option("--drop-property", multiple=True, metavar="NAME", help="Drop a property (repeatable)."),
+    click.option("--person-properties", type=click.Choice(["set", "set_once", "skip"]), default=None,
+                 help="What the history's $set does to persons: set (overwrite, a new project), set_once (never "
+                      "overwrite: a project with live data), skip (send none). [default: set; mapping: [person] mode]"),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars."),
 ]
 
@@ -155,6 +158,7 @@ def mapping_overrides(kwargs: dict) -> dict:
         "properties_json": kwargs.pop("properties_column"),
         "rename_events": kwargs.pop("rename_event"), "drop_events": kwargs.pop("drop_event"),
         "rename_properties": kwargs.pop("rename_property"), "drop_properties": kwargs.pop("drop_property"),
+        "person_mode": kwargs.pop("person_properties"),
     }
 
 
@@ -219,8 +223,12 @@ def finish(command: str, json_output: bool, work: Callable[[], Any], catcher: Si
             _print_json(error_document(command, error, status), json_file)
         sys.exit(status)
     except MigrateError as error:
-        finished_run = error.result is not None and getattr(error.result, "stage", None) == "done"
-        if finished_run and not json_output:  # the books do not balance: the summary shows how
+        # A finished run whose books do not balance (its summary shows how), or an inspect that found what a run
+        # would refuse (its report shows the counts): the result first, then the error. A verify that failed has
+        # only part of a report, which would mislead: the error alone.
+        finished_run = (error.result is not None and getattr(error.result, "stage", "done") == "done"
+                        and command != "verify")
+        if finished_run and not json_output:
             click.echo(error.result.asstr())
         fail(error, command, json_output, json_file)
     if json_file:
@@ -446,7 +454,7 @@ def verify(job: str | None, workdir: str | None, project_id: str | None, api_hos
     the questions (the message says what to fix).
     """
     from posthog_migrate.render import TqdmProgress
-    from posthog_migrate.verify import verify_job
+    from posthog_migrate.verification import verify_job
 
     json_output, json_file = json_to == "-", json_to if json_to not in (None, "-") else None
     root = Path(workdir) if workdir else Path(".posthog-migrate") / job if job else None

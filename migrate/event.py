@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+from posthog_migrate.distinct_ids import ILLEGAL_DISTINCT_ID, LONGEST_ILLEGAL_ID, PassedOver, is_illegal_id
 
 # PostHog's Kafka message limit is about 1 MB; posthog-python caps an event at 900 KiB. Stay there.
 MAX_EVENT_BYTES = 900 * 1024
@@ -56,10 +57,12 @@ class Rejection(Exception):
     sentence a person reads to fix the input.
     """
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, illegal_ids: PassedOver = ()):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        # The ids of the row PostHog would not merge through (see posthog_migrate.distinct_ids): inspect counts them.
+        self.illegal_ids = illegal_ids
 
 
 # --- timestamps -----------------------------------------------------------------------------------
@@ -166,6 +169,17 @@ def _date_text(day_number: int) -> str:
         t = time.gmtime(day_number * 86_400)
         year, month, day = t.tm_year, t.tm_mon, t.tm_mday
     return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+# The timestamp of an event serialised before its time was known (a profile placed after the job's last event).
+_PLACEHOLDER_TIMESTAMP = b'"timestamp":"' + format_timestamp(0).encode() + b'"'
+
+
+def retimed(payload: bytes, timestamp_us: int) -> bytes:
+    """An event serialised with the placeholder time 0, now at ``timestamp_us``. The timestamp is fixed-width
+    and its key comes before any property, and a quote inside a JSON string is escaped, so the first match is
+    the event's own."""
+    return payload.replace(_PLACEHOLDER_TIMESTAMP, b'"timestamp":"' + format_timestamp(timestamp_us).encode() + b'"', 1)
 
 
 # PostHog keeps years 0..9999; we keep what Python's datetime can represent from year 1.
@@ -309,7 +323,15 @@ class Event:
     source_event: str | None = None
     # (user id, device id) when the row links an anonymous device to a known user: the pipeline sends one
     # $identify per pair per job, just before the first event that shows the pair (see posthog_migrate.identity).
+    # An $identify or $create_alias whose $anon_distinct_id or alias is the link's device is that merge itself.
     link: tuple[str, str] | None = None
+    # Ids of the row passed over because PostHog would not merge through them ((field, id) pairs): counted by
+    # inspect and the summary, on the row's own event (the last).
+    illegal_ids: PassedOver = ()
+    # Things to say about the row, each counted under its text among the warnings (e.g. a fallback time used).
+    notes: tuple[str, ...] = ()
+    # A profile without a time of its own: the identity pass places it just after the job's last event.
+    after_last_event: bool = False
 
     def to_json(self) -> bytes:
         """The exact bytes sent in a batch. Key order is fixed; no ``sent_at``, no ``offset``."""
@@ -334,6 +356,8 @@ class Event:
 # Properties PostHog reads as objects: any other value makes capture refuse the event.
 _OBJECT_PROPERTIES = ("$set", "$set_once", "$group_set")
 _SURVEY_EVENTS = frozenset({"survey sent", "survey shown", "survey dismissed"})
+# The events that merge two persons, and the property holding the other id.
+_MERGE_EVENTS = {"$identify": "$anon_distinct_id", "$create_alias": "alias", "$merge_dangerously": "alias"}
 
 
 def _validate_special_event(event: Event) -> None:
@@ -349,12 +373,15 @@ def _validate_special_event(event: Event) -> None:
             raise Rejection("invalid_special_event", f"{name}: properties.$groups must map group types to keys")
     if name[0] != "$" and name not in _SURVEY_EVENTS:
         return  # the common case: none of the named rules below applies
-    if name == "$create_alias":
-        alias = props.get("alias")
-        if alias in (None, "") or str(alias) == event.distinct_id:
+    if name in _MERGE_EVENTS:
+        other_id = props.get(_MERGE_EVENTS[name])
+        if name == "$create_alias" and (other_id in (None, "") or str(other_id) == event.distinct_id):
             raise Rejection(
                 "invalid_special_event", "$create_alias needs properties.alias, different from distinct_id"
             )
+        if isinstance(other_id, int | str) and not isinstance(other_id, bool) and is_illegal_id(str(other_id).strip()):
+            raise Rejection(ILLEGAL_DISTINCT_ID, f"{name} merges {other_id!r}, an id PostHog will not merge persons "
+                            "through", illegal_ids=((_MERGE_EVENTS[name], other_id),))
     elif name == "$groupidentify":
         if not props.get("$group_type") or props.get("$group_key") in (None, ""):
             raise Rejection(
@@ -374,6 +401,10 @@ def validate(event: Event, now_us: int, max_bytes: int = MAX_EVENT_BYTES) -> byt
         raise Rejection("missing_event_name", "event name is missing or empty")
     if not isinstance(event.distinct_id, str) or not event.distinct_id.strip():
         raise Rejection("missing_distinct_id", "distinct_id is missing or empty")
+    if len(event.distinct_id) <= LONGEST_ILLEGAL_ID and is_illegal_id(event.distinct_id):
+        raise Rejection(ILLEGAL_DISTINCT_ID, f"distinct_id {event.distinct_id!r} is an id PostHog will not merge "
+                        "persons through (every row with it would be one person)",
+                        illegal_ids=(("distinct_id", event.distinct_id),))
     if len(event.distinct_id) > MAX_DISTINCT_ID_CHARS:
         raise Rejection(
             "distinct_id_too_long",

@@ -1,15 +1,26 @@
-"""One ``$identify`` per (user id, device id) pair per job, just before the first event that shows it.
+"""The identity pass: which merges of persons the job sends, decided once the whole job has been read.
 
 Platform exports tell us, row by row, that an anonymous device belongs to a known user (Amplitude's
-``device_id`` + ``user_id``, Segment's ``anonymousId`` + ``userId``...). PostHog learns it from an
-``$identify`` event with ``distinct_id = user`` and ``$anon_distinct_id = device``; sending it once, at the
-pair's first appearance in time, merges the device's earlier events into the person without flooding
-ingestion with merges.
+``device_id`` + ``user_id``, Segment's ``anonymousId`` + ``userId``, Mixpanel's ``$device_id`` + ``$user_id``...).
+PostHog learns it from an ``$identify`` event with ``distinct_id = user`` and ``$anon_distinct_id = device``; sent
+once, at the pair's first appearance in time, it merges the device's earlier events into the person without
+flooding ingestion with merges. Some rows *are* such a merge (a Segment identify call, Mixpanel's ``$identify``
+and ``$create_alias``): those are held back here too, so that each device is merged once, by one event.
 
-"First appearance" is a property of the whole job, and a job may hold more pairs than fit in memory, so
-this is an external "group by pair, keep the minimum" in bounded memory: pairs are kept in a dict with
-their earliest (timestamp, tie-breaker) until it reaches its budget, then spilled as a run sorted by
-pair; at the end the runs are merged pair by pair and each pair's minimum wins.
+A device claimed by two users (``$identify(alice, tablet)``, later ``$identify(bob, tablet)``) is the hard case:
+PostHog refuses the second merge when bob already has a person (``cannot_merge_already_identified``), and when he
+has none yet it adds bob's id to alice's person, so that all of bob's events become alice's. So only the device's
+first claimant (by time, as PostHog would process them) gets a merge: later claimants get none. Their held
+``$identify`` events are sent without ``$anon_distinct_id`` (their person properties still count), their held
+``$create_alias`` events are filtered (they do nothing else), and their own events stay on their own person. The
+devices this happens to are counted for inspect and the summary.
+
+Profiles without a time of their own (posthog_migrate.profiles) are held back as well: they go just after the
+job's last event, which is known only now.
+
+All of this is a property of the whole job, and a job may hold more than fits in memory, so the collector keeps
+what it is told in memory up to its budget, then spills it as a run sorted by (device, time, position); at the
+end the runs are merged, each device's claims arrive together in time order, and one look at each decides.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import os
 import uuid as uuid_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 from posthog_migrate.errors import DamagedJob
@@ -27,97 +39,174 @@ from posthog_migrate.event import Event, uuid5_text
 from posthog_migrate.spool import MAX_MERGE_FAN_IN
 
 IDENTIFY_NAMESPACE = uuid_module.UUID("6f1c2d3e-4a5b-5c6d-8e7f-8091a2b3c4d5")
-# What one remembered pair costs in the dict: two short strings, a tuple and two ints.
+# What one remembered sighting costs in memory: a few short strings, a tuple and ints. A held event costs this
+# plus its payloads.
 BYTES_PER_PAIR = 200
-PAIR_SCHEMA = pa.schema([("user", pa.string()), ("device", pa.string()), ("ts", pa.int64()),
-                         ("tiebreak", pa.int64())])
-# Rows read from each pair run at a time during the final merge (which reads up to MAX_MERGE_FAN_IN runs).
+CLAIM_SCHEMA = pa.schema([
+    ("device", pa.string()), ("ts", pa.int64()), ("tiebreak", pa.int64()), ("user", pa.string()),
+    # The rest is set for a held merge event only (a sighting has nulls): what the pass needs to send it.
+    ("person", pa.uint64()), ("kind", pa.uint8()), ("name", pa.string()), ("source", pa.string()),
+    ("merge", pa.binary()),   # the event as the source made it: the merge
+    ("plain", pa.binary()),   # the event without the merge ($identify without $anon_distinct_id); null: filter it
+])
+UNTIMED_SCHEMA = pa.schema([("tiebreak", pa.int64()), ("person", pa.uint64()), ("kind", pa.uint8()),
+                            ("name", pa.string()), ("source", pa.string()), ("payload", pa.binary())])
+# Rows read from each run at a time during the final merge (which reads up to MAX_MERGE_FAN_IN runs).
 PAIR_READ_ROWS = 1_024
+# The property holding the other id of each merge event.
+MERGE_PROPERTIES = {"$identify": "$anon_distinct_id", "$create_alias": "alias", "$merge_dangerously": "alias"}
+REFUSED_MERGE_RULE = "$create_alias of an id another user merged first (PostHog would refuse it)"
+
+
+class Claim(NamedTuple):
+    """A device's link to a user at one moment: a sighting (a row showing both), or a held merge event."""
+
+    device: str
+    ts: int
+    tiebreak: int
+    user: str
+    person: int | None = None
+    kind: int | None = None
+    name: str | None = None
+    source: str | None = None
+    merge: bytes | None = None
+    plain: bytes | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.merge is not None
+
+
+class Untimed(NamedTuple):
+    """A held event without a time of its own (a profile): placed after the job's last event."""
+
+    tiebreak: int
+    person: int
+    kind: int
+    name: str
+    source: str | None
+    payload: bytes
+
+
+def merges_its_link(event: Event) -> bool:
+    """Whether ``event`` is itself the merge of its link's pair (an ``$identify`` of the link's device, or a
+    ``$create_alias`` of it): then it is held for the identity pass instead of being sent as it is."""
+    key = MERGE_PROPERTIES.get(event.event)
+    return key is not None and event.link is not None and event.properties.get(key) == event.link[1]
+
+
+def without_merge(event: Event) -> bytes | None:
+    """What to send of a held merge event when its merge must not happen: an ``$identify`` without its
+    ``$anon_distinct_id`` (its person properties still count), or None (a ``$create_alias`` does nothing else)."""
+    if event.event != "$identify":
+        return None
+    properties = {key: value for key, value in event.properties.items() if key != "$anon_distinct_id"}
+    return Event(event.event, event.distinct_id, event.timestamp_us, event.uuid, properties).to_json()
 
 
 class IdentityCollector:
-    """Remembers the earliest sighting of each (user, device) pair, spilling sorted runs to disk."""
+    """Collects a job's claims and untimed events, spilling sorted runs to disk beyond its memory budget."""
 
-    def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None,
-                 prefix: str = "pairs-", on_read: Callable[[int], None] | None = None):
+    def __init__(self, directory: Path, budget_bytes: int, run_names: list[str] | None = None, tag: str = "",
+                 on_read: Callable[[int], None] | None = None):
         self.directory = directory
-        self.prefix = prefix
-        self.on_read = on_read  # told of every n pairs read back from the runs: the identity pass's progress
-        self.max_pairs = max(1_000, budget_bytes // BYTES_PER_PAIR)
+        self.tag = tag  # in the run names (the input file's index): prepare cleans up a file's runs by it
+        self.on_read = on_read  # told of every n claims read back from the runs: the identity pass's progress
+        self.budget_bytes = max(1_000 * BYTES_PER_PAIR, budget_bytes)
         self.run_names: list[str] = list(run_names or [])
         self._first: dict[tuple[str, str], tuple[int, int]] = {}
+        self._held: list[Claim] = []
+        self._untimed: list[Untimed] = []
+        self._held_bytes = 0
 
     def see(self, user: str, device: str, ts: int, tiebreak: int) -> None:
-        key = (user, device)
+        """A row shows ``device`` used by ``user`` at (ts, tiebreak); only a pair's earliest sighting matters."""
+        key = (device, user)
         seen = self._first.get(key)
         if seen is None or (ts, tiebreak) < seen:
             self._first[key] = (ts, tiebreak)
 
+    def hold_merge(self, event: Event, tiebreak: int, person: int, kind: int, payload: bytes) -> None:
+        """Hold a row's merge event (see merges_its_link); the pass sends it, or its plain form, or nothing."""
+        user, device = event.link
+        plain = without_merge(event)
+        self._held.append(Claim(device, event.timestamp_us, tiebreak, user, person, kind, event.event,
+                                event.source_event, payload, plain))
+        self._held_bytes += BYTES_PER_PAIR + len(payload) + len(plain or b"")
+
+    def hold_untimed(self, event: Event, tiebreak: int, person: int, kind: int, payload: bytes) -> None:
+        """Hold an event to be placed after the job's last event (its payload's time is a placeholder)."""
+        self._untimed.append(Untimed(tiebreak, person, kind, event.event, event.source_event, payload))
+        self._held_bytes += BYTES_PER_PAIR + len(payload)
+
     @property
     def full(self) -> bool:
-        return len(self._first) >= self.max_pairs
+        return len(self._first) * BYTES_PER_PAIR + self._held_bytes >= self.budget_bytes
 
     def spill(self) -> None:
-        """Write the remembered pairs as a run sorted by pair (fsync'd), and forget them."""
-        if not self._first:
-            return
-        pairs = sorted(self._first.items())
-        self._first = {}
-        name = f"{self.prefix}{len(self.run_names):04d}.arrow"
-        self._write_run(name, ((user, device, ts, tiebreak) for (user, device), (ts, tiebreak) in pairs))
-        self.run_names.append(name)
+        """Write what is remembered as runs (fsync'd): claims sorted by (device, ts, tiebreak), untimed events."""
+        if self._first or self._held:
+            claims = sorted([*(Claim(device, ts, tiebreak, user) for (device, user), (ts, tiebreak)
+                               in self._first.items()), *self._held], key=_claim_order)
+            self.run_names.append(self._write_run(f"pairs-{self.tag}{len(self.run_names):04d}.arrow", CLAIM_SCHEMA,
+                                                  iter(claims)))
+        if self._untimed:
+            self.run_names.append(self._write_run(f"untimed-{self.tag}{len(self.run_names):04d}.arrow",
+                                                  UNTIMED_SCHEMA, iter(self._untimed)))
+        self._first, self._held, self._untimed, self._held_bytes = {}, [], [], 0
 
-    def _write_run(self, name: str, rows: Iterator[tuple[str, str, int, int]]) -> None:
+    def _write_run(self, name: str, schema: pa.Schema, rows: Iterator[tuple]) -> str:
         path = self.directory / name
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, PAIR_SCHEMA) as writer:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             while block := list(itertools.islice(rows, PAIR_READ_ROWS)):
-                writer.write_batch(pa.record_batch([pa.array(column) for column in zip(*block, strict=True)],
-                                                   schema=PAIR_SCHEMA))
+                writer.write_batch(pa.record_batch([pa.array(column, type=field.type) for column, field
+                                                    in zip(zip(*block, strict=True), schema, strict=True)],
+                                                   schema=schema))
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+        return name
 
     def _compact(self) -> None:
-        """Merge pair runs in groups until at most MAX_MERGE_FAN_IN remain: the final merge opens every
-        run at once, and there is at least one per input file."""
+        """Merge claim runs in groups until at most MAX_MERGE_FAN_IN remain: the final merge opens every run at
+        once, and there is at least one per input file."""
         level = 0
-        while len(self.run_names) > MAX_MERGE_FAN_IN:
+        while len(claim_runs := self._runs("pairs-")) > MAX_MERGE_FAN_IN:
             compacted = []
-            for start in range(0, len(self.run_names), MAX_MERGE_FAN_IN):
-                group = self.run_names[start:start + MAX_MERGE_FAN_IN]
+            for start in range(0, len(claim_runs), MAX_MERGE_FAN_IN):
+                group = claim_runs[start:start + MAX_MERGE_FAN_IN]
                 if len(group) == 1:
                     compacted.append(group[0])
                     continue
-                name = f"{self.prefix}merged-{level}-{start // MAX_MERGE_FAN_IN:05d}.arrow"
-                self._write_run(name, self._earliest_of_each_pair(group))
-                compacted.append(name)
-            self.run_names = compacted
+                name = f"pairs-merged-{level}-{start // MAX_MERGE_FAN_IN:05d}.arrow"
+                compacted.append(self._write_run(name, CLAIM_SCHEMA, self._merged(group)))
+            self.run_names = [*compacted, *self._runs("untimed-")]
             level += 1
 
-    def first_sightings(self) -> Iterator[tuple[str, str, int, int]]:
-        """Every pair once, with its earliest (ts, tiebreak); pairs in sorted order."""
+    def _runs(self, prefix: str) -> list[str]:
+        return [name for name in self.run_names if name.startswith(prefix)]
+
+    def claims(self) -> Iterator[Claim]:
+        """Every claim, in (device, ts, tiebreak, user) order: each device's claims together, earliest first."""
         if not self.run_names:
-            for (user, device), (ts, tiebreak) in sorted(self._first.items()):
-                yield user, device, ts, tiebreak
+            yield from sorted([*(Claim(device, ts, tiebreak, user) for (device, user), (ts, tiebreak)
+                                 in self._first.items()), *self._held], key=_claim_order)
             return
         self.spill()
         self._compact()
-        yield from self._earliest_of_each_pair(self.run_names)
+        yield from self._merged(self._runs("pairs-"))
 
-    def _earliest_of_each_pair(self, names: list[str]) -> Iterator[tuple[str, str, int, int]]:
-        merged = heapq.merge(*(self._read_run(name) for name in names))
-        current: tuple[str, str, int, int] | None = None
-        for user, device, ts, tiebreak in merged:
-            if current is not None and (user, device) == current[:2]:
-                continue  # merged in (pair, ts, tiebreak) order: the first of a pair is its earliest
-            if current is not None:
-                yield current
-            current = (user, device, ts, tiebreak)
-        if current is not None:
-            yield current
+    def untimed(self) -> Iterator[Untimed]:
+        """Every held untimed event (call after claims(), which spills what is still in memory)."""
+        yield from self._untimed
+        for name in self._runs("untimed-"):
+            yield from (Untimed(*row) for row in self._read_run(name))
 
-    def _read_run(self, name: str) -> Iterator[tuple[str, str, int, int]]:
-        """A pairs run's rows, a record batch at a time. A file that Arrow cannot read (left by an interrupted
-        prepare and damaged since) is a damaged job, not a traceback."""
+    def _merged(self, names: list[str]) -> Iterator[Claim]:
+        return heapq.merge(*((Claim(*row) for row in self._read_run(name)) for name in names), key=_claim_order)
+
+    def _read_run(self, name: str) -> Iterator[tuple]:
+        """A run's rows, a record batch at a time. A file that Arrow cannot read (left by an interrupted prepare
+        and damaged since) is a damaged job, not a traceback."""
         path = self.directory / name
         try:
             reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
@@ -125,9 +214,59 @@ class IdentityCollector:
                 batch = reader.get_batch(index)
                 if self.on_read is not None:
                     self.on_read(batch.num_rows)
-                yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+                yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
         except (pa.ArrowException, OSError) as error:
             raise DamagedJob(self.directory.parent, [f"{path} cannot be read ({error})"]) from None
+
+
+def _claim_order(claim: Claim) -> tuple[str, int, int, str]:
+    return claim.device, claim.ts, claim.tiebreak, claim.user
+
+
+class Decision(NamedTuple):
+    """What the pass does with a claim: ``identify`` (send a new $identify for its pair, at the claim), ``send``
+    (a held event, as ``payload``), or ``filter`` (a held event not sent, under ``rule``)."""
+
+    action: str
+    claim: Claim
+    payload: bytes | None = None
+
+
+def decide(claims: Iterator[Claim], on_shared_device: Callable[[str], None]) -> Iterator[Decision]:
+    """Each device's first claimant is merged with it, once: by its held merge event if its earliest claim is one
+    (or one at that same instant, as when a Segment identify call comes with a page call), else by a new $identify
+    at its earliest claim. Its later held merges are sent without the merge ($identify) or as they are
+    ($create_alias: a merge of ids already merged does nothing). Claims of any other user get no merge (see the
+    module's docstring); ``on_shared_device`` is told of each device claimed by more than one user, once."""
+    device = claimant = None
+    merged = shared = False
+    pending: Claim | None = None  # the first claim, a sighting: its $identify waits for a held merge at its instant
+    for claim in claims:
+        if pending is not None and (claim.device != pending.device or claim.ts != pending.ts):
+            yield Decision("identify", pending)
+            pending = None
+        if claim.device != device:
+            device, claimant, merged, shared = claim.device, claim.user, False, False
+        if claim.user == claimant:
+            if not merged:
+                merged = True
+                if claim.held:
+                    yield Decision("send", claim, claim.merge)
+                else:
+                    pending = claim
+            elif claim.held and pending is not None:  # the source's own merge, at the pair's first instant
+                pending = None
+                yield Decision("send", claim, claim.merge)
+            elif claim.held:
+                yield Decision("send", claim, claim.merge if claim.plain is None else claim.plain)
+            continue
+        if not shared:
+            shared = True
+            on_shared_device(device)
+        if claim.held:
+            yield Decision("send", claim, claim.plain) if claim.plain is not None else Decision("filter", claim)
+    if pending is not None:
+        yield Decision("identify", pending)
 
 
 def identify_event(user: str, device: str, timestamp_us: int) -> Event:

@@ -21,6 +21,19 @@ work on their own. The file, with every key optional::
     [person]
     set = ["email", "name"]           # → properties.$set
     set_once = ["signup_date"]        # → properties.$set_once
+    mode = "set"                      # set | set_once | skip: what historical $sets do to persons (see PERSON_MODES)
+
+    [profiles]                        # the rows are persons, not events: one $set event each
+    distinct_id = "user_id"
+    set = ["email", "plan"]           # default: every column not named here
+    set_once = ["signup_date"]
+    timestamp = "updated_at"          # a row without one is placed after the job's last event
+
+    [group_profiles]                  # the rows are groups: one $groupidentify each
+    group_type = "company"
+    group_key = "company_id"
+    set = ["name", "tier"]            # default: every column not named here
+    timestamp = "updated_at"
 
     [groups]
     company = "company_id"            # → properties.$groups = {"company": <company_id>}
@@ -32,6 +45,7 @@ work on their own. The file, with every key optional::
     rename_events = { "Signed Up" = "signed_up" }
     drop_properties = ["internal_id"]
     rename_properties = { "plan_name" = "plan" }
+    drop_group_types = ["team"]       # from $groups; their $groupidentify events are filtered
 
     [filter]
     drop_events = ["session_start"]   # counted as filtered in the summary, never silently
@@ -50,6 +64,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from posthog_migrate.distinct_ids import PassedOver, is_illegal_id, no_usable_id
 from posthog_migrate.errors import ConfigError, describe_unknown_keys, refuse_unknown_keys
 from posthog_migrate.event import (
     TIMESTAMP_UNITS,
@@ -62,6 +77,7 @@ from posthog_migrate.event import (
     uuid_from_content,
     uuid_from_id,
 )
+from posthog_migrate.profiles import group_profile_event, person_profile_event, profile_uuid
 
 # Column names recognised with no mapping at all, in order of preference.
 DEFAULT_EVENT_COLUMNS = ("event", "event_name", "event_type")
@@ -81,15 +97,24 @@ GENERIC_SOURCE_TAG = "generic"
 MAPPING_TABLE_KEYS = {
     "columns": ("event", "event_name", "distinct_id", "timestamp", "timestamp_unit", "timezone", "uuid", "insert_id"),
     "properties": ("json_column", "include", "exclude"),
-    "person": ("set", "set_once"),
+    "person": ("set", "set_once", "mode"),
+    "profiles": ("distinct_id", "set", "set_once", "timestamp"),
+    "group_profiles": ("group_type", "group_key", "set", "timestamp"),
     "filter": ("drop_events", "since", "until"),
-    "transform": ("rename_events", "drop_properties", "rename_properties"),
+    "transform": ("rename_events", "drop_properties", "rename_properties", "drop_group_types"),
     "groups": None,
     "source": None,
     "run": None,
 }
 # How messages name the mapping the Python API was given as a dict (``mapping={"columns": {...}}``).
 MAPPING_ARGUMENT = "the mapping= argument"
+# ColumnMapping fields a job prepared before they existed does not record (see ColumnMapping.to_dict).
+_ADDED_SETTINGS = frozenset({"person_mode", "drop_group_types", "profiles", "group_profiles"})
+# [person] mode: what the historical $set and $set_once of every event do to PostHog's persons.
+#   set       as the source says: $set overwrites, in time order (a new project)
+#   set_once  every $set becomes a $set_once: fills what a person lacks, never overwrites (a project with live data)
+#   skip      no person properties at all; $set events (profiles) are filtered
+PERSON_MODES = ("set", "set_once", "skip")
 
 
 class Filtered(Exception):
@@ -166,6 +191,18 @@ def _as_text(value: Any, setting: str) -> str | None:
     raise ConfigError(f"{setting} = {value!r} must be a text in quotes")
 
 
+def _profile_table(table: dict, where: str, columns: tuple[str, ...], texts: tuple[str, ...] = ()) -> tuple:
+    """A [profiles] or [group_profiles] table as sorted (key, value) pairs: ``columns`` name columns (a name or a
+    list of names), ``texts`` are plain texts. Its keys were checked by from_toml."""
+    pairs = []
+    for key, value in table.items():
+        if key in texts:
+            pairs.append((key, _as_text(value, f"{where} {key}")))
+        elif key in columns:
+            pairs.append((key, _as_list(value, f"{where} {key}")))
+    return tuple(sorted(pairs))
+
+
 def _as_bound(value: Any, setting: str) -> str | None:
     """A since/until bound as written: a text, a TOML date or date-time, or a number (epoch)."""
     if value is None:
@@ -182,7 +219,7 @@ _OPTION_NAMES = {
     "timestamp": "--timestamp-column", "timestamp_unit": "--timestamp-unit", "timezone": "--source-timezone",
     "uuid": "--uuid-column", "insert_id": "--insert-id-column", "properties_json": "--properties-column",
     "rename_events": "--rename-event", "drop_events": "--drop-event", "rename_properties": "--rename-property",
-    "drop_properties": "--drop-property",
+    "drop_properties": "--drop-property", "person_mode": "--person-properties",
 }
 
 
@@ -210,6 +247,11 @@ class ColumnMapping:
     rename_events: tuple[tuple[str, str], ...] = ()
     drop_properties: tuple[str, ...] = ()
     rename_properties: tuple[tuple[str, str], ...] = ()
+    person_mode: str = "set"
+    drop_group_types: tuple[str, ...] = ()
+    # The [profiles] and [group_profiles] tables, as given (keys checked by from_toml): the rows are profiles.
+    profiles: tuple[tuple[str, Any], ...] = ()
+    group_profiles: tuple[tuple[str, Any], ...] = ()
     # The [source] table: settings of a platform adapter (e.g. Segment's group_type), as given.
     source_options: tuple[tuple[str, Any], ...] = ()
     # The mapping file's folder: relative paths in [source] (lookup files) are read from there.
@@ -310,9 +352,15 @@ class ColumnMapping:
             "rename_events": _pairs(transform.get("rename_events"), f"{where}: [transform] rename_events"),
             "drop_properties": names("transform", transform, "drop_properties"),
             "rename_properties": _pairs(transform.get("rename_properties"), f"{where}: [transform] rename_properties"),
+            "person_mode": _as_text(person.get("mode"), f"{where}: [person] mode") or "set",
+            "drop_group_types": names("transform", transform, "drop_group_types"),
+            "profiles": _profile_table(document.get("profiles", {}), f"{where}: [profiles]",
+                                       ("distinct_id", "set", "set_once", "timestamp")),
+            "group_profiles": _profile_table(document.get("group_profiles", {}), f"{where}: [group_profiles]",
+                                             ("group_key", "set", "timestamp"), texts=("group_type",)),
         }
         mapping = cls(**values, base_dir=base_dir)
-        return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)})
+        return mapping.with_explicit({k for k, v in values.items() if v not in ((), None)} - {"person_mode"})
 
     def with_explicit(self, names: Iterable[str]) -> ColumnMapping:
         return replace(self, explicit=self.explicit | frozenset(names))
@@ -345,6 +393,20 @@ class ColumnMapping:
             raise ConfigError(
                 f"unknown timezone {self.timezone!r}: use an IANA name such as 'UTC' or 'America/New_York'"
             ) from None
+        if self.person_mode not in PERSON_MODES:
+            raise ConfigError(f"[person] mode = {self.person_mode!r}: choose one of {', '.join(PERSON_MODES)} (set: as "
+                              "the source says; set_once: never overwrite a person's properties; skip: send none)")
+        if self.profiles and self.group_profiles:
+            raise ConfigError("the mapping has both [profiles] and [group_profiles]: the rows of a job are persons or "
+                              "groups; migrate each as a job of its own")
+        if self.profiles and not dict(self.profiles).get("distinct_id"):
+            raise ConfigError("[profiles] needs distinct_id, the column of each person's id, e.g. "
+                              'distinct_id = "user_id"')
+        if self.group_profiles:
+            table = dict(self.group_profiles)
+            if not table.get("group_type") or not table.get("group_key"):
+                raise ConfigError('[group_profiles] needs group_type (e.g. "company") and group_key (the column of '
+                                  'each group\'s key, e.g. "company_id")')
         for bound in ("since", "until"):
             value = getattr(self, bound)
             if value is not None:
@@ -355,10 +417,13 @@ class ColumnMapping:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """A canonical form, fingerprinted so a resume can tell that the mapping changed."""
+        """A canonical form, fingerprinted so a resume can tell that the mapping changed. Settings added since the
+        first release are left out at their default, so that a job prepared before they existed still resumes."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _ADDED_SETTINGS and value == f.default:
+                continue
             out[f.name] = sorted(value) if isinstance(value, frozenset) else value
         return out
 
@@ -374,6 +439,8 @@ class ColumnMapping:
                 value = tuple((str(t), str(c)) for t, c in value or ())
             elif f.name in ("source_options", "rename_events", "rename_properties"):
                 value = tuple((str(k), v) for k, v in value or ())
+            elif f.name in ("profiles", "group_profiles"):
+                value = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value or ())
             elif isinstance(value, list):
                 value = tuple(value)
             if value is not None or f.name in ("event_name", "include", "since", "until", "base_dir"):
@@ -400,12 +467,20 @@ class ColumnMapping:
         missing_groups = [f"{t} → {c}" for t, c in self.groups if c not in present]
         if missing_groups:
             problems.append(f"groups {', '.join(missing_groups)}")
+        for table, pairs in (("profiles", self.profiles), ("group_profiles", self.group_profiles)):
+            for key, names in pairs:
+                if isinstance(names, tuple | list) and (key in ("set", "set_once") or not present.intersection(names)):
+                    missing = [n for n in names if n not in present]
+                    if missing:
+                        problems.append(f"[{table}] {key} → {', '.join(missing)}")
         if problems:
             shown = ", ".join(sorted(present)[:30]) + (" …" if len(present) > 30 else "")
             raise ConfigError(
                 f"{where}: the mapping names column(s) the file does not have: {'; '.join(problems)}. "
                 f"Columns found: {shown}. Fix the mapping file or the --*-column options."
             )
+        if self.profiles or self.group_profiles:
+            return  # the rows are profiles: no event name
         if self.event_name is None and not present.intersection(self.event or DEFAULT_EVENT_COLUMNS):
             raise ConfigError(
                 f"{where}: no event-name column found (looked for {', '.join(DEFAULT_EVENT_COLUMNS)}). "
@@ -435,6 +510,8 @@ class RowMapper:
         self.always_consumed = frozenset(
             (*mapping.set, *mapping.set_once, *(column for _, column in mapping.groups), *mapping.exclude)
         )
+        self.profiles = dict(mapping.profiles)
+        self.group_profiles = dict(mapping.group_profiles)
 
     @staticmethod
     def _first(record: dict, columns: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -460,15 +537,29 @@ class RowMapper:
 
     @staticmethod
     def _distinct_id_text(value: Any) -> str | None:
+        """An id as trimmed text (numbers too); None when missing or blank."""
         if value is None or value == "":
             return None
         if type(value) is str:
-            return value
+            return value.strip() or None
         if isinstance(value, bool | dict | list):
             raise Rejection("missing_distinct_id", f"distinct_id {value!r} is not text or a number")
         if isinstance(value, int | float | Decimal):
             return number_id_text(value, "distinct_id")
-        return str(value)
+        return str(value).strip() or None
+
+    def _distinct_id(self, record: dict, columns: tuple[str, ...]) -> tuple[str | None, str | None, PassedOver]:
+        """(column, id) of the first of ``columns`` holding an id PostHog merges through, and the ids passed over
+        on the way because it would not ("null", "0"...: see posthog_migrate.distinct_ids)."""
+        passed: PassedOver = ()
+        for column in columns:
+            text = self._distinct_id_text(record.get(column))
+            if text is None:
+                continue
+            if not is_illegal_id(text):
+                return column, text, passed
+            passed += ((column, text),)
+        return None, None, passed
 
     def map(self, record: dict) -> Event:
         """Map a record or raise Rejection (unusable) / Filtered (dropped by a rule).
@@ -476,6 +567,10 @@ class RowMapper:
         Only the column actually chosen for a role is consumed; the other candidates (say
         ``device_id`` when ``user_id`` was the distinct_id) stay as properties.
         """
+        if self.profiles:
+            return self._profile(record)
+        if self.group_profiles:
+            return self._group_profile(record)
         used: set[str | None] = set(self.always_consumed)
         if self.mapping.event_name is not None:
             name = self.mapping.event_name
@@ -488,9 +583,8 @@ class RowMapper:
             raise Rejection("missing_event_name", f"no event name in column(s) {', '.join(self.event_columns)}")
         if name in self.drop_events:
             raise Filtered(f"event {name!r} dropped by the mapping")
-        column, raw_id = self._first(record, self.distinct_id_columns)
+        column, distinct_id, passed = self._distinct_id(record, self.distinct_id_columns)
         used.add(column)
-        distinct_id = self._distinct_id_text(raw_id)
         column, stamp = self._first(record, self.timestamp_columns)
         used.add(column)
         if stamp is None:
@@ -504,11 +598,11 @@ class RowMapper:
         # PostHog's batch doc also allows distinct_id inside properties; the top level wins.
         in_properties = properties.pop("distinct_id", None)
         if distinct_id is None:
-            distinct_id = self._distinct_id_text(in_properties)
+            _, distinct_id, passed_in_properties = self._distinct_id({"properties.distinct_id": in_properties},
+                                                                     ("properties.distinct_id",))
+            passed += passed_in_properties
         if distinct_id is None:
-            raise Rejection(
-                "missing_distinct_id", f"no distinct_id in column(s) {', '.join(self.distinct_id_columns)}"
-            )
+            raise no_usable_id(f"no distinct_id in column(s) {', '.join(self.distinct_id_columns)}", passed)
         if self.has_person_or_groups:
             self._person_and_groups(record, properties)
         if source_uuid is not None:
@@ -517,7 +611,51 @@ class RowMapper:
             event_uuid = uuid_from_id(insert_id)
         else:
             event_uuid = uuid_from_content(self.source_tag, distinct_id, timestamp_us, name, properties)
-        return Event(name, distinct_id, timestamp_us, event_uuid, properties)
+        return Event(name, distinct_id, timestamp_us, event_uuid, properties, illegal_ids=passed)
+
+    def _profile_time(self, record: dict, columns: tuple[str, ...]) -> int | None:
+        """A profile row's time (None: placed after the job's last event by the identity pass)."""
+        _, stamp = self._first(record, columns)
+        if stamp is None:
+            return None
+        timestamp_us = parse_timestamp(stamp, self.mapping.timestamp_unit, self.zone)
+        self.apply_time_filters(timestamp_us)
+        return timestamp_us
+
+    def _profile_values(self, record: dict, columns: tuple[str, ...] | None, named: set[str]) -> dict:
+        """The values of ``columns`` (default: every column not ``named`` elsewhere in the table), empties left out."""
+        names = columns if columns is not None else [c for c in record if c not in named]
+        return {c: record[c] for c in names if record.get(c) is not None and record.get(c) != ""}
+
+    def _profile(self, record: dict) -> Event:
+        """A [profiles] row: one $set event for the person (see posthog_migrate.profiles)."""
+        table = self.profiles
+        id_columns, time_columns = table["distinct_id"], table.get("timestamp", ())
+        column, distinct_id, passed = self._distinct_id(record, id_columns)
+        if distinct_id is None:
+            raise no_usable_id(f"no distinct_id in column(s) {', '.join(id_columns)}", passed)
+        timestamp_us = self._profile_time(record, time_columns)
+        set_once = self._profile_values(record, table.get("set_once", ()), set())
+        named = {*id_columns, *time_columns, *table.get("set_once", ())}
+        person_set = self._profile_values(record, table.get("set"), named)
+        content = {k: v for k, v in record.items() if k not in id_columns}
+        return person_profile_event(distinct_id, timestamp_us, profile_uuid(self.source_tag, "person", distinct_id,
+                                                                            content),
+                                    person_set, set_once, illegal_ids=passed)
+
+    def _group_profile(self, record: dict) -> Event:
+        """A [group_profiles] row: one $groupidentify for the group."""
+        table = self.group_profiles
+        group_type, key_columns, time_columns = table["group_type"], table["group_key"], table.get("timestamp", ())
+        _, raw_key = self._first(record, key_columns)
+        group_key = self._distinct_id_text(raw_key) if raw_key is not None else None
+        if group_key is None:
+            raise Rejection("invalid_special_event", f"no group key in column(s) {', '.join(key_columns)}")
+        timestamp_us = self._profile_time(record, time_columns)
+        group_set = self._profile_values(record, table.get("set"), {*key_columns, *time_columns})
+        content = {k: v for k, v in record.items() if k not in key_columns}
+        return group_profile_event(group_type, group_key, timestamp_us,
+                                   profile_uuid(self.source_tag, f"group:{group_type}", group_key, content), group_set)
 
     def apply_time_filters(self, timestamp_us: int) -> None:
         if self.since_us is not None and timestamp_us < self.since_us:

@@ -29,6 +29,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -37,9 +38,26 @@ from posthog_migrate.accounting import EventTally, PrepareStats, RejectsWriter
 from posthog_migrate.adapters import adapter_class
 from posthog_migrate.adapters.base import BadRow, SourceFile, input_bytes_read, take_warnings
 from posthog_migrate.checkpoint import atomic_write_json, crash_point, read_json
+from posthog_migrate.distinct_ids import PassedOver, describe_passed_over
 from posthog_migrate.errors import ConfigError, Interrupted
-from posthog_migrate.event import MAX_EVENT_BYTES, Rejection, utc_now_us, validate
-from posthog_migrate.identity import IdentityCollector, identify_event
+from posthog_migrate.event import (
+    MAX_EVENT_BYTES,
+    MICROSECONDS_PER_DAY,
+    RECENT_EVENT_AGE_US,
+    Event,
+    Rejection,
+    retimed,
+    utc_now_us,
+    validate,
+)
+from posthog_migrate.identity import (
+    MERGE_PROPERTIES,
+    REFUSED_MERGE_RULE,
+    IdentityCollector,
+    decide,
+    identify_event,
+    merges_its_link,
+)
 from posthog_migrate.job import Job, fingerprint_changes, first_rows_problem, job_fingerprint, person_hash
 from posthog_migrate.mapping import Filtered
 from posthog_migrate.render import NullBar, ReadingProgress
@@ -70,6 +88,12 @@ YOUNG_COLLECTION_THRESHOLD = 50_000
 COPY_CHUNK_BYTES = 1 << 20
 # The identity pass counts its events into the stats this many at a time.
 IDENTIFY_EVENTS_PER_TALLY = 5_000
+# PostHog's MAX_GROUP_TYPES_PER_TEAM.
+MAX_GROUP_TYPES = 5
+# The warning for profiles without a time in a job without dated events (a profiles-only job).
+UNTIMED_PROFILES_WARNING = ("profiles without a time, in a job without dated events: placed at the start of the day "
+                            "48 h before the run (PostHog's age for historical events; it applies $sets in the order "
+                            "it receives them, so a profiles job sent after the events' job still wins)")
 
 
 # --- reading and mapping rows ------------------------------------------------------------------------
@@ -85,12 +109,14 @@ def position_shard(file_index: int, row_number: int, shards: int) -> int:
 
 
 def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callable, stats: PrepareStats,
-             skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
+             identities: IdentityCollector, skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> None:
     """Read one source, map and validate every row; hand events and rejects to the callbacks.
 
     Shared by :func:`prepare_file` (which spills events to runs) and :func:`inspect_sources` (which
-    only counts). ``skip_rows`` resumes after a checkpoint; ``after_chunk(last_row)`` is called after
+    only counts). What the identity pass decides at the end goes to ``identities`` instead: the rows' links
+    of a device to a user, their merge events, and profiles without a time (see posthog_migrate.identity).
+    ``skip_rows`` resumes after a checkpoint; ``after_chunk(last_row)`` is called after
     each chunk of rows: a clean point to spill and checkpoint, since no row is ever half-handled there.
     ``on_progress(rows, bytes)`` is told after each chunk how many rows and bytes of the file were read
     since the last call; by the end, the bytes add up to the file's size.
@@ -99,13 +125,18 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     adapter, finisher, shard = job.adapter, job.finisher, job.settings.shard_pair()
     other_shard = f"belongs to another shard than {job.settings.shard}"
 
-    def reject(reason: str, detail: str, row_number: int, original: object, mine: bool = False) -> None:
+    def reject(reason: str, detail: str, row_number: int, original: object, mine: bool = False,
+               illegal_ids: PassedOver = ()) -> None:
         # With --shard, each rejected row is reported by one shard only: the shard of its person when the
         # row got that far (``mine``), else the one its position picks.
         if shard is None or mine or position_shard(source.index, row_number, shard[1]) == shard[0]:
             on_reject(reason, detail, source, row_number, original)
+            count_illegal_ids(illegal_ids)
         else:
             stats.filtered[other_shard] += 1
+
+    def count_illegal_ids(illegal_ids: PassedOver) -> None:
+        stats.add_illegal_ids([describe_passed_over(field, text) for field, text in illegal_ids])
 
     # Bound once: this loop runs for every row of the job.
     to_events, person_of, finish = adapter.to_events, adapter.person_of, finisher.finish
@@ -146,7 +177,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                     mine = True
                 payloads = [validate(event, now_us, MAX_EVENT_BYTES) for event in events]
             except Rejection as rejection:
-                reject(rejection.reason, rejection.detail, row_number, record, mine)
+                reject(rejection.reason, rejection.detail, row_number, record, mine, rejection.illegal_ids)
                 continue
             except Filtered as rule:
                 stats.filtered[rule.rule] += 1
@@ -155,10 +186,26 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 reject("mapping_error", f"{type(error).__name__}: {error}", row_number, record, mine)
                 continue
             stats.rows_kept += 1
+            own = events[-1]
+            if own.illegal_ids:
+                count_illegal_ids(own.illegal_ids)
+            for note in own.notes:
+                stats.warnings[note] += 1
             # Sub-event 0 of every row is kept free for the $identify the identity pass may add.
             row_bits = file_bits | (row_number << TIEBREAK_SUB_BITS)
             for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
                 person = person_hash(event.distinct_id)
+                properties = event.properties
+                if "$groups" in properties or event.event == "$groupidentify":
+                    count_group_types(stats.group_types, event)
+                if event.link is not None:
+                    if event.event in MERGE_PROPERTIES and merges_its_link(event):  # the identity pass decides
+                        identities.hold_merge(event, row_bits | sub_event, person, _kind(event), payload)
+                        continue
+                    identities.see(*event.link, event.timestamp_us, row_bits | sub_event)
+                if event.after_last_event:  # a profile without a time: placed by the identity pass
+                    identities.hold_untimed(event, row_bits | sub_event, person, _kind(event), payload)
+                    continue
                 tally_name(event.event)
                 tally_source(event.source_event)
                 tally_time(event.timestamp_us)
@@ -178,6 +225,21 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
         on_progress(0, source.size - bytes_shown)  # what readers that bypass the count read (Parquet, zip)
     _collect_warnings(stats)
     stats.files += 1
+
+
+def _kind(event: Event) -> int:
+    return EVENT_ADDED if event.added else EVENT_FROM_ROW
+
+
+def count_group_types(group_types: Counter, event: Event) -> None:
+    """Count an event under each group type it names: its ``$groups``' keys, a ``$groupidentify``'s type."""
+    groups = event.properties.get("$groups")
+    if isinstance(groups, dict):
+        for group_type in groups:
+            group_types[group_type] += 1
+    group_type = event.properties.get("$group_type") if event.event == "$groupidentify" else None
+    if isinstance(group_type, str) and not (isinstance(groups, dict) and group_type in groups):
+        group_types[group_type] += 1
 
 
 def _collect_warnings(stats: PrepareStats) -> None:
@@ -215,22 +277,21 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
     index = source.index
     progress = read_json(_progress_path(job, index))
     writer = RunWriter(job.runs_dir, run_bytes, prefix=f"run-{index:05d}-")
-    identities = IdentityCollector(job.identity_dir, run_bytes // 2, prefix=f"pairs-{index:05d}-")
+    identities = IdentityCollector(job.identity_dir, run_bytes // 2, tag=f"{index:05d}-")
     stats, skip_rows = PrepareStats(), 0
     if progress is not None:
         writer.adopt([RunFile.from_dict(run) for run in progress["runs"]])
         identities.run_names = list(progress["identity_runs"])
         stats, skip_rows = PrepareStats.from_dict(progress["stats"]), progress["row"]
     keep = {run["file"] for run in progress["runs"]} | set(progress["identity_runs"]) if progress else set()
-    for stale in [*job.runs_dir.glob(f"run-{index:05d}-*"), *job.identity_dir.glob(f"pairs-{index:05d}-*")]:
+    for stale in [*job.runs_dir.glob(f"run-{index:05d}-*"), *job.identity_dir.glob(f"pairs-{index:05d}-*"),
+                  *job.identity_dir.glob(f"untimed-{index:05d}-*")]:
         if stale.name not in keep:  # written after the last checkpoint: those rows are redone
             stale.unlink()
     rejects = RejectsWriter(_rejects_part(job, index), truncate_to=progress["rejects_bytes"] if progress else 0)
 
     def on_event(event, payload, tiebreak, person) -> None:
-        writer.add(event.timestamp_us, tiebreak, person, EVENT_ADDED if event.added else EVENT_FROM_ROW, payload)
-        if event.link is not None:
-            identities.see(*event.link, event.timestamp_us, tiebreak)
+        writer.add(event.timestamp_us, tiebreak, person, _kind(event), payload)
 
     def on_reject(reason, detail, source, row, original) -> None:
         stats.rejected[reason] += 1
@@ -251,7 +312,7 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
 
     try:
         with _rare_young_collections():
-            map_rows(job, source, on_event, on_reject, stats, skip_rows, after_chunk, on_progress)
+            map_rows(job, source, on_event, on_reject, stats, identities, skip_rows, after_chunk, on_progress)
         writer.spill()
         identities.spill()
         rejects_bytes = rejects.sync()
@@ -362,7 +423,8 @@ def finished_files(job: Job) -> dict[int, dict]:
 
 
 def prepare(job: Job) -> dict:
-    """Run (or reuse, or resume) the prepare phase; return the manifest."""
+    """Run (or reuse, or resume) the prepare phase; return the manifest. A job naming more group types than
+    PostHog keeps is refused here, before anything is sent (see too_many_group_types)."""
     fingerprint_now = job_fingerprint(job)
     manifest = read_json(job.manifest_path)
     if manifest is not None:
@@ -372,6 +434,7 @@ def prepare(job: Job) -> dict:
                 "To migrate the new inputs as a new job, give --job NAME; to start this job over "
                 "(events already sent are re-sent with the same uuids, which PostHog collapses), add --restart."
             )
+        _refuse_too_many_group_types(manifest)
         return manifest
     _stop_on_a_wrong_format(job)
     _start_or_resume(job, fingerprint_now)
@@ -468,8 +531,8 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     with _step_progress(job, "identity pass (linking devices to users)", "pairs", None, draw=bool(pair_runs)
                         ) as pairs_read:
         identities = IdentityCollector(job.identity_dir, run_bytes // 2, pair_runs, on_read=pairs_read)
-        for timestamp_us, tiebreak, person, payload in _identify_events(job, identities, stats):
-            writer.add(timestamp_us, tiebreak, person, EVENT_ADDED, payload)
+        for timestamp_us, tiebreak, person, kind, payload in identity_pass(job, identities, stats):
+            writer.add(timestamp_us, tiebreak, person, kind, payload)
             if writer.full:
                 writer.spill()
         writer.spill()
@@ -504,7 +567,27 @@ def _finish(job: Job, fingerprint_now: dict, run_bytes: int) -> dict:
     shutil.rmtree(job.parts_dir, ignore_errors=True)
     shutil.rmtree(job.identity_dir, ignore_errors=True)  # the pairs are in the identify run now
     crash_point("after-prepare")
+    _refuse_too_many_group_types(manifest)
     return manifest
+
+
+def too_many_group_types(stats: PrepareStats) -> str | None:
+    """Why the job cannot be sent as it is when it names more group types than PostHog keeps per project (the
+    groups of any further type are dropped silently by PostHog), with the types, their events and the fix; else
+    None. Which types matter is the user's call, so none is dropped without being asked."""
+    if len(stats.group_types) <= MAX_GROUP_TYPES:
+        return None
+    types = ", ".join(f"{name} ({count:,} events)" for name, count in stats.group_types.most_common())
+    least = ", ".join('"' + name + '"' for name, _ in stats.group_types.most_common()[MAX_GROUP_TYPES:])
+    return (f"the job names {len(stats.group_types)} group types: {types}. PostHog keeps {MAX_GROUP_TYPES} per project "
+            "(fewer if the project has some already) and silently ignores the groups of any other type. Choose "
+            "which to leave out, e.g. with the mapping's [transform] drop_group_types = "
+            f"[{least}], and run again with --restart")
+
+
+def _refuse_too_many_group_types(manifest: dict) -> None:
+    if (problem := too_many_group_types(PrepareStats.from_dict(manifest["stats"]))) is not None:
+        raise ConfigError(problem)
 
 
 @contextlib.contextmanager
@@ -545,28 +628,62 @@ def _join_rejects(job: Job) -> int:
     return size
 
 
-def _identify_events(job: Job, identities: IdentityCollector,
-                     stats: PrepareStats) -> Iterator[tuple[int, int, int, bytes]]:
-    """The identity pass: one $identify per (user, device) pair, at the pair's first event, counted into
-    ``stats``; yields each one's (timestamp, tie-breaker, person hash, payload).
+def identity_pass(job: Job, identities: IdentityCollector,
+                  stats: PrepareStats) -> Iterator[tuple[int, int, int, int, bytes]]:
+    """The identity pass (see posthog_migrate.identity), counted into ``stats``; yields each event it sends as
+    (timestamp, tie-breaker, person hash, kind, payload).
 
-    Each goes at sub-event 0 of the row where the pair first appears (that row's own events are 1, 2, …),
-    with the same timestamp, so the merge sorts it just before that event. Prepare writes them to a run;
-    inspect only counts them, so that it announces the events a run sends.
+    A new $identify goes at sub-event 0 of the row where its pair first appears (that row's own events are 1, 2,
+    …), with the same timestamp, so the merge sorts it just before that event; a held event keeps its own place.
+    Profiles without a time go 1 µs after the job's last event. Prepare writes the events to a run; inspect only
+    counts them, so that it announces the events a run sends.
     """
     now_us, suspicious_before_us = utc_now_us(), job.settings.suspicious_before_us()
     tally = EventTally()
-    for user, device, ts, tiebreak in identities.first_sightings():
-        try:
-            events = job.finisher.finish([identify_event(user, device, ts)])
-            payload = validate(events[0], now_us, MAX_EVENT_BYTES)
-        except (Rejection, Filtered):
-            continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
-        person = person_hash(user)
-        tally.add(events[0].event, events[0].source_event, ts, person, True)
+
+    def counted(event_name: str, source: str | None, ts: int, person: int, kind: int) -> None:
+        tally.add(event_name, source, ts, person, kind == EVENT_ADDED)
         if len(tally.names) >= IDENTIFY_EVENTS_PER_TALLY:  # counted as they come: memory stays bounded
             stats.add_tally(tally, now_us, suspicious_before_us)
-        yield ts, tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, payload
+
+    def filtered(kind: int, rule: str) -> None:
+        if kind == EVENT_FROM_ROW:  # the row's own event: the row is filtered (an added one just is not sent)
+            stats.filtered[rule] += 1
+            stats.rows_kept -= 1
+
+    def shared(_device: str) -> None:
+        stats.shared_devices += 1
+
+    for decision in decide(identities.claims(), shared):
+        claim = decision.claim
+        if decision.action == "filter":
+            filtered(claim.kind, REFUSED_MERGE_RULE)
+        elif decision.action == "send":
+            counted(claim.name, claim.source, claim.ts, claim.person, claim.kind)
+            yield claim.ts, claim.tiebreak, claim.person, claim.kind, decision.payload
+        else:
+            try:
+                events = job.finisher.finish([identify_event(claim.user, claim.device, claim.ts)])
+                payload = validate(events[0], now_us, MAX_EVENT_BYTES)
+            except (Rejection, Filtered):
+                continue  # e.g. an id too long for PostHog: the row's own event was already judged on its own
+            person = person_hash(claim.user)
+            counted(events[0].event, events[0].source_event, claim.ts, person, EVENT_ADDED)
+            yield claim.ts, claim.tiebreak & ~(MAX_EVENTS_PER_ROW - 1), person, EVENT_ADDED, payload
+    stats.add_tally(tally, now_us, suspicious_before_us)
+    # Last, the profiles without a time: after every other event of the job, the held ones included. A job of
+    # profiles alone has no event to follow: the start of the day 48 h ago, the same for a re-run that day (a
+    # profile's uuid does not depend on its time, but PostHog's dedup counts the day).
+    if stats.last_us is not None:
+        place_at = stats.last_us + 1
+    else:
+        recent_limit = now_us - RECENT_EVENT_AGE_US
+        place_at = recent_limit - recent_limit % MICROSECONDS_PER_DAY
+    for held in identities.untimed():
+        if stats.last_us is None:
+            stats.warnings[UNTIMED_PROFILES_WARNING] += 1
+        counted(held.name, held.source, place_at, held.person, held.kind)
+        yield place_at, held.tiebreak, held.person, held.kind, retimed(held.payload, place_at)
     stats.add_tally(tally, now_us, suspicious_before_us)
 
 
@@ -575,8 +692,9 @@ def _identify_events(job: Job, identities: IdentityCollector,
 def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
     """Read and map everything, keep only counts and a few example rejects: the preflight report.
 
-    The (user, device) pairs are collected as prepare collects them (spilled to a temporary folder beyond
-    the memory budget), so that the count of events includes the $identify events a run adds.
+    The identity pass's claims are collected as prepare collects them (spilled to a temporary folder beyond
+    the memory budget), so that the count of events includes the $identify events a run adds and leaves out
+    the merges it holds back.
     """
     _stop_on_a_wrong_format(job)
     stats = PrepareStats()
@@ -591,16 +709,17 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
     with tempfile.TemporaryDirectory(prefix="posthog-migrate-inspect-") as pairs_folder:
         identities = IdentityCollector(Path(pairs_folder), job.settings.memory // RUN_SHARE_OF_MEMORY // 2)
 
-        def on_event(event, payload, tiebreak, person) -> None:
-            if event.link is not None:
-                identities.see(*event.link, event.timestamp_us, tiebreak)
+        def after_chunk(_last_row: int) -> None:
+            if identities.full:
+                identities.spill()
 
         try:
             for source in job.sources:
-                map_rows(job, source, on_event, on_reject, stats, on_progress=bar.advance)
+                map_rows(job, source, lambda *_: None, on_reject, stats, identities, after_chunk=after_chunk,
+                         on_progress=bar.advance)
         finally:
             bar.close()
-        for _ in _identify_events(job, identities, stats):
+        for _ in identity_pass(job, identities, stats):
             pass
     if job.format_note:
         stats.warnings[job.format_note] = stats.files

@@ -237,10 +237,12 @@ def format_counter(counter: Counter, indent: str = "    ", limit: int = 20) -> l
     return lines
 
 
-def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = ()) -> str:
+def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[Any] = (),
+                     person_mode: str | None = None) -> str:
     """The text of ``inspect``: what a run would send, and what it would refuse, before sending anything.
 
-    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason.
+    ``skipped`` are the SkippedInputs of the listing: each is named, with the reason. ``person_mode`` (the
+    mapping's ``[person] mode``) is explained among the lines about people.
     """
     lines = [
         f"Files read:        {stats.files:,} ({format_name})",
@@ -253,6 +255,7 @@ def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[An
         f"Filtered rows:     {stats.filtered_total:,}",
         f"Time range:        {day_of(stats.first_us)}  →  {day_of(stats.last_us)}",
         f"Distinct ids:      ≈{stats.people.estimate():,}",
+        *people_lines(stats, person_mode),
     ]
     if stats.recent_events:
         lines.append(
@@ -278,6 +281,38 @@ def preflight_report(stats: PrepareStats, format_name: str, skipped: Sequence[An
         lines += format_counter(stats.filtered)
     lines += warning_lines(stats)
     return "\n".join(lines)
+
+
+# What each [person] mode does, for inspect.
+PERSON_MODE_TEXT = {
+    "set": ("set: $set overwrites person properties, oldest first (a new project; into one with live data, use "
+            "--person-properties set_once, or history overwrites newer values)"),
+    "set_once": ("set_once: every $set is sent as a $set_once: persons get the values they lack and keep those they "
+                 "have (for a project with live data)"),
+    "skip": "skip: no person properties are sent; $set events (profiles) are filtered",
+}
+
+
+def people_lines(stats: PrepareStats, person_mode: str | None = None) -> list[str]:
+    """What the job does to PostHog's persons, for inspect and the run summary: the person-properties mode, ids
+    PostHog will not merge through, devices claimed by more than one user, profiles, group types (nothing about
+    what the job does not have)."""
+    lines = []
+    if person_mode is not None:
+        lines.append(f"Person properties: {PERSON_MODE_TEXT.get(person_mode, person_mode)}")
+    if stats.illegal_ids:
+        lines.append(f"Illegal ids:       {sum(stats.illegal_ids.values()):,} rows had an id PostHog will not merge "
+                     "persons through; their next id was used, else the row is rejected (illegal_distinct_id):")
+        lines += [f"    {count:>12,}  rows have {what}" for what, count in stats.illegal_ids.most_common(20)]
+    if stats.shared_devices:
+        lines.append(f"Shared devices:    {stats.shared_devices:,} devices (or anonymous ids) used by more than one "
+                     "user: each is merged into its first user only (PostHog would refuse or mis-merge the others)")
+    for what, count in stats.profiles.most_common():
+        lines.append(f"Profiles:          {count:,}  {what}")
+    if stats.group_types:
+        lines.append(f"Group types:       {len(stats.group_types)} (PostHog keeps 5 per project): "
+                     + ", ".join(f"{name} ({count:,} events)" for name, count in stats.group_types.most_common()))
+    return lines
 
 
 def skipped_files_line(skipped: Sequence[Any], shown: int = 3) -> str:
@@ -339,6 +374,7 @@ def run_summary(stats: PrepareStats, sent: Any, counters: Any, elapsed: float, *
     if stats.filtered:
         lines.append("Filtered, by rule:")
         lines += format_counter(stats.filtered)
+    lines += people_lines(stats)
     if stats.recent_events:
         lines.append(f"Warning: {stats.recent_events:,} events are less than 48 h old (PostHog asks for older).")
     lines += warning_lines(stats)
@@ -371,7 +407,7 @@ def inspect_text(result: InspectResult) -> str:
     from posthog_migrate.diskspace import human_bytes
 
     lines = [
-        preflight_report(result.stats, result.format_name, result.skipped),
+        preflight_report(result.stats, result.format_name, result.skipped, person_mode=result.person_mode),
         f"Temporary disk:    about {human_bytes(result.disk_estimate)} in {result.work_root} while the job runs",
     ]
     if result.examples:
@@ -477,8 +513,9 @@ def verify_text(result: VerifyResult) -> str:
     if result.landed:
         lines.append("Verified: every event the job sent is in PostHog, and its merges were made.")
     else:
+        merges = f"{len(not_merged):,} merge{'s' if len(not_merged) > 1 else ''} not made"
         problems = [f"{result.missing:,} events missing in {len(result.short_groups):,} (day, event) groups"
-                    if result.missing else "", f"{len(not_merged):,} merges not made" if not_merged else "",
+                    if result.missing else "", merges if not_merged else "",
                     f"{len(result.without_person):,} distinct ids without a person" if result.without_person else ""]
         fix = (" Run verify again with --resend-missing to send the missing groups again (byte-identical: what "
                "arrived collapses)." if result.missing and result.resent is None else "")

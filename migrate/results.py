@@ -152,6 +152,7 @@ class RunResult:
             },
             "time_range": _time_range(stats),
             "distinct_ids": stats.people.estimate() if stats and self.prepared else None,
+            "people": people_document(stats) if stats and self.prepared else None,
             "warnings": dict(stats.warnings) if stats else {},
             "skipped_files": _skipped(self.skipped),
             "gone_inputs": self.gone_inputs,
@@ -187,6 +188,7 @@ class InspectResult:
     examples: list[dict]  # the first rejected rows: reason, detail, file, row
     work_root: Path  # where a run's work directory would be
     disk_estimate: int  # bytes of temporary disk a run would need there
+    person_mode: str = "set"  # the mapping's [person] mode, explained in the report
     exit_status: ExitStatus = ExitStatus.DONE
 
     @property
@@ -223,6 +225,7 @@ class InspectResult:
             "events": {"to_send": stats.events, "added": stats.added_events, "recent": stats.recent_events},
             "time_range": _time_range(stats),
             "distinct_ids": stats.people.estimate(),
+            "people": people_document(stats, self.person_mode),
             "event_names": dict(stats.event_names.most_common()),
             "renamed": dict(stats.renamed),
             "per_day": stats.to_dict()["per_day"],
@@ -516,3 +519,14 @@ class VerifyResult:
     def __repr__(self) -> str:
         return (f"VerifyResult(exit_status={int(self.exit_status)}, sent={self.sent}, found={self.found}, "
                 f"missing={self.missing}, extra={self.extra}, pairs_not_merged={len(self.pairs_not_merged)})")
+
+
+def people_document(stats: PrepareStats, person_mode: str | None = None) -> dict[str, Any]:
+    """What the job does to PostHog's persons, for --json (the text is render.people_lines)."""
+    return {
+        **({"person_properties": person_mode} if person_mode is not None else {}),
+        "illegal_ids": dict(stats.illegal_ids.most_common()),
+        "shared_devices": stats.shared_devices,
+        "profiles": dict(stats.profiles.most_common()),
+        "group_types": dict(stats.group_types.most_common()),
+    }

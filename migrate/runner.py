@@ -256,11 +256,17 @@ def loggable(settings: Settings) -> dict[str, Any]:
 def inspect_job(settings: Settings, overrides: dict, progress: Progress | None = None) -> InspectResult:
     """Read and map the inputs, send nothing: what ``inspect`` reports. Writes nothing either (no work
     directory is made)."""
-    from posthog_migrate.prepare import inspect_sources
+    from posthog_migrate.prepare import inspect_sources, too_many_group_types
 
     job = open_job(settings, overrides, create=False, reuse_prepared=False, progress=progress)
     stats, examples = inspect_sources(job)
     disk_estimate = estimate_work_bytes(job.sources)
     if (warning := disk_space_warning(job.root, disk_estimate)) is not None:
         stats.warnings[warning] += 1
-    return InspectResult(stats, job.format_name, list(job.skipped), examples, job.root, disk_estimate)
+    result = InspectResult(stats, job.format_name, list(job.skipped), examples, job.root, disk_estimate,
+                           person_mode=job.mapping.person_mode)
+    if (problem := too_many_group_types(stats)) is not None:  # a run would refuse the job: say so now
+        error = ConfigError(problem)
+        error.result = result  # the report is still shown, above the error
+        raise error
+    return result

@@ -47,6 +47,8 @@ REFERENCE_ROW = """{"uuid":"d0b5b3a6-2e3b-11eb-9a80-0a62134d514d","$insert_id":"
  "groups":{"company":["acme"]},"group_properties":{"company":{"acme":{"tier":"ent"}}}}"""
 
 DEVICE = "a1c9357b-b104-41c5-b4be-2b411489123d"
+GEO = {"$geoip_city_name": "St. John's", "$geoip_subdivision_1_name": "Newfoundland and Labrador",
+       "$geoip_country_name": "Canada"}
 
 
 def adapter(**mapping) -> AmplitudeAdapter:
@@ -118,13 +120,19 @@ def test_the_reference_example_row():
                 "$pathname": "/pricing",
                 "title": "Pricing",
                 "$browser": "Chrome",
-                "$browser_version": "86",
+                "$browser_version": 86,  # a number, as posthog-js sends it
                 "$os": "Windows",
+                "$device_type": "Desktop",
                 "$insert_id": "ajs-de09c0da",
-                "$ip": "203.0.113.7",  # the real IP: PostHog's GeoIP fills in the rest
+                "$ip": "203.0.113.7",
+                # The row's own geo, not a lookup of the IP today (addresses move): so PostHog must not locate it.
+                "$geoip_disable": True,
+                "$geoip_city_name": "St. John's",
+                "$geoip_subdivision_1_name": "Newfoundland and Labrador",
+                "$geoip_country_name": "Canada",
                 "$session_id": "0175f9b1-f1f0-7ada-a8c6-7c9df91ab41c",
-                "$set": {"plan": "pro"},
-                "$set_once": {"$initial_utm_source": "news"},
+                "$set": {"plan": "pro", **GEO},  # the person's geo too, as PostHog's GeoIP would set it
+                "$set_once": {"$initial_utm_source": "news", **{f"$initial_{k[1:]}": v for k, v in GEO.items()}},
                 "$groups": {"company": "acme"},
             },
             "source_event": "[Amplitude] Page Viewed", "link": ["u_123", DEVICE], "added": False,
@@ -137,6 +145,10 @@ def test_session_id_is_a_uuid7_on_the_session_start():
     session = event.properties["$session_id"]
     assert session == session_uuid7(1606211990000, f"amplitude:{DEVICE}:1606211990000")
     assert session[14] == "7" and int(session.replace("-", "")[:12], 16) == 1606211990000
+
+
+BERLIN = {"$geoip_city_name": "Berlin", "$geoip_subdivision_1_name": "Berlin", "$geoip_country_name": "Germany",
+          "$geoip_latitude": 52.52, "$geoip_longitude": 13.4}
 
 
 def test_mobile_screen_view_without_ip_or_session():
@@ -163,6 +175,8 @@ def test_mobile_screen_view_without_ip_or_session():
             "$geoip_country_name": "Germany",
             "$geoip_latitude": 52.52,
             "$geoip_longitude": 13.4,
+            "$set": BERLIN,
+            "$set_once": {f"$initial_{key[1:]}": value for key, value in BERLIN.items()},
         },
         "source_event": "[Amplitude] Screen Viewed", "link": None, "added": False,
     }]
@@ -183,12 +197,14 @@ def test_custom_event_with_groups_and_person_properties():
         {"uuid": own_uuid, "event": "plan_upgraded", **common,
          "properties": {
              "plan": "team", "seats": 12, "amount": 96.5,
-             "$browser": "Firefox", "$browser_version": "123", "$os": "Linux",
+             "$browser": "Firefox", "$browser_version": 123, "$os": "Linux", "$device_type": "Desktop",
              "$lib": "http", "$lib_version": "2.0",
-             "$ip": "198.51.100.9",
-             "$set": {"plan": "team", "email": "kai@example.com"},  # EMPTY and null left out
+             "$ip": "198.51.100.9", "$geoip_disable": True, "$geoip_country_name": "United States",
+             "$set": {"plan": "team", "email": "kai@example.com",  # EMPTY and null left out
+                      "$geoip_country_name": "United States"},
              "$set_once": {"$initial_utm_source": "newsletter",
-                           "$initial_referring_domain": "news.example.com"},
+                           "$initial_referring_domain": "news.example.com",
+                           "$initial_geoip_country_name": "United States"},
              "$groups": {"company": "acme", "workspace": "ws_orbit"},  # the first key of each type
          },
          "source_event": "plan_upgraded", "added": False},
@@ -213,7 +229,10 @@ def test_element_clicked_becomes_autocapture_with_page_properties():
     assert event["properties"] == {
         "[Amplitude] Element Text": "New", "$current_url": "https://app.ex.com/notes", "$host": "app.ex.com",
         "$pathname": "/notes", "title": "All notes", "$event_type": "click", "$browser": "Firefox",
-        "$browser_version": "123", "$os": "Linux", "$lib": "http", "$lib_version": "2.0", "$ip": "198.51.100.9",
+        "$browser_version": 123, "$os": "Linux", "$device_type": "Desktop", "$lib": "http", "$lib_version": "2.0",
+        "$ip": "198.51.100.9", "$geoip_disable": True, "$geoip_country_name": "United States",
+        "$set": {"$geoip_country_name": "United States"},
+        "$set_once": {"$initial_geoip_country_name": "United States"},
     }
     [changed] = emitted({**row, "event_type": "[Amplitude] Element Changed"})
     assert changed["event"] == "$autocapture" and changed["properties"]["$event_type"] == "change"
@@ -309,7 +328,8 @@ def test_drop_events_accepts_the_source_or_the_posthog_name_and_time_filters_app
 
 def test_reserved_property_names_of_the_wrong_shape_are_dropped():
     row = ios_row(event_properties={"$set": "x", "$set_once": [1], "$groups": {"a": 1}, "$group_set": 2,
-                                    "ok": 1}, user_properties={"plan": "pro"})
+                                    "ok": 1}, user_properties={"plan": "pro"}, country=None, region=None, city=None,
+                  location_lat=None, location_lng=None)
     [event] = adapter().to_events(row)
     validate(event, NOW)
     assert event.properties["ok"] == 1 and event.properties["$set"] == {"plan": "pro"}
@@ -500,8 +520,8 @@ def test_the_registry_knows_the_format():
 
 # --- the sample export, and the CLI ----------------------------------------------------------------
 
-SAMPLE_ROWS, SAMPLE_GOOD, SAMPLE_FILTERED = 1332, 1002, 326
-SAMPLE_REJECTS = {141: "invalid_json", 308: "missing_distinct_id", 437: "bad_timestamp", 1257: "bad_uuid"}
+SAMPLE_ROWS, SAMPLE_GOOD, SAMPLE_FILTERED = 1333, 1003, 326
+SAMPLE_REJECTS = {141: "invalid_json", 308: "missing_distinct_id", 437: "bad_timestamp", 1258: "bad_uuid"}
 SAMPLE_GROUP_EVENTS, SAMPLE_LINKED_PAIRS = 643, 24
 
 
@@ -531,7 +551,8 @@ def test_the_sample_export_maps_as_its_readme_says():
     assert counts == {"events": SAMPLE_GOOD, "added": SAMPLE_GROUP_EVENTS, "filtered": SAMPLE_FILTERED}
     assert len(pairs) == SAMPLE_LINKED_PAIRS
     readme = (SAMPLE / "README.md").read_text()
-    assert f"| records | {SAMPLE_ROWS} |" in readme and f"| good (become events) | {SAMPLE_GOOD} |" in readme
+    assert f"| records | {SAMPLE_ROWS} |" in readme
+    assert f"timed by its `client_event_time`) | {SAMPLE_GOOD} |" in readme
     assert all(f"| {number} |" in readme and f"`{reason}`" in readme for number, reason in SAMPLE_REJECTS.items())
 
 
@@ -568,8 +589,9 @@ def test_a_folder_of_export_members_through_the_cli(tmp_path, make_server):
         by_person.setdefault(event["distinct_id"], []).append(event["timestamp"])
     assert all(stamps == sorted(stamps) for stamps in by_person.values())  # each person's events in time order
     assert all(e["properties"]["$import_source"] == "amplitude" for e in received)
-    assert all(("$ip" in e["properties"]) != ("$geoip_disable" in e["properties"]) for e in received
-               if e["event"] != "$identify")
+    # Every row has Amplitude's geo: sent as it is, never looked up from the IP today.
+    assert all(e["properties"]["$geoip_disable"] is True for e in received)
+    assert all(e["properties"]["$set"]["$geoip_country_name"] for e in received if e["event"] == "$pageview")
     rejects = [orjson.loads(line) for line in (tmp_path / "job" / "rejects.jsonl").read_bytes().splitlines()]
     assert sorted((Path(r["file"]).name, r["row"], r["reason"]) for r in rejects) == [
         ("187520_2024-03-01_15#0.json.gz", 6, "invalid_json"),

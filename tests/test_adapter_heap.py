@@ -129,9 +129,10 @@ def test_golden_users_row_becomes_a_set_event(tmp_path):
     assert as_json(events) == [{
         "json": {"uuid": str(uuid.uuid5(INSERT_ID_NAMESPACE, "heap:user:42:1709287200000000")), "event": "$set",
                  "distinct_id": "bob@example.com", "timestamp": "2024-03-01T10:00:00.000000Z",
-                 "properties": {"$set": {"email": "bob@example.com", "plan": "pro", "seats": 5},
+                 # $geoip_disable: else PostHog would locate the migration machine onto the person
+                 "properties": {"$geoip_disable": True, "$set": {"email": "bob@example.com", "plan": "pro", "seats": 5},
                                 "$set_once": {"joindate": "2023-11-02 08:00:00"}}},
-        "source_event": "users", "link": ["bob@example.com", "42"], "added": False}]
+        "source_event": "(person profile)", "link": ["bob@example.com", "42"], "added": False}]
 
 
 def test_the_registry_knows_heap():

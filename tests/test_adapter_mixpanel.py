@@ -79,6 +79,14 @@ def ios_event(**changes) -> dict:
 
 # --- golden ------------------------------------------------------------------------------------------
 
+LYON_PERSON = {"$browser": "Chrome", "$browser_version": 122, "$os": "Mac OS X", "$device": "Mac",
+               "$geoip_city_name": "Lyon", "$geoip_subdivision_1_name": "Auvergne-Rhone-Alpes",
+               "$geoip_country_code": "FR", "$geoip_country_name": "France"}
+BROOKLYN_PERSON = {"$os": "iOS", "$os_version": "17.3.1", "$device_model": "iPhone15,2",
+                   "$device_manufacturer": "Apple", "$geoip_city_name": "Brooklyn",
+                   "$geoip_subdivision_1_name": "New York", "$geoip_country_code": "US",
+                   "$geoip_country_name": "United States"}
+
 def test_web_page_view():
     assert emitted(page_view()) == [{
         "uuid": "263cfef4-6f9e-5771-99e9-fc9c9c4871bf",
@@ -94,7 +102,11 @@ def test_web_page_view():
             "$lib_version": "2.49.0",
             "$pathname": "/pricing", "$host": "acmenotes.com", "title": "Pricing", "$lib": "web",
             "$geoip_disable": True, "$geoip_city_name": "Lyon", "$geoip_subdivision_1_name": "Auvergne-Rhone-Alpes",
+            "$geoip_country_name": "France",  # from the ISO code, as PostHog's importer (and GeoIP) names it
             "$geoip_country_code": "FR",
+            # The person's browser, OS, device and geo, as PostHog's SDKs set them; first values set once.
+            "$set": LYON_PERSON,
+            "$set_once": {f"$initial_{key[1:]}": value for key, value in LYON_PERSON.items()},
         },
         "source_event": "$mp_web_page_view", "link": None, "added": False,
     }]
@@ -119,9 +131,13 @@ def test_mobile_event_with_user_and_device():
             "$app_version": "3.4.1", "$app_build": "341", "$device_manufacturer": "Apple",
             "$device_model": "iPhone15,2", "$network_carrier": "Verizon", "$lib": "swift",
             "$geoip_disable": True, "$geoip_city_name": "Brooklyn", "$geoip_subdivision_1_name": "New York",
-            "$geoip_country_code": "US",
+            "$geoip_country_name": "United States", "$geoip_country_code": "US",
+            "$set": BROOKLYN_PERSON,
+            "$set_once": {f"$initial_{key[1:]}": value for key, value in BROOKLYN_PERSON.items()},
         },
-        "source_event": "Note Created", "link": ["usr_42", "C0FFEE00-1111"], "added": False,
+        # Simplified ID merge: the device's anonymous events were sent as "$device:<$device_id>"; that is the id
+        # the user's $identify must merge.
+        "source_event": "Note Created", "link": ["usr_42", "$device:C0FFEE00-1111"], "added": False,
     }]
 
 
@@ -138,8 +154,10 @@ def test_mixpanel_identify_becomes_posthogs_identify():
         "timestamp": "2022-07-15T17:00:00.000000Z",  # 10:00 PDT
         "properties": {"$anon_distinct_id": "a31fa472-61c7-40c0-b007-f066e9a3f289", "$geoip_disable": True,
                        "$geoip_city_name": "San Francisco", "$geoip_subdivision_1_name": "California",
-                       "$geoip_country_code": "US"},
-        "source_event": "$identify", "link": None, "added": False,
+                       "$geoip_country_name": "United States", "$geoip_country_code": "US"},
+        # The merge it makes: the identity pass sends it, unless another user merged that id first.
+        "source_event": "$identify", "link": ["ana@example.com", "a31fa472-61c7-40c0-b007-f066e9a3f289"],
+        "added": False,
     }]
 
 
@@ -151,7 +169,7 @@ def test_create_alias_is_rebuilt():
         "uuid": str(uuid.uuid5(uuid.UUID(bytes=b"posthog_mixpanel"), "alias-1")),
         "event": "$create_alias", "distinct_id": "ana@example.com", "timestamp": "2022-11-07T17:00:00.000000Z",
         "properties": {"alias": "ana.work@example.com", "$geoip_disable": True},
-        "source_event": "$create_alias", "link": None, "added": False,
+        "source_event": "$create_alias", "link": ["ana@example.com", "ana.work@example.com"], "added": False,
     }]
 
 
@@ -392,6 +410,7 @@ SAMPLES = {  # file: (records, good, filtered, {record: reason})
     "export-2024-03.jsonl.gz": (732, 728, 0, {41: "invalid_json", 730: "properties_not_object",
                                               731: "bad_timestamp", 732: "missing_distinct_id"}),
     "legacy-2022-11.jsonl": (167, 166, 1, {}),
+    "people-2024-03.json": (21, 20, 0, {8: "illegal_distinct_id"}),
 }
 
 

@@ -77,6 +77,7 @@ RUN_OPTIONS = {
     "drop_event": (["--drop-event", "x"], {"mapping": {"filter": {"drop_events": ["x"]}}}),
     "rename_property": (["--rename-property", "a=b"], {"mapping": {"transform": {"rename_properties": {"a": "b"}}}}),
     "drop_property": (["--drop-property", "x"], {"mapping": {"transform": {"drop_properties": ["x"]}}}),
+    "person_properties": (["--person-properties", "set_once"], {"mapping": {"person": {"mode": "set_once"}}}),
     "quiet": (["-q"], {"quiet": True}),
     "job": (["--job", "backfill"], {"job": "backfill"}),
     "workdir": (["--workdir", "work"], {"workdir": "work"}),

@@ -159,6 +159,19 @@ def test_events_file_is_appended_to_by_a_restarted_server(
     ]
 
 
+def test_a_line_a_killed_server_left_half_written_is_cut_before_appending(
+    make_server: Callable[..., CaptureServer], tmp_path: Path
+) -> None:
+    out = tmp_path / "events.jsonl"
+    whole = orjson.dumps(make_event(0)) + b"\n"
+    out.write_bytes(whole + orjson.dumps(make_event(1))[:40])  # killed in the middle of writing the second
+    post(make_server(out_path=out), batch_body([make_event(2)]))
+    assert [orjson.loads(line)["uuid"] for line in out.read_bytes().splitlines()] == [
+        make_event(0)["uuid"],
+        make_event(2)["uuid"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

@@ -42,8 +42,9 @@ def _no_traceback(result: subprocess.CompletedProcess) -> None:
 
 
 def _received(cwd: Path) -> list[dict]:
+    """The events the local server wrote; a line a crash cut mid-write (its batch was not acknowledged) is not one."""
     path = cwd / "job" / "local-capture" / "events.jsonl"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n")[:-1]] if path.exists() else []
 
 
 def _stopped_while_sending(cwd: Path) -> int:

@@ -65,7 +65,7 @@ def test_a_mixpanel_export_named_like_json_lines_is_read_as_mixpanel_and_the_cho
     assert result.returncode == 3, result.stderr  # the sample's 4 deliberately bad rows
     assert "732 = 728 + 4 + 0  ✓ balanced" in result.stdout
     assert ("1 file(s), format mixpanel (recognised by their rows, which look like a Mixpanel export "
-            "(event and properties.time))") in result.stderr
+            "(event and properties.time, or profiles: $distinct_id and $properties))") in result.stderr
     assert "1  files read as mixpanel, recognised by their rows" in result.stdout  # the summary's warnings
 
 
@@ -106,14 +106,16 @@ def test_a_wrong_format_stops_before_any_work_and_names_the_right_one(tmp_path):
     assert as_json_lines.returncode == 2, as_json_lines.stdout
     assert ("export.jsonl.gz: 99 of its first 100 rows would be rejected as bad_timestamp (no timestamp in "
             "column(s) timestamp, time, event_time, ts, created_at), read as jsonl. These rows look like a "
-            "Mixpanel export (event and properties.time): --format mixpanel.") in as_json_lines.stderr
+            "Mixpanel export (event and properties.time, or profiles: $distinct_id and $properties): --format "
+            "mixpanel.") in as_json_lines.stderr
     assert not list(tmp_path.glob(".posthog-migrate/*/manifest.json"))  # stopped before preparing
     assert not list(tmp_path.glob(".posthog-migrate/*/local-capture/events.jsonl"))
     as_amplitude = run_cli(["inspect", "export.jsonl.gz", "--format", "amplitude", "-q"], tmp_path)
     assert as_amplitude.returncode == 2
     assert "this is not an Amplitude export" in as_amplitude.stderr
     assert as_amplitude.stderr.rstrip().endswith("These rows look like a Mixpanel export (event and "
-                                                 "properties.time): --format mixpanel.")
+                                                 "properties.time, or profiles: $distinct_id and $properties): "
+                                                 "--format mixpanel.")
 
 
 @pytest.mark.parametrize(("path", "expected"), [

@@ -1,4 +1,4 @@
-"""The identity pass: one $identify per (user, device) pair per job, just before the pair's first event."""
+"""The identity pass: one $identify per device, for its first user, just before the pair's first event."""
 
 from __future__ import annotations
 
@@ -69,26 +69,41 @@ def test_one_identify_per_pair_just_before_its_first_event(tmp_path):
 
 def test_identity_pass_is_the_same_when_pairs_spill_to_disk(tmp_path):
     rng = random.Random(4)
-    rows = [_row(n, f"u{rng.randrange(300)}", f"d{rng.randrange(3)}", rng.randrange(3_000)) for n in range(6_000)]
+    rows = [_row(n, f"u{rng.randrange(300)}", f"d{rng.randrange(2_000)}", rng.randrange(3_000)) for n in range(6_000)]
     _, in_memory = _prepared_bodies(tmp_path, rows, workdir="big", memory="1GiB")
     _, spilled = _prepared_bodies(tmp_path, rows, workdir="small", memory="1MiB")
     identify = [e for e in in_memory if e["event"] == "$identify"]
-    assert len(identify) == len({(r["distinct_id"], r["device"]) for r in rows})
+    # one per device: for the user seen on it first (in time, then input order)
+    first_user = {}
+    for row in sorted(rows, key=lambda r: (r["timestamp"], int(r["insert_id"][1:]))):
+        first_user.setdefault(row["device"], row["distinct_id"])
+    assert sorted((e["properties"]["$anon_distinct_id"], e["distinct_id"]) for e in identify) == sorted(
+        first_user.items())
     assert [e["uuid"] for e in spilled] == [e["uuid"] for e in in_memory]
+
+
+def _claim_order(sighting):
+    user, device, ts, tiebreak = sighting
+    return device, ts, tiebreak, user
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xyz"), st.integers(0, 50), st.integers(0, 9)),
                 max_size=200), st.integers(1, 20))
-def test_collector_keeps_each_pairs_earliest_sighting_across_spills(tmp_path_factory, sightings, spill_every):
+def test_claims_come_by_device_earliest_first_across_spills(tmp_path_factory, sightings, spill_every):
     collector = IdentityCollector(tmp_path_factory.mktemp("pairs"), budget_bytes=0)
-    expected: dict = {}
     for n, (user, device, ts, tiebreak) in enumerate(sightings):
         collector.see(user, device, ts, tiebreak)
-        expected[(user, device)] = min(expected.get((user, device), (ts, tiebreak)), (ts, tiebreak))
         if n % spill_every == 0:
             collector.spill()
-    assert list(collector.first_sightings()) == [(u, d, *first) for (u, d), first in sorted(expected.items())]
+    claims = [(c.user, c.device, c.ts, c.tiebreak) for c in collector.claims()]
+    assert claims == sorted(claims, key=_claim_order)
+    # each pair's earliest sighting is there (later ones of a pair may be too, from other spills)
+    earliest: dict = {}
+    for user, device, ts, tiebreak in sightings:
+        earliest[(user, device)] = min(earliest.get((user, device), (ts, tiebreak)), (ts, tiebreak))
+    assert {(u, d, *first) for (u, d), first in earliest.items()} <= set(claims)
+    assert {(u, d) for u, d, _, _ in claims} == set(earliest)
 
 
 class ExplodingAdapter(JsonLinesAdapter):
@@ -120,13 +135,19 @@ def test_more_pair_runs_than_the_merge_fan_in_are_compacted_first(tmp_path, monk
     monkeypatch.setattr(identity, "MAX_MERGE_FAN_IN", 3)
     collector = IdentityCollector(tmp_path, budget_bytes=0)
     rng = random.Random(8)
-    expected: dict = {}
+    sightings = []
     for n in range(400):
-        user, device, ts = f"u{rng.randrange(30)}", f"d{rng.randrange(4)}", rng.randrange(1_000)
-        collector.see(user, device, ts, n)
-        expected[(user, device)] = min(expected.get((user, device), (ts, n)), (ts, n))
+        sightings.append((f"u{rng.randrange(30)}", f"d{rng.randrange(4)}", rng.randrange(1_000), n))
+        collector.see(*sightings[-1])
         if n % 20 == 19:
             collector.spill()
     assert len(collector.run_names) == 20
-    assert list(collector.first_sightings()) == [(u, d, *first) for (u, d), first in sorted(expected.items())]
+    claims = [(c.user, c.device, c.ts, c.tiebreak) for c in collector.claims()]
+    spilled = []  # what each spill holds: the earliest sighting of each of its pairs
+    for start in range(0, 400, 20):
+        earliest: dict = {}
+        for user, device, ts, tiebreak in sightings[start:start + 20]:
+            earliest[(user, device)] = min(earliest.get((user, device), (ts, tiebreak)), (ts, tiebreak))
+        spilled += [(u, d, *first) for (u, d), first in earliest.items()]
+    assert claims == sorted(spilled, key=_claim_order)
     assert len(collector.run_names) <= 3

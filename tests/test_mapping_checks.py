@@ -86,7 +86,7 @@ def test_the_until_typo_stops_the_run_before_anything_is_sent(tmp_path):
     assert not list(tmp_path.glob(".posthog-migrate/*/local-capture/events.jsonl"))  # nothing sent
 
 
-@pytest.mark.parametrize("format_name", ["csv", "jsonl", "parquet", "posthog", "amplitude", "mixpanel"])
+@pytest.mark.parametrize("format_name", ["csv", "jsonl", "parquet", "posthog", "amplitude"])
 def test_formats_without_source_settings_refuse_any(format_name):
     mapping = ColumnMapping(source_options=(("group_type", "company"),))
     with pytest.raises(ConfigError, match=f"'group_type', which the {format_name} format does not know; "
@@ -224,11 +224,11 @@ def test_inspect_counts_the_identify_events_run_adds(tmp_path):
     shutil.copytree(SAMPLES / "amplitude", tmp_path / "amplitude")
     inspected = run_cli(["inspect", "amplitude/export.zip", "--format", "amplitude", "-q"], tmp_path)
     assert inspected.returncode == 0, inspected.stderr
-    assert "Events to send:    1,669 (including 667 added" in inspected.stdout  # 643 $groupidentify + 24 $identify
+    assert "Events to send:    1,670 (including 667 added" in inspected.stdout  # 643 $groupidentify + 24 $identify
     ran = run_cli(["run", "amplitude/export.zip", "--format", "amplitude", "--host", "local", "--rate", "0", "-q"],
                   tmp_path)
-    assert "Events sent:       1,669 in" in ran.stdout
-    assert len(received_events(tmp_path)) == 1_669
+    assert "Events sent:       1,670 in" in ran.stdout
+    assert len(received_events(tmp_path)) == 1_670
 
 
 def test_inspect_counts_identify_events_beyond_its_memory_for_pairs(tmp_path):
@@ -251,6 +251,8 @@ def test_inspect_counts_identify_events_beyond_its_memory_for_pairs(tmp_path):
     ("mixpanel/README.md", ["mixpanel/export-2024-03.jsonl.gz", "--format", "mixpanel"]),
     ("mixpanel/README.md", ["mixpanel/legacy-2022-11.jsonl", "--format", "mixpanel",
                             "--source-timezone", "America/Los_Angeles"]),
+    ("mixpanel/README.md", ["mixpanel/export-2024-03.jsonl.gz", "mixpanel/people-2024-03.json", "--format",
+                            "mixpanel"]),
     ("segment/README.md", ["segment/archive", "--format", "segment"]),
     ("segment/README.md", ["segment/warehouse", "--format", "segment"]),
     ("ga4/README.md", ["ga4/events_20240308.jsonl.gz", "ga4/events_20240309.parquet", "--format", "ga4"]),

@@ -18,7 +18,9 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# isDistinctIdIllegal: compared case-insensitively, and with single or double quotes around them.
+# isDistinctIdIllegal: compared case-insensitively, and with single or double quotes around them. The pipeline's
+# rule (posthog_migrate.distinct_ids) holds the same lists: this package imports nothing of the pipeline, and a
+# test checks that the two agree.
 _ILLEGAL_ANY_CASE = frozenset(("anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email",
                                "undefined", "true", "false"))
 _ILLEGAL_EXACT = frozenset(("[object Object]", "NaN", "None", "none", "null", "0", "undefined"))

@@ -128,6 +128,7 @@ class CaptureServer:
             raise RuntimeError("this CaptureServer has already been started")
         if self.out_path is not None:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            drop_partial_last_line(self.out_path)
             # Unbuffered: each request's lines go out in one write(), which O_APPEND places whole at
             # the file's end, so several servers (serve --processes) can share one file.
             self._out = open(self.out_path, "ab", buffering=0)  # noqa: SIM115 - open until stop()
@@ -319,6 +320,32 @@ def _write_all(out: BinaryIO, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[out.write(view):]
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """Cut a line a killed server left half-written at the end of its events file (its batch was never
+    acknowledged, so the client sends it again): the lines appended next must not join onto it."""
+    try:
+        with open(path, "rb+") as stream:
+            size = stream.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            stream.seek(size - 1)
+            if stream.read(1) == b"\n":
+                return
+            # Back to the last complete line's end, reading the tail a block at a time.
+            end = size
+            while end > 0:
+                start = max(0, end - (1 << 16))
+                stream.seek(start)
+                newline = stream.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    stream.truncate(start + newline + 1)
+                    return
+                end = start
+            stream.truncate(0)
+    except FileNotFoundError:
+        return
 
 
 def check_out_file(out_path: str | None) -> None:

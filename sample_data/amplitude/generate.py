@@ -79,6 +79,7 @@ class Sample:
     # (user_id, device_id) pairs of the good rows: the pipeline adds one $identify for each.
     linked_pairs: set[tuple[str, str]] = field(default_factory=set)
     event_types: Counter = field(default_factory=Counter)
+    fallback_time_rows: int = 0  # good rows without an event_time: their client_event_time is used
 
 
 def amplitude_time(moment: datetime) -> str:
@@ -275,9 +276,11 @@ def add_bad_rows(rng: random.Random, sample: Sample) -> None:
         (keys[5], truncated, "invalid_json", "truncated JSON (the line stops mid-object)"),
         (keys[12], variant(user_id=None, device_id=None, uuid=str(uuid.UUID(int=rng.getrandbits(128), version=1))),
          "missing_distinct_id", "user_id and device_id are both null"),
-        (keys[20], variant(event_time="2024-03-02 25:61:00.000000",
+        (keys[20], variant(event_time="2024-03-02 25:61:00.000000", client_event_time=None,
+                           server_upload_time="2024-03-02 11:6",
                            uuid=str(uuid.UUID(int=rng.getrandbits(128), version=1))),
-         "bad_timestamp", "event_time is `2024-03-02 25:61:00.000000`"),
+         "bad_timestamp", "event_time is `2024-03-02 25:61:00.000000`, client_event_time is null, "
+                          "server_upload_time is `2024-03-02 11:6`"),
         (keys[-3], variant(uuid="d0b5b3a6-not-a-uuid"), "bad_uuid", "uuid is `d0b5b3a6-not-a-uuid`"),
     ]
     for member, line, reason, why in bad:
@@ -285,6 +288,13 @@ def add_bad_rows(rng: random.Random, sample: Sample) -> None:
         lines.insert(len(lines) // 2, line)
         sample.bad.append((member, line, reason, why))
         sample.rows += 1
+    # A row without event_time is kept: its client_event_time is its time (PostHog's importer would use "now").
+    kept = variant(event_time=None, uuid=str(uuid.UUID(int=rng.getrandbits(128), version=1)))
+    sample.members[keys[30]].insert(len(sample.members[keys[30]]) // 2, kept)
+    sample.rows += 1
+    sample.fallback_time_rows += 1
+    sample.event_types[template["event_type"]] += 1
+    sample.group_rows += bool(template["group_properties"])
 
 
 def member_files(sample: Sample) -> dict[str, list[bytes]]:
@@ -341,7 +351,7 @@ posthog-migrate run sample_data/amplitude/export.zip --format amplitude --host l
 | | rows |
 |---|---:|
 | records | {sample.rows} |
-| good (become events) | {good} |
+| good (become events; {sample.fallback_time_rows} without `event_time`, timed by its `client_event_time`) | {good} |
 | filtered (`session_start` / `session_end`) | {sample.filtered} |
 | bad (rejected) | {bad} |
 
@@ -352,7 +362,8 @@ counts and `run` sends). 36 people: 12 anonymous web
 visitors (device id only), 10 who sign up on the web (device id first, then `user_id` from `signed_up` on:
 the pipeline links the two), 8 web customers and 6 iOS app users (user id and device id), and a server-side
 `invoice_paid` for some customers (no device, `session_id` -1, no `uuid`: its uuid comes from `$insert_id`).
-About a quarter of the people have no `ip_address` (their events carry Amplitude's geo and `$geoip_disable`).
+Every row carries Amplitude's geo, sent as `$geoip_*` with `$geoip_disable` (and set on the person); about a
+quarter of the people have no `ip_address`.
 
 | event_type | rows |
 |---|---:|

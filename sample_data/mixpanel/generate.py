@@ -3,13 +3,15 @@
 
     python sample_data/mixpanel/generate.py [--out DIR]
 
-Writes two raw-export files and ``README.md`` (counts, how to run, the deliberately bad rows):
+Writes two raw-export files, a profiles file and ``README.md`` (counts, how to run, the deliberately bad rows):
 
 - ``export-2024-03.jsonl.gz``: a project on Simplified ID Merge, ``time`` in epoch milliseconds (UTC),
   canonical ``distinct_id`` (``$distinct_id_before_identity`` on events merged after the fact).
 - ``legacy-2022-11.jsonl``: a project created in 2021 on Original ID Merge, so ``time`` is the
   America/Los_Angeles wall clock written as epoch seconds; spans the end of DST (2022-11-06). It has
   ``$identify``, ``$create_alias`` and ``$merge`` events.
+- ``people-2024-03.json``: the 2024 project's user profiles, as one page of the Engage API answers it
+  (``{"page", "session_id", "results": [...]}``, pretty-printed).
 
 Byte-identical on every run: one fixed seed, fixed dates, gzip mtime 0. Only the standard library is used.
 """
@@ -207,9 +209,55 @@ def legacy(rng: random.Random) -> Output:
     return out
 
 
-def readme(modern_out: Output, legacy_out: Output) -> str:
+@dataclass
+class Profiles:
+    page: dict
+    good: int = 0
+    untimed: int = 0  # profiles without $last_seen: placed after the job's last event
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def profiles(rng: random.Random, modern_out: Output) -> Profiles:
+    """The Engage profiles of the 2024 export's users: one per user, with the place and time of their last event
+    (``$last_seen``, as Mixpanel keeps it), two without ``$last_seen``, and one under an id PostHog will not merge."""
+    last: dict[str, dict] = {}
+    for line in modern_out.lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        props = row.get("properties")
+        known = isinstance(props, dict) and str(props.get("distinct_id", "")).startswith("usr_") and props.get("time")
+        if known and props["time"] >= last.get(props["distinct_id"], {}).get("time", 0):
+            last[props["distinct_id"]] = props
+    results = []
+    for number, (user, props) in enumerate(sorted(last.items())):
+        seen = datetime.fromtimestamp(props["time"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        first = rng.choice(["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana"])
+        last_name = rng.choice(["Lima", "Okafor", "Schmidt", "Tanaka", "Moreau", "Novak"])
+        properties = {"$created": (MODERN_START - timedelta(days=rng.randrange(30, 400))).strftime("%Y-%m-%dT%H:%M:%S"),
+                      "$email": f"{first.lower()}.{user[4:]}@example.com", "$first_name": first,
+                      "$last_name": last_name, "$city": props.get("$city"), "$region": props.get("$region"),
+                      "$country_code": props.get("mp_country_code"), "plan": rng.choice(["free", "pro", "team"])}
+        if number % 9 != 4:
+            properties["$last_seen"] = seen
+        results.append({"$distinct_id": user, "$properties": properties})
+    out = Profiles({"page": 0, "page_size": 1000, "session_id": "1709510400-ACMENO", "status": "ok",
+                    "total": len(results) + 1, "results": results})
+    out.good = len(results)
+    out.untimed = sum("$last_seen" not in r["$properties"] for r in results)
+    results.insert(7, {"$distinct_id": "undefined", "$properties": {"$email": "someone@example.com",
+                                                                   "$last_seen": "2024-03-02T10:00:00"}})
+    out.bad.append((8, "illegal_distinct_id", "`$distinct_id` is `undefined`, an id PostHog will not merge through"))
+    return out
+
+
+def readme(modern_out: Output, legacy_out: Output, people: Profiles) -> str:
+    def table_of(bad: list[tuple[int, str, str]], name: str) -> str:
+        return "\n".join(f"| `{name}` | {record} | `{reason}` | {why} |" for record, reason, why in bad)
+
     def table(out: Output, name: str) -> str:
-        return "\n".join(f"| `{name}` | {record} | `{reason}` | {why} |" for record, reason, why in out.bad)
+        return table_of(out.bad, name)
 
     def names(out: Output) -> str:
         return ", ".join(f"`{name}` {count}" for name, count in sorted(out.names.items()))
@@ -223,6 +271,8 @@ def readme(modern_out: Output, legacy_out: Output) -> str:
     def to_send(out: Output) -> str:
         return f"{out.good + len(out.linked_pairs):,}"
 
+    people_counts = f"{len(people.page['results'])} | {people.good} | 0 | {len(people.bad)} | `$set` {people.good}"
+
     return f"""# Mixpanel sample exports: Acme Notes
 
 Raw Export API files (JSON lines of `{{"event", "properties"}}`), written by `generate.py`; do not
@@ -232,6 +282,7 @@ edit them by hand (`python generate.py` rewrites them byte for byte).
 |---|---|---:|---:|---:|---:|---|
 | `export-2024-03.jsonl.gz` | Simplified ID Merge, 2024-03-01 – 03-04 UTC, `time` in ms | {counts(modern_out)} |
 | `legacy-2022-11.jsonl` | from 2021, Original ID Merge, `time` in America/Los_Angeles seconds | {counts(legacy_out)} |
+| `people-2024-03.json` | the 2024 project's Engage profiles: one API page | {people_counts} |
 
 Each good row is one event: `$mp_web_page_view` → `$pageview`, `$identify` → PostHog `$identify`,
 `$create_alias` and `$merge` → `$create_alias`. The filtered row is a `$merge` of a single id. Besides, the
@@ -249,6 +300,16 @@ posthog-migrate run sample_data/mixpanel/legacy-2022-11.jsonl --format mixpanel 
     --source-timezone America/Los_Angeles --host local --job mixpanel-legacy
 ```
 
+The profiles go with the 2024 export, in the same job: each profile is one `$set` event for its user at its
+`$last_seen` ({people.untimed} have none: they go just after the job's last event), with `$email` → `email`,
+`$first_name` + `$last_name` → `name`, `$created` set once as `$initial_created_at` (see the README's People
+section): {modern_out.good + len(modern_out.linked_pairs) + people.good:,} events to send for the two files.
+
+```sh
+posthog-migrate run sample_data/mixpanel/export-2024-03.jsonl.gz sample_data/mixpanel/people-2024-03.json \\
+    --format mixpanel --host local --job mixpanel-with-people
+```
+
 In the 2024 export, 10 people stay anonymous (`distinct_id` `$device:<id>`), 10 sign up (their earlier
 events already carry their user id, with `$distinct_id_before_identity`; from the signup on they carry
 `$user_id` and `$device_id`, which links the two ids) and 10 are customers. Some customers have a
@@ -259,6 +320,7 @@ server-side `Plan Upgraded` without `$insert_id` (content-derived uuid) and with
 | File | Record | Expected reject reason | Why |
 |---|---:|---|---|
 {table(modern_out, "export-2024-03.jsonl.gz")}
+{table_of(people.bad, "people-2024-03.json")}
 """
 
 
@@ -270,10 +332,12 @@ def main() -> None:
     rng = random.Random(SEED)
     modern_out = modern(rng)
     legacy_out = legacy(rng)
+    people = profiles(rng, modern_out)
     data = b"".join(line + b"\n" for line in modern_out.lines)
     (out / "export-2024-03.jsonl.gz").write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
     (out / "legacy-2022-11.jsonl").write_bytes(b"".join(line + b"\n" for line in legacy_out.lines))
-    (out / "README.md").write_text(readme(modern_out, legacy_out), encoding="utf-8")
+    (out / "people-2024-03.json").write_text(json.dumps(people.page, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(readme(modern_out, legacy_out, people), encoding="utf-8")
 
 
 if __name__ == "__main__":

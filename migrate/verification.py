@@ -1,4 +1,5 @@
-"""``verify``: prove that what a job sent landed in PostHog, and send again what did not.
+"""``verify``: prove that what a job sent landed in PostHog, and send again what did not. (Not named verify.py: a
+submodule ``posthog_migrate.verify``, once imported, would hide the function ``pm.verify``.)
 
 A 200 from capture means PostHog *received* a batch, not that its events are in the project: they can still
 be dropped downstream (a billing quota, a wrong project token, an ingestion fault, a proxy that answered for
@@ -26,10 +27,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from posthog_migrate.capture.persons import is_illegal_distinct_id
 from posthog_migrate.capture.query import counts_query, persons_query
 from posthog_migrate.checkpoint import JobState, read_json
 from posthog_migrate.config import COMMAND_LINE, LOCAL_API_KEY, LOCAL_HOST, Spelling, resolve_settings
+from posthog_migrate.distinct_ids import is_illegal_id
 from posthog_migrate.errors import ConfigError, ExitStatus, Interrupted, MigrateError, error_kind
 from posthog_migrate.job import JobLock
 from posthog_migrate.joblog import JobLog
@@ -295,9 +296,10 @@ class _Verification:
 
 
 def _likely_reason(claim: MergeClaim, claimers: list[str]) -> str | None:
-    """Why PostHog would have refused this merge, when the job knows."""
+    """Why PostHog would have refused this merge, when the job knows. (A job prepared by this version sends no merge
+    through an illegal id, but one prepared by an earlier version may have.)"""
     for distinct_id in (claim.distinct_id, claim.other_id):
-        if is_illegal_distinct_id(distinct_id):
+        if is_illegal_id(distinct_id.strip()):
             return (f"PostHog never merges the id {distinct_id!r}: it is one of the ids it treats as illegal "
                     "(cannot_merge_with_illegal_distinct_id)")
     others = [claimer for claimer in claimers if claimer != claim.distinct_id]
