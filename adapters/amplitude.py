@@ -409,7 +409,11 @@ def _person_properties(user_properties: dict) -> tuple[dict, dict]:
     """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
     user_set, set_once = {}, {}
     for key, value in user_properties.items():
-        if not _is_plain_text(value) and type(value) is not int and is_empty(value):  # text and ints never are
+        # _is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
+        kind = type(value)
+        if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
+            pass
+        elif kind is not int and is_empty(value):
             continue
         if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
             set_once[f"${key}"] = value
@@ -425,7 +429,9 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         value = record.get(field)
         if value is None:
             continue
-        if _is_plain_text(value) or (value := _scalar(value)) is not None:  # plain text is its own _scalar
+        # Plain text is its own _scalar (_is_plain_text, inlined: this runs for every field of every row).
+        if (type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace()
+                and not value[-1].isspace()) or (value := _scalar(value)) is not None:
             properties[target] = value
     if web:
         if type(version := properties.get("$browser_version")) is str:
