@@ -99,6 +99,7 @@ from posthog_migrate.event import (
     normalise_uuid,
     number_id_text,
     parse_timestamp,
+    sent_timestamp_text,
     uuid5_text,
     uuid_from_content,
     uuid_from_id,
@@ -156,6 +157,7 @@ GEO_KEYS = ("$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_nam
 INITIAL_GEO_KEYS = {key: f"$initial_{key[1:]}" for key in (*GEO_KEYS, "$geoip_latitude", "$geoip_longitude")}
 # Property names PostHog reads as objects: a value of another shape makes capture refuse the event.
 RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
+RESERVED_NAMES = frozenset({*RESERVED_OBJECTS, "$groups"})
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MEMBER_ENDINGS = (".json.gz", ".json")
@@ -183,19 +185,29 @@ class AmplitudeAdapter(Adapter):
     # -- mapping ------------------------------------------------------------------------------------
 
     def to_events(self, record: dict) -> list[Event]:
-        source_name = event_name(record.get("event_type"), "event_type")
+        # Written for the common row: each field's usual shape (plain text, an int, a dict) is accepted inline, and
+        # the general helper (event_name, _scalar, json_object...) is called only for the rest. Each fast path
+        # says why it answers as its helper would: the helpers are the rules, these checks only skip them.
+        source_name = record.get("event_type")
+        if type(source_name) is not str or not source_name or source_name[0].isspace():  # else: text, not blank
+            source_name = event_name(source_name, "event_type")
         if source_name in SESSION_EVENTS:
             raise Filtered(SESSION_RULE)
         name = EVENT_NAMES.get(source_name, source_name)
-        if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
+        drop_events = self.mapper.drop_events
+        if drop_events and (source_name in drop_events or name in drop_events):
             raise Filtered(f"event {source_name!r} dropped by the mapping")
         user_id, device_id, passed = _user_and_device(record)
         distinct_id = user_id or device_id
         if distinct_id is None:
             raise no_usable_id("the row has neither a user_id nor a device_id", passed)
         notes: tuple[str, ...] = ()
+        timestamp_text = None
         try:
-            timestamp_us = _timestamp(record.get("event_time"), "event_time")
+            event_time = record.get("event_time")
+            timestamp_us = _timestamp(event_time, "event_time")
+            if type(event_time) is str:
+                timestamp_text = sent_timestamp_text(event_time)
         except Rejection as missing:
             timestamp_us, notes = _fallback_time(record, missing)
         self.mapper.apply_time_filters(timestamp_us)
@@ -206,8 +218,12 @@ class AmplitudeAdapter(Adapter):
         user_properties = record.get("user_properties")
         if type(user_properties) is not dict:
             user_properties = json_object(user_properties, "user_properties")
-        groups = _groups(json_object(record.get("groups"), "groups"))
-        group_properties = json_object(record.get("group_properties"), "group_properties")
+        # Most rows have no groups at all: json_object(None) is {}, and _groups({}) too.
+        groups = record.get("groups")
+        groups = _groups(json_object(groups, "groups")) if groups is not None else {}
+        group_properties = record.get("group_properties")
+        if type(group_properties) is not dict:
+            group_properties = json_object(group_properties, "group_properties")
         event_uuid = self._uuid(record, distinct_id, timestamp_us, source_name)
         link = (user_id, device_id) if user_id and device_id and user_id != device_id else None
 
@@ -222,10 +238,12 @@ class AmplitudeAdapter(Adapter):
         if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
             user_set.update(geo)
             set_once.update((INITIAL_GEO_KEYS[key], value) for key, value in geo)
+        # The row's own $set/$set_once first, then the user properties over them; with none of its own (the usual
+        # row) the fresh dicts are that merge already.
         if user_set:
-            properties["$set"] = {**properties.get("$set", {}), **user_set}
+            properties["$set"] = {**properties["$set"], **user_set} if "$set" in properties else user_set
         if set_once:
-            properties["$set_once"] = {**properties.get("$set_once", {}), **set_once}
+            properties["$set_once"] = {**properties["$set_once"], **set_once} if "$set_once" in properties else set_once
         if groups:
             properties["$groups"] = {group_type: keys[0] for group_type, keys in groups.items()}
 
@@ -233,7 +251,7 @@ class AmplitudeAdapter(Adapter):
             Event("$groupidentify", distinct_id, timestamp_us,
                   uuid5_text(GROUP_NAMESPACE, f"groupidentify:{event_uuid}:{group_type}:{key}"),
                   {"$group_type": group_type, "$group_key": key, "$group_set": group_set, "$geoip_disable": True},
-                  added=True, source_event="(amplitude group_properties)", link=link)
+                  added=True, source_event="(amplitude group_properties)", link=link, timestamp_text=timestamp_text)
             for group_type, key, group_set in _group_sets(groups, group_properties)
         ] if groups else []
         if len(added) >= MAX_EVENTS_PER_ROW - 1:
@@ -246,7 +264,7 @@ class AmplitudeAdapter(Adapter):
             own.uuid, own.added, own.source_event = event_uuid, False, source_name
             return [*added, own]
         own = Event(name, distinct_id, timestamp_us, event_uuid, properties, source_event=source_name, link=link,
-                    illegal_ids=passed, notes=notes)
+                    illegal_ids=passed, notes=notes, timestamp_text=timestamp_text)
         return [*added, own] if added else [own]
 
     def person_of(self, record: dict) -> str | None:
@@ -353,19 +371,23 @@ def _key_text(value: Any) -> str | None:
 def _event_properties(event_properties: dict, source_name: str) -> dict:
     """The row's own properties, with Amplitude's page and screen properties in PostHog's names."""
     properties = {k: v for k, v in event_properties.items() if k not in MAPPED_EVENT_PROPERTIES}
-    for key in RESERVED_OBJECTS:
-        if key in properties and not isinstance(properties[key], dict):
-            del properties[key]
-    if "$groups" in properties and not _valid_groups(properties["$groups"]):
-        del properties["$groups"]
+    if not RESERVED_NAMES.isdisjoint(properties):  # rare: one set test for the usual row instead of four lookups
+        for key in RESERVED_OBJECTS:
+            if key in properties and not isinstance(properties[key], dict):
+                del properties[key]
+        if "$groups" in properties and not _valid_groups(properties["$groups"]):
+            del properties["$groups"]
     mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
     if PAGE_LOCATION in mapped or PAGE_URL in mapped:
-        url = _key_text(event_properties.get(PAGE_LOCATION)) or _key_text(event_properties.get(PAGE_URL))
+        url = event_properties.get(PAGE_LOCATION)
+        if not _is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
+            url = _key_text(url) or _key_text(event_properties.get(PAGE_URL))
         if url is not None:
             properties.update(url_properties(url))
-    for field, target in PAGE_FIELDS:
-        if field in mapped and (value := _scalar(event_properties[field])) is not None:
-            properties[target] = value
+    if len(mapped) > (PAGE_LOCATION in mapped) + (PAGE_URL in mapped):  # a page field beside the URLs
+        for field, target in PAGE_FIELDS:
+            if field in mapped and (value := _scalar(event_properties[field])) is not None:
+                properties[target] = value
     if PAGE_REFERRER in mapped or "referrer" in event_properties:
         referrer = _key_text(event_properties.get(PAGE_REFERRER)) or _key_text(event_properties.get("referrer"))
         if referrer is not None:
@@ -387,7 +409,11 @@ def _person_properties(user_properties: dict) -> tuple[dict, dict]:
     """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
     user_set, set_once = {}, {}
     for key, value in user_properties.items():
-        if is_empty(value):
+        # _is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
+        kind = type(value)
+        if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
+            pass
+        elif kind is not int and is_empty(value):
             continue
         if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
             set_once[f"${key}"] = value
@@ -400,8 +426,12 @@ def _add_device_properties(properties: dict, record: dict) -> None:
     platform = record.get("platform")
     web = isinstance(platform, str) and platform.strip().lower() == "web"
     for field, target in WEB_FIELDS if web else MOBILE_FIELDS:
-        value = _scalar(record.get(field))
-        if value is not None:
+        value = record.get(field)
+        if value is None:
+            continue
+        # Plain text is its own _scalar (_is_plain_text, inlined: this runs for every field of every row).
+        if (type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace()
+                and not value[-1].isspace()) or (value := _scalar(value)) is not None:
             properties[target] = value
     if web:
         if type(version := properties.get("$browser_version")) is str:
@@ -409,15 +439,26 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         os_name, family = record.get("device_type"), record.get("device_family")
         if type(os_name) in _TEXT and type(family) in _TEXT and (device := _device_type(os_name, family)) is not None:
             properties["$device_type"] = device
-    library = _key_text(record.get("library"))
-    if library is not None:
-        lib, _, version = library.partition("/")
-        properties["$lib"] = lib or library
-        if lib and version:
-            properties["$lib_version"] = version
-    insert_id = _key_text(record.get("$insert_id"))
-    if insert_id is not None:
+    # Plain text is its own _key_text: the helper only for the rest.
+    library = record.get("library")
+    if library is not None and (_is_plain_text(library) or (library := _key_text(library)) is not None):
+        properties.update(_library_properties(library))
+    insert_id = record.get("$insert_id")
+    if insert_id is not None and (_is_plain_text(insert_id) or (insert_id := _key_text(insert_id)) is not None):
         properties["$insert_id"] = insert_id
+
+
+@functools.lru_cache(maxsize=256)  # a handful of SDK versions in an export
+def _library_properties(library: str) -> tuple[tuple[str, str], ...]:
+    """``amplitude-ts/2.1.0`` → $lib ``amplitude-ts`` and $lib_version ``2.1.0``; a name alone → $lib."""
+    lib, _, version = library.partition("/")
+    return (("$lib", lib or library), ("$lib_version", version)) if lib and version else (("$lib", lib or library),)
+
+
+def _is_plain_text(value: Any) -> bool:
+    """Text that is not a "nothing here" marker and has no surrounding space: what _scalar, _key_text and
+    is_empty hand back unchanged (as not empty), answered without calling them. False says nothing."""
+    return type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace()
 
 
 def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
@@ -429,7 +470,7 @@ def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
     and no geo, PostHog locates the IP. With neither, ``$geoip_disable`` alone: PostHog would otherwise locate
     the migration machine's address."""
     ip = record.get("ip_address")
-    has_ip = isinstance(ip, str) and not is_empty(ip)
+    has_ip = _is_plain_text(ip) or (isinstance(ip, str) and not is_empty(ip))
     if has_ip:
         properties["$ip"] = ip
     place = (record.get("city"), record.get("region"), record.get("country"))

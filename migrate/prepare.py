@@ -86,6 +86,9 @@ PARENT_CHECK_SECONDS = 0.2
 YOUNG_COLLECTION_THRESHOLD = 50_000
 # Joining the rejects parts copies this much at a time (and moves its progress bar as often).
 COPY_CHUNK_BYTES = 1 << 20
+# Distinct ids whose person hash map_rows remembers: a person's events come in runs (sessions), and a lookup costs
+# a tenth of the hash. Emptied when full, so its memory stays a few MB.
+PERSON_HASH_CACHE_SIZE = 32_768
 # The identity pass counts its events into the stats this many at a time.
 IDENTIFY_EVENTS_PER_TALLY = 5_000
 # PostHog's MAX_GROUP_TYPES_PER_TEAM.
@@ -144,6 +147,7 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     tally_name, tally_source = tally.names.append, tally.source_names.append
     tally_time, tally_person = tally.timestamps.append, tally.people.append
     file_bits = make_tiebreak(source.index, 0)
+    person_hashes: dict[str, int] = {}  # distinct_id → person_hash(distinct_id), see PERSON_HASH_CACHE_SIZE
     take_warnings()  # a columns() check's, noted again by this reading if they hold: not this file's
     bytes_before, bytes_shown = input_bytes_read(), 0
     for chunk in adapter.read(source):
@@ -194,7 +198,11 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
             # Sub-event 0 of every row is kept free for the $identify the identity pass may add.
             row_bits = file_bits | (row_number << TIEBREAK_SUB_BITS)
             for sub_event, (event, payload) in enumerate(zip(events, payloads, strict=True), start=1):
-                person = person_hash(event.distinct_id)
+                person = person_hashes.get(event.distinct_id)
+                if person is None:
+                    if len(person_hashes) >= PERSON_HASH_CACHE_SIZE:
+                        person_hashes.clear()
+                    person = person_hashes[event.distinct_id] = person_hash(event.distinct_id)
                 properties = event.properties
                 if "$groups" in properties or event.event == "$groupidentify":
                     count_group_types(stats.group_types, event)
