@@ -266,7 +266,7 @@ class _RunReader:
             except (pa.ArrowException, OSError) as error:
                 raise self._damaged(error) from None
             self._next_batch += 1
-            if self._skip >= batch.num_rows:
+            if not batches and self._skip >= batch.num_rows:  # resuming: rows taken before
                 self._skip -= batch.num_rows
                 continue
             batches.append(batch)
