@@ -12,11 +12,15 @@ worker process per core: runs and identity pairs per file); then, in this proces
   HTTP), repeated.
 
 Both should cost the same per event at 1M and 4M events: that is what scaling like the rest means.
+`--workdir DIR` keeps the prepared files there, and a later run with the same DIR measures them again without
+preparing (e.g. from another checkout of the code, to compare two versions on the same runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import multiprocessing
 import os
 import sys
@@ -59,17 +63,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="keep the prepared files here (reused if already there)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent / "out") as temporary:
-        workdir = Path(temporary)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(
+            dir=Path(__file__).resolve().parent / "out")))
         job = open_job(_settings(args.folder, workdir), {})
         for folder in (job.runs_dir, job.identity_dir, job.parts_dir):
             folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
-            results = list(pool.map(_prepare_one, *zip(*((args.folder, workdir, source.index)
-                                                         for source in job.sources), strict=True)))
+        saved = workdir / "scale-results.json"
+        if saved.exists():
+            results = json.loads(saved.read_text())
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
+                results = list(pool.map(_prepare_one, *zip(*((args.folder, workdir, source.index)
+                                                             for source in job.sources), strict=True)))
+            saved.write_text(json.dumps(results))
         stats = PrepareStats()
         for result in results:
             stats.merge(PrepareStats.from_dict(result["stats"]))
@@ -94,6 +105,8 @@ def main() -> None:
         print(f"identity pass: {_spread(seconds)} s CPU ({_spread([s / events * 1e6 for s in seconds], 3)} "
               f"µs/event)", flush=True)
         runs = [RunFile.from_dict(run) for result in results for run in result["runs"]] + run_identity_pass.runs
+        for stale in job.runs_dir.glob("merged-*"):
+            stale.unlink()
         compacted = []
         seconds = _cpu(lambda: compacted.extend(compact_runs(job.runs_dir, runs)))
         print(f"compaction of {len(runs)} runs: {seconds:.1f} s CPU → {len(compacted)} runs", flush=True)

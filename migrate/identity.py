@@ -221,7 +221,8 @@ class IdentityCollector:
             yield from (Claim(*row) for row in zip(*(column.to_pylist() for column in table.columns), strict=True))
 
     def _merged_tables(self, names: list[str]) -> Iterator[pa.Table]:
-        return _ClaimMerge([self._read_batches(name) for name in names]).tables()
+        window_rows = max(PAIR_READ_ROWS, self.budget_bytes // BYTES_PER_PAIR // max(1, len(names)))
+        return _ClaimMerge([self._read_batches(name) for name in names], window_rows).tables()
 
     def _read_batches(self, name: str) -> Iterator[pa.RecordBatch]:
         """A run's record batches, in order. A file that Arrow cannot read (left by an interrupted prepare and
@@ -246,30 +247,40 @@ class _ClaimMerge:
 
     A row-by-row heap merge in Python cost ~2 µs a claim, and claims repeat across runs (one run or more per
     input file). Here each step takes, from every run, the rows of the devices below the smallest "last device"
-    among the runs' buffered batches (those devices' claims are all buffered), sorts them with Arrow and drops
-    the sightings of pairs already claimed earlier in the stretch. Memory: a record batch per run, plus the
-    claims of one device when a batch holds nothing else.
+    among the runs' buffers (those devices' claims are all buffered), sorts them with Arrow and drops the
+    sightings of pairs already claimed earlier in the stretch. A step costs a few Arrow calls per run and takes
+    about one buffer's worth of rows, so each run's buffer holds ``window_rows`` (the collector's memory budget
+    shared between the runs), plus the claims of one device when a buffer holds nothing else.
     """
 
-    def __init__(self, runs: list[Iterator[pa.RecordBatch]]):
+    def __init__(self, runs: list[Iterator[pa.RecordBatch]], window_rows: int):
         self._runs = runs
+        self._window_rows = window_rows
         self._buffers: list[pa.Table | None] = [None] * len(runs)
-        for index in range(len(runs)):
+
+    def _fill(self, index: int) -> None:
+        """Read the run's batches into its buffer until it holds ``window_rows`` claims (or the run ends)."""
+        while self._runs[index] is not None and self._buffered(index) < self._window_rows:
             self._read_more(index)
 
-    def _read_more(self, index: int) -> bool:
-        """Append the run's next batch to its buffer; False when the run has no more."""
+    def _buffered(self, index: int) -> int:
+        buffer = self._buffers[index]
+        return 0 if buffer is None else buffer.num_rows
+
+    def _read_more(self, index: int) -> None:
+        """Append the run's next batch to its buffer (or mark the run finished)."""
         batch = next(self._runs[index], None)
         if batch is None:
             self._runs[index] = None
-            return False
+            return
         table = pa.Table.from_batches([batch])
         buffer = self._buffers[index]
         self._buffers[index] = table if buffer is None or not buffer.num_rows else pa.concat_tables([buffer, table])
-        return True
 
     def tables(self) -> Iterator[pa.Table]:
         while True:
+            for index in range(len(self._runs)):
+                self._fill(index)
             unfinished = [index for index, run in enumerate(self._runs) if run is not None]
             if not unfinished:  # everything left is buffered
                 parts = [self._take(index, None) for index in range(len(self._buffers))]
