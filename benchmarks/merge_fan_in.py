@@ -35,7 +35,8 @@ def main() -> None:
             for run in range(runs):
                 writer = RunWriter(Path(folder), 1 << 30, prefix=f"run-{run:03d}-")
                 for row in range(args.events // runs):
-                    writer.add(rng.randrange(1 << 45), (run << 40) | row, row, 0, padding + os.urandom(8).hex().encode())
+                    payload = padding + os.urandom(8).hex().encode()
+                    writer.add(rng.randrange(1 << 45), (run << 40) | row, row, 0, payload)
                 paths += writer.close()
             seconds = []
             for _ in range(3):
