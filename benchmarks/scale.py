@@ -71,7 +71,7 @@ def main() -> None:
         job = open_job(_settings(args.folder, workdir), {})
         for folder in (job.runs_dir, job.identity_dir, job.parts_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         saved = workdir / "scale-results.json"
         if saved.exists():
             results = json.loads(saved.read_text())
@@ -86,8 +86,9 @@ def main() -> None:
             stats.merge(PrepareStats.from_dict(result["stats"]))
         events = stats.to_dict()["events"]
         pair_runs = [name for result in results for name in result["identity_runs"]]
-        print(f"{events:,} events in {len(job.sources)} files, prepared in {time.monotonic() - started:.0f} s; "
-              f"{len(pair_runs)} identity runs", flush=True)
+        prepared = "prepared before" if saved.stat().st_mtime < started_at else \
+            f"prepared in {time.monotonic() - started:.0f} s"
+        print(f"{events:,} events in {len(job.sources)} files, {prepared}; {len(pair_runs)} identity runs", flush=True)
 
         def run_identity_pass() -> None:
             for stale in job.runs_dir.glob("run-identify-*"):
