@@ -6,14 +6,20 @@ One run on one machine:
   3. runs `posthog-migrate run` against it with no rate limit,
   4. runs the baseline a user would otherwise write: posthog-python's `capture()` in a loop over the
      events sorted in memory, gzip on, `historical_migration=True`, a queue big enough to drop nothing,
-  5. prints events/second for both, their ratio, each one's peak memory (its processes together), and checks that the
-     server received every event from each.
+  5. prints events/second for both, their ratio, each one's peak memory (its processes together), the tool's
+     peak temporary disk (its work directory), and checks that the server received every event from each.
 
-    python benchmarks/bench.py                 # N = 1,000,000
+Two profiles of rows: `simple` (small uniform rows: 3 event properties, the same 2 user properties, all web, a
+new session per event; kept for comparison with earlier figures) and `realistic` (benchmarks/realistic_export.py:
+sessions, 10–40 mixed properties, user properties that change, web and mobile, rows without uuid, groups).
+
+    python benchmarks/bench.py                 # N = 1,000,000, both profiles
     python benchmarks/bench.py -n 200000       # quicker
+    python benchmarks/bench.py --profile realistic
     python benchmarks/bench.py --scaling       # the tool alone at N and 4N: peak-memory ratio
     python benchmarks/bench.py --skip-baseline # the tool alone
     python benchmarks/bench.py --shards 4      # --shard 1/4 .. 4/4 one after another, as 4 machines would
+    python benchmarks/bench.py --large         # the tool alone, 20M realistic events: time, peak memory and disk
 
 The baseline needs `pip install posthog`. Generated data and outputs go to benchmarks/out/ (git-ignored).
 """
@@ -23,8 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import multiprocessing
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+from realistic_export import write_file
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -45,6 +54,8 @@ EVENT_TYPES = ["[Amplitude] Page Viewed", "note_created", "note_shared", "search
 
 # Amplitude exports one gzip'd file per hour of upload time; ours hold this many events each.
 EVENTS_PER_FILE = 100_000
+# --large: an export of this many events, end to end.
+LARGE_EVENTS = 20_000_000
 
 
 def generate(folder: Path, count: int, seed: int) -> None:
@@ -83,38 +94,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_measured(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str]:
-    """Run a process; return (seconds, peak memory in MiB of it and its worker processes together, stdout)."""
+def run_measured(command: list[str], cwd: Path, env: dict | None = None,
+                 workdir: Path | None = None) -> tuple[float, int, int, str]:
+    """Run a process; return (seconds, peak memory in MiB of it and its worker processes together, peak size
+    in MiB of ``workdir``, stdout)."""
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sampler = MemorySampler(process.pid)
+    sampler = MemorySampler(process.pid, workdir)
     sampler.start()
-    _, status, _ = os.wait4(process.pid, 0)
+    stdout, stderr = (stream.decode() for stream in process.communicate())  # the pipes must not fill up
     elapsed = time.monotonic() - started
     sampler.stop()
-    stdout, stderr = process.stdout.read().decode(), process.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) not in (0, 3):
+    if process.returncode not in (0, 3):
         raise SystemExit(f"{command[:4]} failed:\n{stdout}\n{stderr}")
-    return elapsed, sampler.peak_kib // 1024, stdout
+    return elapsed, sampler.peak_kib // 1024, sampler.peak_disk // (1 << 20), stdout
 
 
 class MemorySampler(threading.Thread):
-    """The peak memory of a process tree taken together, sampled every 250 ms (reading smaps costs CPU).
+    """The peak memory of a process tree taken together, and the peak disk use of a folder, sampled every 250 ms
+    (reading smaps costs CPU).
 
     posthog-migrate runs worker processes, so one process's peak RSS (what wait4 reports: the largest
     single process) would understate it. Each sample adds up every process of the tree; PSS counts
-    shared pages once (RSS where /proc has no smaps_rollup).
+    shared pages once (RSS where /proc has no smaps_rollup). Disk is the blocks allocated to the folder's files.
     """
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, folder: Path | None = None):
         super().__init__(daemon=True)
         self.pid = pid
+        self.folder = folder
         self.peak_kib = 0
+        self.peak_disk = 0
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(0.25):
             self.peak_kib = max(self.peak_kib, sum(map(_memory_kib, _process_tree(self.pid))))
+            if self.folder is not None:
+                self.peak_disk = max(self.peak_disk, _disk_bytes(self.folder))
 
     def stop(self) -> None:
         self._done.set()
@@ -129,6 +146,15 @@ def _process_tree(pid: int) -> list[int]:
         with contextlib.suppress(OSError):  # it may just have ended
             pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
     return tree
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # renamed or deleted meanwhile
+                total += os.stat(os.path.join(parent, name)).st_blocks * 512
+    return total
 
 
 def _memory_kib(pid: int) -> int:
@@ -153,7 +179,9 @@ class Server:
     def __init__(self, out_file: Path):
         self.port = free_port()
         self.out_file = out_file
-        out_file.unlink(missing_ok=True)
+        self.summary = ""
+        if out_file != Path(os.devnull):
+            out_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "posthog_migrate", "serve", "--port", str(self.port), "--out", str(out_file),
              "--processes", str(SERVER_PROCESSES)],
@@ -167,42 +195,44 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def received(self) -> int:
-        with open(self.out_file, "rb") as handle:
-            return sum(1 for _ in handle)
-
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop the server; return how many events it accepted (its summary says, "Stopped: N requests, M events
+        accepted, ...": the out file may be /dev/null)."""
         self.process.terminate()  # SIGTERM: the server stops its worker processes and says what it took
         try:
-            self.process.communicate(timeout=60)
+            summary, _ = self.process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()  # its workers stop when their channels close
-            self.process.communicate()
+            summary, _ = self.process.communicate()
+        accepted = re.search(r"([\d,]+) events accepted", summary)
+        return int(accepted.group(1).replace(",", "")) if accepted else -1
 
 
-def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = ()) -> dict:
+def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = (), keep_received: bool = True) -> dict:
+    """posthog-migrate's whole job; ``keep_received=False`` has the server keep no copy of the events (a 20M
+    events' copy would take tens of GB)."""
     work = OUT / f"job-{label}"
-    server = Server(OUT / f"received-{label}.jsonl")
+    shutil.rmtree(work, ignore_errors=True)  # the disk measured is this run's
+    server = Server(OUT / f"received-{label}.jsonl" if keep_received else Path(os.devnull))
     try:
         env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
-        seconds, rss, summary = run_measured(
+        seconds, rss, disk, summary = run_measured(
             [sys.executable, "-m", "posthog_migrate", "run", str(data), "--format", "amplitude",
-             "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q", *extra], OUT, env)
-        received = server.received()
+             "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q", *extra], OUT, env,
+            workdir=work)
     finally:
-        server.stop()
-    return {"name": "posthog-migrate", "seconds": seconds, "rss": rss, "received": received, "count": count,
-            "summary": summary}
+        received = server.stop()
+    return {"name": "posthog-migrate", "seconds": seconds, "rss": rss, "disk": disk, "received": received,
+            "count": count, "summary": summary}
 
 
 def run_baseline(data: Path, count: int) -> dict:
     server = Server(OUT / "received-baseline.jsonl")
     try:
-        seconds, rss, _ = run_measured(
+        seconds, rss, _, _ = run_measured(
             [sys.executable, str(HERE / "baseline_posthog_python.py"), str(data), server.url, str(count)], OUT)
-        received = server.received()
     finally:
-        server.stop()
+        received = server.stop()
     return {"name": "posthog-python", "seconds": seconds, "rss": rss, "received": received, "count": count}
 
 
@@ -230,18 +260,30 @@ def report(result: dict, rate: bool = True) -> str:
     lost = result["count"] - result["received"] if rate else 0  # a shard receives only its share
     speed = f"{result['count'] / result['seconds']:>10,.0f} ev/s" if rate else " " * 15
     return (f"{result['name']:<16} {result['count']:>11,} events  {result['seconds']:>8.1f} s  {speed}"
-            f"  peak memory {result['rss']:>6,} MiB  received {result['received']:,}"
+            f"  peak memory {result['rss']:>6,} MiB"
+            + (f"  peak disk {result['disk']:>6,} MiB" if "disk" in result else "")
+            + f"  received {result['received']:,}"
             + (f"  ({lost:,} LOST)" if lost > 0 else "") + "".join(f"\n    {phase}" for phase in phases))
 
 
-def dataset(count: int, seed: int) -> Path:
-    path = OUT / f"amplitude-{count}-{seed}"
+def generate_realistic(folder: Path, count: int, seed: int) -> None:
+    """benchmarks/realistic_export.py's rows, as gzip'd files of EVENTS_PER_FILE events, one process per core."""
+    folder.mkdir(parents=True)
+    files = (count + EVENTS_PER_FILE - 1) // EVENTS_PER_FILE
+    jobs = [(folder / f"{seed}_2023_{index:05d}#0.json.gz", seed, index, files,
+             min(EVENTS_PER_FILE, count - index * EVENTS_PER_FILE), count) for index in range(files)]
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+        pool.starmap(write_file, jobs)
+
+
+def dataset(count: int, seed: int, profile: str = "simple") -> Path:
+    path = OUT / (f"amplitude-{count}-{seed}" if profile == "simple" else f"amplitude-{profile}-{count}-{seed}")
     if not path.exists():
-        print(f"generating {count:,} events → {path}/", flush=True)
+        print(f"generating {count:,} {profile} events → {path}/", flush=True)
         temporary = path.with_name(path.name + ".tmp")
         if temporary.exists():
             shutil.rmtree(temporary)
-        generate(temporary, count, seed)
+        (generate if profile == "simple" else generate_realistic)(temporary, count, seed)
         temporary.rename(path)
     return path
 
@@ -253,27 +295,49 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="run the tool at N and 4N; print the memory ratio")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--shards", type=int, metavar="N", help="run --shard 1/N .. N/N as N machines would")
+    parser.add_argument("--profile", choices=["simple", "realistic", "both"], default="both",
+                        help="which rows (see above); --scaling, --shards and --large take one (default: simple, "
+                        "realistic for --large)")
+    parser.add_argument("--large", action="store_true",
+                        help=f"the tool alone at {LARGE_EVENTS:,} events (or -n), realistic rows unless --profile "
+                        "simple; the server keeps no copy of the events")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
+    if args.large:
+        count = args.events if "-n" in sys.argv or "--events" in sys.argv else LARGE_EVENTS
+        profile = "simple" if args.profile == "simple" else "realistic"
+        result = run_tool(dataset(count, args.seed, profile), count, f"large-{profile}", keep_received=False)
+        result["name"] = f"{profile} rows"
+        print(report(result))
+        return
+    profiles = ["simple", "realistic"] if args.profile == "both" else [args.profile]
+    if args.scaling or args.shards:
+        profiles = profiles[:1]
+    for profile in profiles:
+        print(f"--- {profile} rows", flush=True)
+        benchmark(args, profile)
+
+
+def benchmark(args: argparse.Namespace, profile: str) -> None:
     if args.scaling:
-        small = run_tool(dataset(args.events, args.seed), args.events, "n")
+        small = run_tool(dataset(args.events, args.seed, profile), args.events, "n")
         print(report(small), flush=True)
-        large = run_tool(dataset(4 * args.events, args.seed), 4 * args.events, "4n")
+        large = run_tool(dataset(4 * args.events, args.seed, profile), 4 * args.events, "4n")
         print(report(large))
         print(f"peak memory ratio 4N/N: {large['rss'] / small['rss']:.2f}")
         return
-    data = dataset(args.events, args.seed)
+    data = dataset(args.events, args.seed, profile)
     if args.shards:
         run_shards(data, args.events, args.shards)
         return
-    tool = run_tool(data, args.events, "n")
+    tool = run_tool(data, args.events, f"n-{profile}")
     print(report(tool), flush=True)
     if args.skip_baseline:
         return
     baseline = run_baseline(data, args.events)
     print(report(baseline))
-    print(f"speed-up: {baseline['seconds'] / tool['seconds']:.1f}x")
+    print(f"speed-up: {baseline['seconds'] / tool['seconds']:.1f}x", flush=True)
 
 
 if __name__ == "__main__":

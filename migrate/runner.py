@@ -146,7 +146,7 @@ class _Run:
     def warn_of_disk_space(self) -> None:
         job, settings = self.job, self.settings
         events_as_json = settings.is_local or (settings.dry_run and not settings.out)
-        self.disk_estimate = estimate_work_bytes(job.sources, events_as_json)
+        self.disk_estimate = estimate_work_bytes(job.sources, events_as_json, job.format_name)
         warning = None if job.manifest_path.exists() else disk_space_warning(job.root, self.disk_estimate)
         if warning is not None:  # before prepare, which writes nearly all of it
             self.warn(warning)
@@ -260,7 +260,7 @@ def inspect_job(settings: Settings, overrides: dict, progress: Progress | None =
 
     job = open_job(settings, overrides, create=False, reuse_prepared=False, progress=progress)
     stats, examples = inspect_sources(job)
-    disk_estimate = estimate_work_bytes(job.sources)
+    disk_estimate = estimate_work_bytes(job.sources, format_name=job.format_name)
     if (warning := disk_space_warning(job.root, disk_estimate)) is not None:
         stats.warnings[warning] += 1
     result = InspectResult(stats, job.format_name, list(job.skipped), examples, job.root, disk_estimate,

@@ -3,10 +3,10 @@
 pyarrow has no out-of-core sort. So ``prepare`` fills a buffer up to a share of the memory budget,
 sorts it and writes it as an LZ4-compressed Arrow IPC "run"; ``send`` merges the runs. The merge is
 batch-wise, not row-wise (row-wise ``heapq.merge`` measured ~25x slower): from every run's current
-record batch it takes all rows up to the smallest "last key" among those batches, sorts that slice,
-and emits it. Memory is one record batch per run plus one merged slice. Only the fixed-width key
-columns are sorted; the payloads stay in the record batches they were read into until the batch cutter
-gathers them, once, into request order (see :class:`MergedSlice`).
+window of record batches it takes all rows up to the smallest "last key" among those windows, sorts that
+slice, and emits it. Memory is one window per run plus one merged slice (see merge_window_bytes). Only the
+fixed-width key columns are sorted; the payloads stay in the windows they were read into until the batch
+cutter gathers them, once, into request order (see :class:`MergedSlice`).
 
 The sort key is ``(ts, tiebreak)``: the timestamp in microseconds, then the event's place in the input
 (file index, row number, sub-event), so equal timestamps keep input order and every key is unique.
@@ -44,9 +44,15 @@ MAX_ROWS_PER_FILE = 1 << TIEBREAK_ROW_BITS
 MAX_EVENTS_PER_ROW = 1 << TIEBREAK_SUB_BITS
 # Record batches inside a run file: about this many bytes each: what the merge holds per run.
 RUN_RECORD_BATCH_BYTES = 256 * 1024
-# The final merge reads at most this many runs at once (more are compacted first): with the batch
-# size above, the merge's memory stays around fan-in x 2 x 256 KiB whatever the export's size.
+# The final merge reads at most this many runs at once (more are compacted first), so its memory stays
+# bounded whatever the export's size (see merge_window_bytes).
 MAX_MERGE_FAN_IN = 64
+# Each step of the merge costs a few numpy calls per run and yields about one run's window of rows, so a
+# window of fixed size makes every event cost more as the runs grow in number (measured: 0.63 µs an event at
+# 11 runs, 1.00 at 41, with one record batch a window). A window of this many bytes per run merged keeps that
+# cost about flat; memory is then runs² x this, capped (larger windows measured slower: fresh memory).
+MERGE_WINDOW_BYTES_PER_RUN = 32 * 1024
+MAX_MERGE_WINDOWS_BYTES = 48 << 20
 # Per buffered event, the key columns and the payload's offset: 8 + 8 + 8 + 1 + 4 bytes.
 BUFFERED_EVENT_OVERHEAD_BYTES = 29
 # Payload offsets are 32-bit in Arrow's binary type, so one run holds at most 2 GiB; stay well below.
@@ -222,15 +228,22 @@ class MergeCursor:
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 
 
-class _RunReader:
-    """Reads one run's record batches in order, starting after ``skip`` rows.
+def merge_window_bytes(runs: int) -> int:
+    """How much of each run the merge holds at a time (at least one record batch): see MERGE_WINDOW_BYTES_PER_RUN.
+    Up to 39 runs this grows with the runs; beyond, they share MAX_MERGE_WINDOWS_BYTES."""
+    return max(RUN_RECORD_BATCH_BYTES, min(runs * MERGE_WINDOW_BYTES_PER_RUN, MAX_MERGE_WINDOWS_BYTES // max(1, runs)))
 
-    The merge looks at the current batch through numpy views of its columns and a read ``position``
-    instead of slicing the batch at every step: a step then costs a couple of ``searchsorted`` per run.
+
+class _RunReader:
+    """Reads one run in order, a window of record batches at a time, starting after ``skip`` rows.
+
+    The merge looks at the current window through numpy views of its columns and a read ``position``
+    instead of slicing the window at every step: a step then costs a couple of ``searchsorted`` per run.
     """
 
-    def __init__(self, path: Path, skip: int):
+    def __init__(self, path: Path, skip: int, window_bytes: int = RUN_RECORD_BATCH_BYTES):
         self.path = path
+        self.window_bytes = window_bytes
         # Single-threaded decoding: handing each ~256 KiB batch's LZ4 blocks to Arrow's thread pool cost
         # about three times the CPU of decompressing them here (and was slower, too).
         try:
@@ -244,26 +257,43 @@ class _RunReader:
         self.load_next()
 
     def load_next(self) -> None:
+        """Read the next window: record batches up to ``window_bytes`` (None at the end of the run)."""
         self.current = None
-        while self._next_batch < self._reader.num_record_batches:
+        batches, size = [], 0
+        while self._next_batch < self._reader.num_record_batches and size < self.window_bytes:
             try:
                 batch = self._reader.get_batch(self._next_batch)
             except (pa.ArrowException, OSError) as error:
                 raise self._damaged(error) from None
             self._next_batch += 1
-            if self._skip >= batch.num_rows:
+            if not batches and self._skip >= batch.num_rows:  # resuming: rows taken before
                 self._skip -= batch.num_rows
                 continue
-            self.current = batch
-            self.position, self._skip = self._skip, 0
-            # Zero-copy views (the spool has no nulls); the sizes are computed once per record batch.
-            self.ts = batch.column(0).to_numpy()
-            self.tiebreak = batch.column(1).to_numpy()
-            self.person = batch.column(2).to_numpy()
-            self.kind = batch.column(3).to_numpy()
-            self.payload = batch.column(4)
-            self.sizes = pc.binary_length(self.payload).to_numpy()
+            batches.append(batch)
+            size += batch.nbytes
+        if not batches:
             return
+        self.current = batches[0]
+        self.position, self._skip = self._skip, 0
+        # The key columns laid end to end (zero-copy views for one batch: the spool has no nulls). The payloads
+        # stay in their batches (the batch cutter copies them once, into request order): see payload_pieces.
+        self.ts, self.tiebreak, self.person, self.kind = (
+            _joined([batch.column(index).to_numpy() for batch in batches]) for index in range(4))
+        self._payloads = [batch.column(4) for batch in batches]
+        self._starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
+        self.sizes = _joined([pc.binary_length(payload).to_numpy() for payload in self._payloads])
+
+    def payload_pieces(self, start: int, stop: int) -> list[pa.Array]:
+        """The payloads of window rows ``start:stop``: zero-copy slices of the batches they are in."""
+        pieces = []
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        for index in range(first, len(self._payloads)):
+            begin, end = int(self._starts[index]), int(self._starts[index + 1])
+            if begin >= stop:
+                break
+            low, high = max(start, begin) - begin, min(stop, end) - begin
+            pieces.append(self._payloads[index].slice(low, high - low))
+        return pieces
 
     def _damaged(self, error: Exception) -> DamagedJob:
         """A run that Arrow cannot read. Runs are checked before a merge starts (``posthog_migrate.integrity``):
@@ -332,7 +362,8 @@ def merge_slices(run_paths: list[Path], cursor: MergeCursor | None = None) -> It
     row came from, so a consumer can compute the cursor at any row (``MergeCursor.advanced``).
     """
     cursor = cursor or MergeCursor.start(len(run_paths))
-    readers = [_RunReader(path, skip) for path, skip in zip(run_paths, cursor.taken, strict=True)]
+    window_bytes = merge_window_bytes(len(run_paths))
+    readers = [_RunReader(path, skip, window_bytes) for path, skip in zip(run_paths, cursor.taken, strict=True)]
     active = [(index, reader) for index, reader in enumerate(readers) if reader.current is not None]
     while active:
         bound_ts, bound_tiebreak = min(reader.last_key() for _, reader in active)
@@ -342,7 +373,7 @@ def merge_slices(run_paths: list[Path], cursor: MergeCursor | None = None) -> It
             if stop > start:
                 parts.append((index, reader, start, stop))
         # Slice every column of every part before advancing a reader (that replaces its arrays).
-        pieces = [reader.payload.slice(start, stop - start) for _, reader, start, stop in parts]
+        pieces = [piece for _, reader, start, stop in parts for piece in reader.payload_pieces(start, stop)]
         if len(parts) == 1:
             index, reader, start, stop = parts[0]
             merged = MergedSlice(reader.ts[start:stop], reader.tiebreak[start:stop], reader.person[start:stop],
@@ -364,6 +395,10 @@ def merge_slices(run_paths: list[Path], cursor: MergeCursor | None = None) -> It
                 reader.position = stop
         active = [(index, reader) for index, reader in active if reader.current is not None]
         yield merged
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def merge_runs(run_paths: list[Path], cursor: MergeCursor | None = None) -> Iterator[pa.Table]:
