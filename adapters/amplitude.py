@@ -79,6 +79,7 @@ from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
     is_empty,
+    is_plain_text,
     person_id_text,
     probe_rows,
     referrer_properties,
@@ -380,7 +381,7 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
     mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
     if PAGE_LOCATION in mapped or PAGE_URL in mapped:
         url = event_properties.get(PAGE_LOCATION)
-        if not _is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
+        if not is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
             url = _key_text(url) or _key_text(event_properties.get(PAGE_URL))
         if url is not None:
             properties.update(url_properties(url))
@@ -409,7 +410,7 @@ def _person_properties(user_properties: dict) -> tuple[dict, dict]:
     """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
     user_set, set_once = {}, {}
     for key, value in user_properties.items():
-        # _is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
+        # is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
         kind = type(value)
         if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
             pass
@@ -429,7 +430,7 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         value = record.get(field)
         if value is None:
             continue
-        # Plain text is its own _scalar (_is_plain_text, inlined: this runs for every field of every row).
+        # Plain text is its own _scalar (is_plain_text, inlined: this runs for every field of every row).
         if (type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace()
                 and not value[-1].isspace()) or (value := _scalar(value)) is not None:
             properties[target] = value
@@ -441,10 +442,10 @@ def _add_device_properties(properties: dict, record: dict) -> None:
             properties["$device_type"] = device
     # Plain text is its own _key_text: the helper only for the rest.
     library = record.get("library")
-    if library is not None and (_is_plain_text(library) or (library := _key_text(library)) is not None):
+    if library is not None and (is_plain_text(library) or (library := _key_text(library)) is not None):
         properties.update(_library_properties(library))
     insert_id = record.get("$insert_id")
-    if insert_id is not None and (_is_plain_text(insert_id) or (insert_id := _key_text(insert_id)) is not None):
+    if insert_id is not None and (is_plain_text(insert_id) or (insert_id := _key_text(insert_id)) is not None):
         properties["$insert_id"] = insert_id
 
 
@@ -453,12 +454,6 @@ def _library_properties(library: str) -> tuple[tuple[str, str], ...]:
     """``amplitude-ts/2.1.0`` → $lib ``amplitude-ts`` and $lib_version ``2.1.0``; a name alone → $lib."""
     lib, _, version = library.partition("/")
     return (("$lib", lib or library), ("$lib_version", version)) if lib and version else (("$lib", lib or library),)
-
-
-def _is_plain_text(value: Any) -> bool:
-    """Text that is not a "nothing here" marker and has no surrounding space: what _scalar, _key_text and
-    is_empty hand back unchanged (as not empty), answered without calling them. False says nothing."""
-    return type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace()
 
 
 def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
@@ -470,7 +465,7 @@ def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
     and no geo, PostHog locates the IP. With neither, ``$geoip_disable`` alone: PostHog would otherwise locate
     the migration machine's address."""
     ip = record.get("ip_address")
-    has_ip = _is_plain_text(ip) or (isinstance(ip, str) and not is_empty(ip))
+    has_ip = is_plain_text(ip) or (isinstance(ip, str) and not is_empty(ip))
     if has_ip:
         properties["$ip"] = ip
     place = (record.get("city"), record.get("region"), record.get("country"))
