@@ -79,6 +79,7 @@ from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
     is_empty,
+    is_plain_id,
     is_plain_text,
     person_id_text,
     probe_rows,
@@ -198,7 +199,12 @@ class AmplitudeAdapter(Adapter):
         drop_events = self.mapper.drop_events
         if drop_events and (source_name in drop_events or name in drop_events):
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id, device_id, passed = _user_and_device(record)
+        user_id, device_id = record.get("user_id"), record.get("device_id")
+        if ((user_id is None or (is_plain_id(user_id) and not is_illegal_id(user_id)))
+                and (device_id is None or (is_plain_id(device_id) and not is_illegal_id(device_id)))):
+            passed: PassedOver = ()  # plain legal ids (or none) are _user_and_device's answer as they are
+        else:
+            user_id, device_id, passed = _user_and_device(record)
         distinct_id = user_id or device_id
         if distinct_id is None:
             raise no_usable_id("the row has neither a user_id nor a device_id", passed)
@@ -232,10 +238,24 @@ class AmplitudeAdapter(Adapter):
         properties = _event_properties(event_properties, source_name)
         _add_device_properties(properties, record)
         geo = _add_geo(properties, record)
-        session = _session_id(record.get("session_id"), device_id)
-        if session is not None:
+        session_start = record.get("session_id")
+        if type(session_start) is int and session_start > 0:  # the usual shape: _session_id without its checks
+            properties["$session_id"] = session_uuid7(session_start, f"amplitude:{device_id or ''}:{session_start}")
+        elif (session := _session_id(session_start, device_id)) is not None:
             properties["$session_id"] = session
-        user_set, set_once = _person_properties(user_properties)
+        # user_properties split into ($set, $set_once): initial_* ones are set once, as $initial_*. Empty values are
+        # not sent; plain text and ints (is_plain_text, inlined: this runs for every user property) never are empty.
+        user_set, set_once = {}, {}
+        for key, value in user_properties.items():
+            kind = type(value)
+            if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
+                pass
+            elif kind is not int and is_empty(value):
+                continue
+            if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
+                set_once[f"${key}"] = value
+            else:
+                user_set[key] = value
         if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
             user_set.update(geo)
             set_once.update((INITIAL_GEO_KEYS[key], value) for key, value in geo)
@@ -404,23 +424,6 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
 
 def _valid_groups(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())
-
-
-def _person_properties(user_properties: dict) -> tuple[dict, dict]:
-    """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
-    user_set, set_once = {}, {}
-    for key, value in user_properties.items():
-        # is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
-        kind = type(value)
-        if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
-            pass
-        elif kind is not int and is_empty(value):
-            continue
-        if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
-            set_once[f"${key}"] = value
-        else:
-            user_set[key] = value
-    return user_set, set_once
 
 
 def _add_device_properties(properties: dict, record: dict) -> None:
