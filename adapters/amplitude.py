@@ -79,6 +79,8 @@ from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
     event_name,
     is_empty,
+    is_plain_id,
+    is_plain_text,
     person_id_text,
     probe_rows,
     referrer_properties,
@@ -197,7 +199,12 @@ class AmplitudeAdapter(Adapter):
         drop_events = self.mapper.drop_events
         if drop_events and (source_name in drop_events or name in drop_events):
             raise Filtered(f"event {source_name!r} dropped by the mapping")
-        user_id, device_id, passed = _user_and_device(record)
+        user_id, device_id = record.get("user_id"), record.get("device_id")
+        if ((user_id is None or (is_plain_id(user_id) and not is_illegal_id(user_id)))
+                and (device_id is None or (is_plain_id(device_id) and not is_illegal_id(device_id)))):
+            passed: PassedOver = ()  # plain legal ids (or none) are _user_and_device's answer as they are
+        else:
+            user_id, device_id, passed = _user_and_device(record)
         distinct_id = user_id or device_id
         if distinct_id is None:
             raise no_usable_id("the row has neither a user_id nor a device_id", passed)
@@ -231,10 +238,24 @@ class AmplitudeAdapter(Adapter):
         properties = _event_properties(event_properties, source_name)
         _add_device_properties(properties, record)
         geo = _add_geo(properties, record)
-        session = _session_id(record.get("session_id"), device_id)
-        if session is not None:
+        session_start = record.get("session_id")
+        if type(session_start) is int and session_start > 0:  # the usual shape: _session_id without its checks
+            properties["$session_id"] = session_uuid7(session_start, f"amplitude:{device_id or ''}:{session_start}")
+        elif (session := _session_id(session_start, device_id)) is not None:
             properties["$session_id"] = session
-        user_set, set_once = _person_properties(user_properties)
+        # user_properties split into ($set, $set_once): initial_* ones are set once, as $initial_*. Empty values are
+        # not sent; plain text and ints (is_plain_text, inlined: this runs for every user property) never are empty.
+        user_set, set_once = {}, {}
+        for key, value in user_properties.items():
+            kind = type(value)
+            if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
+                pass
+            elif kind is not int and is_empty(value):
+                continue
+            if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
+                set_once[f"${key}"] = value
+            else:
+                user_set[key] = value
         if geo:  # the row's own geo, not a lookup of its IP today: the person's too, as PostHog's GeoIP would
             user_set.update(geo)
             set_once.update((INITIAL_GEO_KEYS[key], value) for key, value in geo)
@@ -380,7 +401,7 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
     mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
     if PAGE_LOCATION in mapped or PAGE_URL in mapped:
         url = event_properties.get(PAGE_LOCATION)
-        if not _is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
+        if not is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
             url = _key_text(url) or _key_text(event_properties.get(PAGE_URL))
         if url is not None:
             properties.update(url_properties(url))
@@ -405,23 +426,6 @@ def _valid_groups(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())
 
 
-def _person_properties(user_properties: dict) -> tuple[dict, dict]:
-    """``user_properties`` split into ($set, $set_once): ``initial_*`` ones are set once, as ``$initial_*``."""
-    user_set, set_once = {}, {}
-    for key, value in user_properties.items():
-        # _is_plain_text inlined (this runs for every user property): plain text and ints are never empty.
-        kind = type(value)
-        if kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace():
-            pass
-        elif kind is not int and is_empty(value):
-            continue
-        if isinstance(key, str) and key.startswith(INITIAL_PREFIX):
-            set_once[f"${key}"] = value
-        else:
-            user_set[key] = value
-    return user_set, set_once
-
-
 def _add_device_properties(properties: dict, record: dict) -> None:
     platform = record.get("platform")
     web = isinstance(platform, str) and platform.strip().lower() == "web"
@@ -429,7 +433,7 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         value = record.get(field)
         if value is None:
             continue
-        # Plain text is its own _scalar (_is_plain_text, inlined: this runs for every field of every row).
+        # Plain text is its own _scalar (is_plain_text, inlined: this runs for every field of every row).
         if (type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace()
                 and not value[-1].isspace()) or (value := _scalar(value)) is not None:
             properties[target] = value
@@ -441,10 +445,10 @@ def _add_device_properties(properties: dict, record: dict) -> None:
             properties["$device_type"] = device
     # Plain text is its own _key_text: the helper only for the rest.
     library = record.get("library")
-    if library is not None and (_is_plain_text(library) or (library := _key_text(library)) is not None):
+    if library is not None and (is_plain_text(library) or (library := _key_text(library)) is not None):
         properties.update(_library_properties(library))
     insert_id = record.get("$insert_id")
-    if insert_id is not None and (_is_plain_text(insert_id) or (insert_id := _key_text(insert_id)) is not None):
+    if insert_id is not None and (is_plain_text(insert_id) or (insert_id := _key_text(insert_id)) is not None):
         properties["$insert_id"] = insert_id
 
 
@@ -453,12 +457,6 @@ def _library_properties(library: str) -> tuple[tuple[str, str], ...]:
     """``amplitude-ts/2.1.0`` → $lib ``amplitude-ts`` and $lib_version ``2.1.0``; a name alone → $lib."""
     lib, _, version = library.partition("/")
     return (("$lib", lib or library), ("$lib_version", version)) if lib and version else (("$lib", lib or library),)
-
-
-def _is_plain_text(value: Any) -> bool:
-    """Text that is not a "nothing here" marker and has no surrounding space: what _scalar, _key_text and
-    is_empty hand back unchanged (as not empty), answered without calling them. False says nothing."""
-    return type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace()
 
 
 def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
@@ -470,7 +468,7 @@ def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
     and no geo, PostHog locates the IP. With neither, ``$geoip_disable`` alone: PostHog would otherwise locate
     the migration machine's address."""
     ip = record.get("ip_address")
-    has_ip = _is_plain_text(ip) or (isinstance(ip, str) and not is_empty(ip))
+    has_ip = is_plain_text(ip) or (isinstance(ip, str) and not is_empty(ip))
     if has_ip:
         properties["$ip"] = ip
     place = (record.get("city"), record.get("region"), record.get("country"))

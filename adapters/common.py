@@ -67,6 +67,18 @@ def is_empty(value: Any) -> bool:
     return value is None or value == {} or value == []
 
 
+def is_plain_text(value: Any) -> bool:
+    """Text that is not a "nothing here" marker and has no surrounding space: what is_empty calls not empty and the
+    adapters' value helpers hand back unchanged, answered without calling them (mapping asks this of most values of
+    every row). False says nothing: the value takes the general helper."""
+    return type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace()
+
+
+def is_plain_id(value: Any) -> bool:
+    """Text with nothing to trim that is not a blank marker: what person_id_text hands back unchanged."""
+    return type(value) is str and value not in BLANK_ID_MARKERS and not value[0].isspace() and not value[-1].isspace()
+
+
 def without_empty(values: dict | None) -> dict:
     """A copy of ``values`` without keys whose value is empty or a platform's empty marker."""
     return {k: v for k, v in (values or {}).items() if not is_empty(v)}
@@ -77,7 +89,7 @@ def url_properties(url: str | None) -> dict[str, str]:
     if is_empty(url):
         return {}
     properties = {"$current_url": url}
-    host, path = _host_and_path(url) if isinstance(url, str) else ("", "")
+    host, path = host_and_path(url) if isinstance(url, str) else ("", "")
     if host:
         properties["$host"] = host
     if path:
@@ -86,7 +98,7 @@ def url_properties(url: str | None) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=URL_CACHE_SIZE)
-def _host_and_path(url: str) -> tuple[str, str]:
+def host_and_path(url: str) -> tuple[str, str]:
     """urlsplit is slow and exports repeat the same pages endlessly: remember recent answers."""
     try:
         parts = urlsplit(url)

@@ -61,6 +61,7 @@ the pull wrote (``mixpanel://engage?data_group_id=N&group_type=company``) says i
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid as uuid_module
@@ -81,9 +82,13 @@ from posthog_migrate.adapters.base import (
     too_large_row,
 )
 from posthog_migrate.adapters.common import (
+    EMPTY_MARKERS,
     event_name,
     geo_properties,
+    host_and_path,
     is_empty,
+    is_plain_id,
+    is_plain_text,
     person_id_text,
     probe_rows,
     url_properties,
@@ -91,7 +96,7 @@ from posthog_migrate.adapters.common import (
 )
 from posthog_migrate.adapters.countries import country_name
 from posthog_migrate.adapters.jsonl import read_json_lines
-from posthog_migrate.distinct_ids import is_illegal_id, no_usable_id, only_legal
+from posthog_migrate.distinct_ids import PassedOver, is_illegal_id, no_usable_id, only_legal
 from posthog_migrate.errors import ConfigError
 from posthog_migrate.event import (
     MAX_TIMESTAMP_US,
@@ -125,6 +130,7 @@ RENAMED_PROPERTIES = (
     ("$manufacturer", "$device_manufacturer"), ("$model", "$device_model"), ("$carrier", "$network_carrier"),
 )
 RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
+RESERVED_NAMES = frozenset({*RESERVED_OBJECTS, "$groups"})
 # The event properties (in PostHog's names) that also describe the person: $set as they are, and $set_once as
 # $initial_<name>, as PostHog's SDKs and GeoIP set them on live events.
 PERSON_PROPERTIES = (
@@ -132,7 +138,7 @@ PERSON_PROPERTIES = (
     "$screen_height", "$screen_width", "$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_code",
     "$geoip_country_name",
 )
-INITIAL_PERSON_PROPERTIES = tuple((key, f"$initial_{key[1:]}") for key in PERSON_PROPERTIES)
+INITIAL_NAMES = {key: f"$initial_{key[1:]}" for key in PERSON_PROPERTIES}
 # Mixpanel's own first-touch properties: set once, under their names.
 MIXPANEL_SET_ONCE = ("$initial_referrer", "$initial_referring_domain")
 # A profile's reserved properties in PostHog's names (the rest keep theirs). $first_name and $last_name also make
@@ -157,6 +163,8 @@ ANONYMOUS_PREFIX = "$device:"
 _ANONYMOUS_LOOKING = re.compile(r"[A-Z0-9-]+")
 _NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 _NAIVE_EPOCH = datetime(1970, 1, 1)
+# Epoch numbers below this are seconds (PostHog's importer's threshold, see event.parse_timestamp's "auto").
+SECONDS_BELOW = 10_000_000_000
 _ONE_US = timedelta(microseconds=1)
 UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Universal", "Etc/Zulu"})
 
@@ -200,26 +208,52 @@ class MixpanelAdapter(Adapter):
     # -- mapping ------------------------------------------------------------------------------------
 
     def to_events(self, record: dict) -> list[Event]:
-        if "event" not in record and _is_profile(record):
-            return [self._profile_event(record)]
-        source_name = event_name(record.get("event"), "event")
-        props = _properties(record.get("properties"))
+        # Written for the common row, as Amplitude's is: each field's usual shape (plain text, an int, a dict) is
+        # accepted inline, and the general helper (event_name, _properties, _person_id, _timestamp...) is called
+        # only for the rest. Each fast path says why it answers as its helper would: the helpers are the rules.
+        source_name = record.get("event")
+        if type(source_name) is not str or not source_name or source_name[0].isspace():  # else: text, not blank
+            if "event" not in record and _is_profile(record):
+                return [self._profile_event(record)]
+            source_name = event_name(source_name, "event")
+        props = record.get("properties")
+        if type(props) is not dict:  # a dict is its own _properties
+            props = _properties(props)
         name = EVENT_NAMES.get(source_name, source_name)
-        if source_name in self.mapper.drop_events or name in self.mapper.drop_events:
+        drop_events = self.mapper.drop_events
+        if drop_events and (source_name in drop_events or name in drop_events):
             raise Filtered(f"event {source_name!r} dropped by the mapping")
         if source_name in IDENTITY_EVENTS:
             return self._identity_events(record, source_name, props)
         field, resolved = self._resolved_id(props)
-        (resolved, user_id, device_id), passed = only_legal(
-            (field, resolved), ("$user_id", _person_id(props, "$user_id", reject=False)),
-            ("$device_id", _person_id(props, "$device_id", reject=False)))
+        user_id, device_id = props.get("$user_id"), props.get("$device_id")
+        if user_id is not None and not is_plain_id(user_id):  # a plain id is its own _person_id
+            user_id = _person_id(props, "$user_id", reject=False)
+        if device_id is not None and not is_plain_id(device_id):
+            device_id = _person_id(props, "$device_id", reject=False)
+        if ((resolved is None or not is_illegal_id(resolved)) and (user_id is None or not is_illegal_id(user_id))
+                and (device_id is None or not is_illegal_id(device_id))):
+            passed: PassedOver = ()  # only_legal of ids that are all legal: the same ids, none passed over
+        else:
+            (resolved, user_id, device_id), passed = only_legal(
+                (field, resolved), ("$user_id", user_id), ("$device_id", device_id))
         distinct_id = resolved or user_id or device_id
         if distinct_id is None:
             raise no_usable_id("the row has no properties.distinct_id, $user_id or $device_id", passed)
-        timestamp_us = self._timestamp(props.get("time"))
+        time = props.get("time")
+        if type(time) is int and 0 <= time < SECONDS_BELOW and self._local_zone is None:
+            # Whole epoch seconds, as Mixpanel writes them: _timestamp's "auto" unit is seconds below 1e10, an int
+            # is scaled exactly, and every such instant lies within the years 1 to 9999.
+            timestamp_us = time * 1_000_000
+        else:
+            timestamp_us = self._timestamp(time)
         self.mapper.apply_time_filters(timestamp_us)
-        event_uuid = self._uuid(record, props, distinct_id, timestamp_us, source_name)
-        return [Event(name, distinct_id, timestamp_us, event_uuid, _mapped_properties(props, with_person=True),
+        insert_id = props.get("$insert_id")
+        if is_plain_text(insert_id):  # plain text is its own _identifier (see _uuid)
+            event_uuid = uuid5_text(MIXPANEL_NAMESPACE, insert_id)
+        else:
+            event_uuid = self._uuid(record, props, distinct_id, timestamp_us, source_name)
+        return [Event(name, distinct_id, timestamp_us, event_uuid, _mapped_properties(props),
                       source_event=source_name, link=_device_link(user_id, device_id), illegal_ids=passed)]
 
     def _resolved_id(self, props: dict) -> tuple[str, str | None]:
@@ -261,7 +295,7 @@ class MixpanelAdapter(Adapter):
         timestamp_us = self._timestamp(props.get("time"))
         self.mapper.apply_time_filters(timestamp_us)
         event_uuid = self._uuid(record, props, primary_id, timestamp_us, source_name)
-        geo = _geo(props)
+        geo = dict(_geo(props))
         if source_name == "$identify":
             return [Event("$identify", primary_id, timestamp_us, event_uuid, {"$anon_distinct_id": other_ids[0], **geo},
                           source_event=source_name, link=(primary_id, other_ids[0]), illegal_ids=passed)]
@@ -416,46 +450,85 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _geo(props: dict) -> dict:
-    code = _scalar(props.get("mp_country_code"))
-    return geo_properties(None, _scalar(props.get("$city")), _scalar(props.get("$region")),
-                          country_name=country_name(code), country_code=code)
+def _geo(props: dict) -> tuple[tuple[str, Any], ...]:
+    """The row's ``$geoip_disable`` and geo (city, region, country name and code), as ``(key, value)`` pairs."""
+    place = (props.get("$city"), props.get("$region"), props.get("mp_country_code"))
+    # A row's place is text (or null) and repeats from row to row: judged once per place.
+    if type(place[0]) in _TEXT and type(place[1]) in _TEXT and type(place[2]) in _TEXT:
+        return _place(*place)
+    return _place_items(*place)
 
 
-def _mapped_properties(props: dict, with_person: bool = False) -> dict:
+_TEXT = frozenset({str, type(None)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(city: str | None, region: str | None, code: str | None) -> tuple[tuple[str, Any], ...]:
+    return _place_items(city, region, code)
+
+
+def _place_items(city: Any, region: Any, code: Any) -> tuple[tuple[str, Any], ...]:
+    code = _scalar(code)
+    return tuple(geo_properties(None, _scalar(city), _scalar(region), country_name=country_name(code),
+                                country_code=code).items())
+
+
+def _mapped_properties(props: dict) -> dict:
+    """An event's properties in PostHog's names (see the module's docstring), with its person's ``$set`` and
+    ``$set_once``."""
     properties = {key: value for key, value in props.items() if key not in DROPPED_PROPERTIES}
-    for key in RESERVED_OBJECTS:
-        if key in properties and not isinstance(properties[key], dict):
-            del properties[key]
-    groups = properties.get("$groups")
-    well_formed = isinstance(groups, dict) and all(isinstance(v, str) and v for v in groups.values())
-    if "$groups" in properties and not well_formed:
-        del properties["$groups"]  # null or malformed: PostHog would refuse the whole event for it
+    if not RESERVED_NAMES.isdisjoint(properties):  # rare: one set test for the usual row instead of four lookups
+        for key in RESERVED_OBJECTS:
+            if key in properties and not isinstance(properties[key], dict):
+                del properties[key]
+        groups = properties.get("$groups")
+        if "$groups" in properties and not (isinstance(groups, dict)
+                                            and all(isinstance(v, str) and v for v in groups.values())):
+            del properties["$groups"]  # null or malformed: PostHog would refuse the whole event for it
     for old, new in RENAMED_PROPERTIES:
         if old in properties:
             properties[new] = properties.pop(old)
     url = properties.get("$current_url")
-    if isinstance(url, str):
+    if is_plain_text(url):
+        # url_properties of plain text: $current_url (already there: setdefault keeps it) and $host/$pathname when
+        # the URL has them, each set only where the row has none.
+        host, path = host_and_path(url)
+        if host:
+            properties.setdefault("$host", host)
+        if path:
+            properties.setdefault("$pathname", path)
+    elif isinstance(url, str):
         for key, value in url_properties(url).items():
             properties.setdefault(key, value)
     properties.update(_geo(props))
-    if with_person:
-        _add_person_properties(properties)
+    _add_person_properties(properties)
     return properties
 
 
 def _add_person_properties(properties: dict) -> None:
     """The person's browser, OS, device and geo, from the event's: ``$set``, and ``$set_once`` as ``$initial_*``
     (the event's own ``$set``/``$set_once`` win)."""
-    person_set = {key: properties[key] for key in PERSON_PROPERTIES if _scalar(properties.get(key)) is not None}
-    set_once = {initial: properties[key] for key, initial in INITIAL_PERSON_PROPERTIES if key in person_set}
+    person_set = {}
+    for key in PERSON_PROPERTIES:
+        value = properties.get(key)
+        if value is None:  # most are absent
+            continue
+        # Plain text (is_plain_text, inlined: this runs for most keys of every row) and numbers are their own _scalar.
+        kind = type(value)
+        if ((kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace())
+                or kind is int or kind is float or _scalar(value) is not None):
+            person_set[key] = value
+    set_once = {INITIAL_NAMES[key]: value for key, value in person_set.items()}  # in PERSON_PROPERTIES' order
     for key in MIXPANEL_SET_ONCE:
-        if _scalar(properties.get(key)) is not None:
+        if key in properties and _scalar(properties[key]) is not None:  # usually absent: _scalar(None) is None
             set_once[key] = properties[key]
+    # The event's own $set (an object: see RESERVED_OBJECTS) over the person's; without one, the fresh dict is that
+    # merge already.
     if person_set:
-        properties["$set"] = {**person_set, **properties.get("$set", {})}
+        properties["$set"] = {**person_set, **properties["$set"]} if "$set" in properties else person_set
     if set_once:
-        properties["$set_once"] = {**set_once, **properties.get("$set_once", {})}
+        properties["$set_once"] = ({**set_once, **properties["$set_once"]} if "$set_once" in properties
+                                   else set_once)
 
 
 def _profile_properties(props: dict) -> tuple[dict, dict]:

@@ -54,7 +54,7 @@ def main() -> None:
         source = job.sources[0]
         rows = sum(len(chunk) for chunk in job.adapter.read(source))
         read = cpu_per_row(lambda: sum(len(chunk) for chunk in job.adapter.read(source)), rows, args.repeat)
-        mapped = cpu_per_row(lambda: map_rows(job, source, lambda *_: None, lambda *_: None, PrepareStats(),
+        mapped = cpu_per_row(lambda: map_rows(job, source, None, lambda *_: None, PrepareStats(),
                                                   IdentityCollector(job.identity_dir, RUN_BYTES)),
                              rows, args.repeat)
         whole = cpu_per_row(lambda: prepare_file(job, source, RUN_BYTES), rows, args.repeat)

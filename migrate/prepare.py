@@ -29,6 +29,7 @@ import signal
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -111,10 +112,11 @@ def position_shard(file_index: int, row_number: int, shards: int) -> int:
     return person_hash(f"{file_index}:{row_number}") % shards
 
 
-def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callable, stats: PrepareStats,
+def map_rows(job: Job, source: SourceFile, writer: RunWriter | None, on_reject: Callable, stats: PrepareStats,
              identities: IdentityCollector, skip_rows: int = 0, after_chunk: Callable[[int], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> None:
-    """Read one source, map and validate every row; hand events and rejects to the callbacks.
+    """Read one source, map and validate every row; add the events to ``writer`` a chunk at a time (none: only
+    count them) and hand rejects to ``on_reject``.
 
     Shared by :func:`prepare_file` (which spills events to runs) and :func:`inspect_sources` (which
     only counts). What the identity pass decides at the end goes to ``identities`` instead: the rows' links
@@ -146,6 +148,9 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
     tally = EventTally()  # counted into stats after each chunk
     tally_name, tally_source = tally.names.append, tally.source_names.append
     tally_time, tally_person = tally.timestamps.append, tally.people.append
+    # The rest of the writer's columns for the chunk (its times and people are the tally's): see RunWriter.add_many.
+    tiebreaks, kinds, payloads_kept = array("q"), array("B"), []
+    keep_tiebreak, keep_kind, keep_payload = tiebreaks.append, kinds.append, payloads_kept.append
     file_bits = make_tiebreak(source.index, 0)
     person_hashes: dict[str, int] = {}  # distinct_id → person_hash(distinct_id), see PERSON_HASH_CACHE_SIZE
     take_warnings()  # a columns() check's, noted again by this reading if they hold: not this file's
@@ -218,9 +223,16 @@ def map_rows(job: Job, source: SourceFile, on_event: Callable, on_reject: Callab
                 tally_source(event.source_event)
                 tally_time(event.timestamp_us)
                 tally_person(person)
+                keep_tiebreak(row_bits | sub_event)
+                keep_payload(payload)
                 if event.added:
                     tally.added += 1
-                on_event(event, payload, row_bits | sub_event, person)
+                    keep_kind(EVENT_ADDED)
+                else:
+                    keep_kind(EVENT_FROM_ROW)
+        if writer is not None:
+            writer.add_many(tally.timestamps, tiebreaks, tally.people, kinds, payloads_kept)
+        del tiebreaks[:], kinds[:], payloads_kept[:]
         stats.add_tally(tally, now_us, suspicious_before_us)
         _collect_warnings(stats)
         if on_progress is not None:
@@ -298,9 +310,6 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
             stale.unlink()
     rejects = RejectsWriter(_rejects_part(job, index), truncate_to=progress["rejects_bytes"] if progress else 0)
 
-    def on_event(event, payload, tiebreak, person) -> None:
-        writer.add(event.timestamp_us, tiebreak, person, _kind(event), payload)
-
     def on_reject(reason, detail, source, row, original) -> None:
         stats.rejected[reason] += 1
         rejects.write(reason, detail, source.uri, row, original)
@@ -320,7 +329,7 @@ def prepare_file(job: Job, source: SourceFile, run_bytes: int,
 
     try:
         with _rare_young_collections():
-            map_rows(job, source, on_event, on_reject, stats, identities, skip_rows, after_chunk, on_progress)
+            map_rows(job, source, writer, on_reject, stats, identities, skip_rows, after_chunk, on_progress)
         writer.spill()
         identities.spill()
         rejects_bytes = rejects.sync()
@@ -723,7 +732,7 @@ def inspect_sources(job: Job) -> tuple[PrepareStats, list[dict]]:
 
         try:
             for source in job.sources:
-                map_rows(job, source, lambda *_: None, on_reject, stats, identities, after_chunk=after_chunk,
+                map_rows(job, source, None, on_reject, stats, identities, after_chunk=after_chunk,
                          on_progress=bar.advance)
         finally:
             bar.close()

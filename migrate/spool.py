@@ -24,6 +24,7 @@ import os
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import accumulate, islice
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,17 @@ class RunWriter:
         self._kind.append(kind)
         self._data += payload
         self._offsets.append(len(self._data))
+
+    def add_many(self, ts: array, tiebreaks: array, people: array, kinds: array, payloads: list[bytes]) -> None:
+        """:meth:`add` for a chunk of events at once (the same columns, in the same order): a few C loops
+        instead of six appends per event."""
+        self._ts.extend(ts)
+        self._tiebreak.extend(tiebreaks)
+        self._person.extend(people)
+        self._kind.extend(kinds)
+        # Each payload's end: accumulate starts with the end the offsets hold already, skipped.
+        self._offsets.extend(islice(accumulate(map(len, payloads), initial=len(self._data)), 1, None))
+        self._data += b"".join(payloads)
 
     @property
     def full(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import pyarrow as pa
 from hypothesis import given, settings
@@ -74,6 +75,22 @@ def test_runs_carry_payload_person_and_kind(tmp_path):
     run_paths = writer.close()
     row = pa.concat_tables(list(merge_runs(run_paths))).to_pylist()[0]
     assert (row["person"], row["kind"], row["payload"]) == (42, 1, b'{"a":1}')
+
+
+def test_a_chunk_added_at_once_makes_the_same_run_as_its_events_one_by_one(tmp_path):
+    events = [(30, 3, 7, 0, b'{"c":3}'), (10, 1, 5, 1, b'{"a":1}'), (20, 2, 6, 0, b""), (10, 0, 5, 0, b'{"d":"x"}')]
+    one_by_one = RunWriter(tmp_path / "one", 1 << 20)
+    at_once = RunWriter(tmp_path / "chunks", 1 << 20)
+    for folder in (tmp_path / "one", tmp_path / "chunks"):
+        folder.mkdir()
+    for event in events:
+        one_by_one.add(*event)
+    for chunk in (events[:1], [], events[1:]):  # an empty chunk too: a chunk of rejects adds nothing
+        ts, tiebreaks, people, kinds, payloads = zip(*chunk, strict=True) if chunk else ((),) * 5
+        at_once.add_many(array("q", ts), array("q", tiebreaks), array("Q", people), array("B", kinds), list(payloads))
+    assert at_once.buffered_bytes == one_by_one.buffered_bytes
+    runs = [pa.concat_tables(list(merge_runs(writer.close()))).to_pylist() for writer in (one_by_one, at_once)]
+    assert runs[0] == runs[1] and [row["payload"] for row in runs[1]] == [b'{"d":"x"}', b'{"a":1}', b"", b'{"c":3}']
 
 
 def test_no_events_means_no_runs(tmp_path):
