@@ -532,6 +532,7 @@ def test_any_record_becomes_valid_events_or_a_rejection(row):
 # --- end to end: the real fixture through the real command ---------------------------------------------
 
 def test_fixture_end_to_end_through_the_cli(tmp_path, make_server):
+    fixture_messages()  # skips when the shared fixtures are not beside the project, as the tests above do
     shutil.copy(FIXTURE, tmp_path / "segment-messages.jsonl")
     (tmp_path / "segment-messages.jsonl").chmod(0o644)
     server = make_server()
