@@ -32,18 +32,18 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from posthog_migrate.accounting import day_name
 from posthog_migrate.batches import LAYOUT_VERSION, BatchLayout, cut_windows
 from posthog_migrate.capture.persons import MERGE_EVENTS, merged_pair
 from posthog_migrate.checkpoint import JobState, SendProgress, atomic_write_json, digest, read_json
 from posthog_migrate.errors import ConfigError
-from posthog_migrate.event import format_timestamp
+from posthog_migrate.event import MICROSECONDS_PER_DAY
 from posthog_migrate.integrity import check_prepared_job
 from posthog_migrate.job import person_hash
 from posthog_migrate.spool import MergeCursor, MergedSlice, merge_slices
 
 LEDGER_NAME = "ledger.json"
 LEDGER_VERSION = 1
-MICROSECONDS_PER_DAY = 86_400_000_000
 # Every payload starts so (Event.to_json's fixed key order, a canonical uuid): three columns in one regex pass.
 _HEAD = (r'^\{"uuid":"(?P<uuid>[0-9a-f-]{36})","event":"(?P<event>(?:[^"\\]|\\.)*)",'
          r'"distinct_id":"(?P<distinct_id>(?:[^"\\]|\\.)*)"')
@@ -254,7 +254,7 @@ class _Scan:
         names = {code: orjson.loads(b'"' + raw + b'"') for raw, code in self._names.items()}
         keys, counts = np.unique(np.stack([days[first], codes[first]], axis=1), axis=0, return_counts=True)
         for (day, code), count in zip(keys.tolist(), counts.tolist(), strict=True):
-            self.groups[(format_timestamp(day * MICROSECONDS_PER_DAY)[:10], names[code])] += count
+            self.groups[(day_name(day), names[code])] += count
 
     def _sample_people(self, persons: np.ndarray, distinct_ids: pa.Array) -> None:
         """Keep the ``sample`` distinct ids with the smallest person hashes."""
