@@ -84,6 +84,7 @@ from posthog_migrate.adapters.common import (
     person_id_text,
     probe_rows,
     referrer_properties,
+    scalar,
     session_uuid7,
     url_properties,
     without_empty,
@@ -188,7 +189,7 @@ class AmplitudeAdapter(Adapter):
 
     def to_events(self, record: dict) -> list[Event]:
         # Written for the common row: each field's usual shape (plain text, an int, a dict) is accepted inline, and
-        # the general helper (event_name, _scalar, json_object...) is called only for the rest. Each fast path
+        # the general helper (event_name, scalar, json_object...) is called only for the rest. Each fast path
         # says why it answers as its helper would: the helpers are the rules, these checks only skip them.
         source_name = record.get("event_type")
         if type(source_name) is not str or not source_name or source_name[0].isspace():  # else: text, not blank
@@ -366,24 +367,10 @@ def _fallback_time(record: dict, missing: Rejection) -> tuple[int, tuple[str, ..
     raise Rejection(missing.reason, f"{missing.detail}, nor a usable {' or '.join(FALLBACK_TIME_FIELDS)}")
 
 
-def _scalar(value: Any) -> Any:
-    """A value fit for a descriptive property (text or number), or None."""
-    if value is None:  # most optional fields are absent: answer before any other test
-        return None
-    kind = type(value)
-    if kind is str:
-        return None if is_empty(value) else value
-    if kind is int or kind is float:
-        return value
-    if isinstance(value, bool) or not isinstance(value, str | int | float) or is_empty(value):
-        return None  # bools, containers, and str/int/float subclasses judged the slow way
-    return value
-
-
 def _key_text(value: Any) -> str | None:
     if value is None:
         return None
-    value = _scalar(value)
+    value = scalar(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     return None if value is None else str(value)
@@ -407,14 +394,14 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
             properties.update(url_properties(url))
     if len(mapped) > (PAGE_LOCATION in mapped) + (PAGE_URL in mapped):  # a page field beside the URLs
         for field, target in PAGE_FIELDS:
-            if field in mapped and (value := _scalar(event_properties[field])) is not None:
+            if field in mapped and (value := scalar(event_properties[field])) is not None:
                 properties[target] = value
     if PAGE_REFERRER in mapped or "referrer" in event_properties:
         referrer = _key_text(event_properties.get(PAGE_REFERRER)) or _key_text(event_properties.get("referrer"))
         if referrer is not None:
             properties.update(referrer_properties(referrer))  # $referrer, and its $referring_domain
     if REFERRING_DOMAIN in mapped or "referring_domain" in event_properties:
-        domain = _scalar(event_properties.get(REFERRING_DOMAIN)) or _scalar(event_properties.get("referring_domain"))
+        domain = scalar(event_properties.get(REFERRING_DOMAIN)) or scalar(event_properties.get("referring_domain"))
         if domain is not None:
             properties["$referring_domain"] = domain
     if source_name in AUTOCAPTURE_TYPES:
@@ -433,9 +420,9 @@ def _add_device_properties(properties: dict, record: dict) -> None:
         value = record.get(field)
         if value is None:
             continue
-        # Plain text is its own _scalar (is_plain_text, inlined: this runs for every field of every row).
+        # Plain text is its own scalar (is_plain_text, inlined: this runs for every field of every row).
         if (type(value) is str and value not in EMPTY_MARKERS and not value[0].isspace()
-                and not value[-1].isspace()) or (value := _scalar(value)) is not None:
+                and not value[-1].isspace()) or (value := scalar(value)) is not None:
             properties[target] = value
     if web:
         if type(version := properties.get("$browser_version")) is str:
@@ -474,7 +461,7 @@ def _add_geo(properties: dict, record: dict) -> tuple[tuple[str, Any], ...]:
     place = (record.get("city"), record.get("region"), record.get("country"))
     # A row's place is text (or null) and repeats from row to row: judged once per place.
     geo = _place(*place) if type(place[0]) in _TEXT and type(place[1]) in _TEXT and type(place[2]) in _TEXT else (
-        _place_items(*map(_scalar, place)))
+        _place_items(*map(scalar, place)))
     latitude, longitude = record.get("location_lat"), record.get("location_lng")
     if latitude is not None or longitude is not None:
         geo += tuple((key, value) for key, value in ((LATITUDE, _coordinate(latitude)),
@@ -491,11 +478,11 @@ LATITUDE, LONGITUDE = "$geoip_latitude", "$geoip_longitude"
 
 @functools.lru_cache(maxsize=4096)
 def _place(city: str | None, region: str | None, country: str | None) -> tuple[tuple[str, Any], ...]:
-    return _place_items(_scalar(city), _scalar(region), _scalar(country))
+    return _place_items(scalar(city), scalar(region), scalar(country))
 
 
 def _place_items(city: Any, region: Any, country: Any) -> tuple[tuple[str, Any], ...]:
-    """($geoip_*, value) pairs of the usable ones (see _scalar) of a place's city, region and country."""
+    """($geoip_*, value) pairs of the usable ones (see scalar) of a place's city, region and country."""
     return tuple((key, value) for key, value in zip(GEO_KEYS, (city, region, country), strict=True)
                  if value is not None)
 

@@ -97,6 +97,20 @@ def url_properties(url: str | None) -> dict[str, str]:
     return properties
 
 
+def scalar(value: Any) -> Any:
+    """A value fit for a descriptive property (text or number), or None: not a bool, a container or empty."""
+    if value is None:  # most optional fields are absent: answer before any other test
+        return None
+    kind = type(value)
+    if kind is str:
+        return None if is_empty(value) else value
+    if kind is int or kind is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or is_empty(value):
+        return None  # bools, containers, and str/int/float subclasses judged the slow way
+    return value
+
+
 @functools.lru_cache(maxsize=URL_CACHE_SIZE)
 def host_and_path(url: str) -> tuple[str, str]:
     """urlsplit is slow and exports repeat the same pages endlessly: remember recent answers."""

@@ -91,6 +91,7 @@ from posthog_migrate.adapters.common import (
     is_plain_text,
     person_id_text,
     probe_rows,
+    scalar,
     url_properties,
     without_empty,
 )
@@ -444,12 +445,6 @@ def _in_range(timestamp_us: int, value: Any) -> int:
     return timestamp_us
 
 
-def _scalar(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, str | int | float) or is_empty(value):
-        return None
-    return value
-
-
 def _geo(props: dict) -> tuple[tuple[str, Any], ...]:
     """The row's ``$geoip_disable`` and geo (city, region, country name and code), as ``(key, value)`` pairs."""
     place = (props.get("$city"), props.get("$region"), props.get("mp_country_code"))
@@ -468,8 +463,8 @@ def _place(city: str | None, region: str | None, code: str | None) -> tuple[tupl
 
 
 def _place_items(city: Any, region: Any, code: Any) -> tuple[tuple[str, Any], ...]:
-    code = _scalar(code)
-    return tuple(geo_properties(None, _scalar(city), _scalar(region), country_name=country_name(code),
+    code = scalar(code)
+    return tuple(geo_properties(None, scalar(city), scalar(region), country_name=country_name(code),
                                 country_code=code).items())
 
 
@@ -513,14 +508,14 @@ def _add_person_properties(properties: dict) -> None:
         value = properties.get(key)
         if value is None:  # most are absent
             continue
-        # Plain text (is_plain_text, inlined: this runs for most keys of every row) and numbers are their own _scalar.
+        # Plain text (is_plain_text, inlined: this runs for most keys of every row) and numbers are their own scalar.
         kind = type(value)
         if ((kind is str and value not in EMPTY_MARKERS and not value[0].isspace() and not value[-1].isspace())
-                or kind is int or kind is float or _scalar(value) is not None):
+                or kind is int or kind is float or scalar(value) is not None):
             person_set[key] = value
     set_once = {INITIAL_NAMES[key]: value for key, value in person_set.items()}  # in PERSON_PROPERTIES' order
     for key in MIXPANEL_SET_ONCE:
-        if key in properties and _scalar(properties[key]) is not None:  # usually absent: _scalar(None) is None
+        if key in properties and scalar(properties[key]) is not None:  # usually absent: scalar(None) is None
             set_once[key] = properties[key]
     # The event's own $set (an object: see RESERVED_OBJECTS) over the person's; without one, the fresh dict is that
     # merge already.
