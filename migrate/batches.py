@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
-from posthog_migrate.spool import MergeCursor, MergedSlice
+from posthog_migrate.spool import MergeCursor, MergedSlice, arrow_view
 
 # PostHog's /batch/ takes at most 20 MiB; we cap the *uncompressed* body there, so the gzip'd one fits too.
 MAX_BATCH_BYTES = 20 * 1024 * 1024
@@ -39,7 +39,7 @@ LAYOUT_VERSION = 2
 # How full a window of several lanes is, as a share of ``lanes`` full batches (see BatchLayout).
 WINDOW_FILL = 0.9
 # Gathered between payloads: the take that orders a batch's events also puts the commas in.
-_COMMA = pa.array([b","], pa.binary())
+_COMMA = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, 1], np.int32)), pa.py_buffer(b",")])
 
 
 def body_prefix(api_key: str) -> bytes:
@@ -188,7 +188,7 @@ def _gather(source: pa.Array, rows: np.ndarray, comma: int) -> tuple[memoryview,
     count = len(rows)
     indices = np.full(2 * count - 1, comma, dtype=np.int64)
     indices[0::2] = rows
-    taken = source.take(pa.array(indices))
+    taken = source.take(arrow_view(indices, pa.int64()))
     # One int32 offset per element plus the end (binary offsets are 32-bit: see _window_batches).
     offsets = np.frombuffer(taken.buffers()[1], dtype=np.int32, count=2 * count,
                             offset=taken.offset * 4).astype(np.int64)

@@ -89,6 +89,19 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def release_unused_memory() -> None:
+    """Hand the memory Arrow freed back to the system. Arrow's allocator (mimalloc in the wheels) keeps freed
+    pages for reuse: after a spill's sort and compression, ~80 MB a worker that the next file's mapping,
+    plain Python, never uses (measured on 100,000 events of 720 bytes)."""
+    pa.default_memory_pool().release_unused()
+
+
+def arrow_view(values: array | np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """An Arrow array over a contiguous fixed-width column's memory, without a copy. Not ``pa.array``: its first
+    call imports pandas when pandas is installed (to recognise pandas' types), ~45 MB more in every process."""
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
 def file_checksum(path: Path) -> str:
     """The CRC-32 of a file's bytes, as ``crc32:xxxxxxxx``: recorded when a run is written, compared before
     it is read. LZ4 in Arrow IPC carries no checksum of its own, so a flipped bit in a payload would
@@ -194,23 +207,24 @@ class RunWriter:
         payload = pa.Array.from_buffers(
             pa.binary(), rows, [None, pa.py_buffer(self._offsets), pa.py_buffer(self._data)]
         )
-        table = pa.table(
-            [
-                pa.array(self._ts, pa.int64()), pa.array(self._tiebreak, pa.int64()),
-                pa.array(self._person, pa.uint64()), pa.array(self._kind, pa.uint8()), payload,
-            ],
-            schema=SPOOL_SCHEMA,
-        )
-        table = table.take(pc.sort_indices(table, [("ts", "ascending"), ("tiebreak", "ascending")]))
-        self._reset()
-        average_row = max(1, table.nbytes // max(1, table.num_rows))
+        table = pa.record_batch([arrow_view(self._ts, pa.int64()), arrow_view(self._tiebreak, pa.int64()),
+                                 arrow_view(self._person, pa.uint64()), arrow_view(self._kind, pa.uint8()), payload],
+                                schema=SPOOL_SCHEMA)
+        order = pc.sort_indices(table, [("ts", "ascending"), ("tiebreak", "ascending")])
+        average_row = max(1, table.nbytes // max(1, rows))
         rows_per_batch = max(256, RUN_RECORD_BATCH_BYTES // average_row)
         path = self.directory / f"{self.prefix}{len(self.runs):04d}.arrow"
         options = pa.ipc.IpcWriteOptions(compression="lz4")
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPOOL_SCHEMA, options=options) as writer:
-            writer.write_table(table, max_chunksize=rows_per_batch)
+            # One record batch gathered into sorted order at a time: a sorted copy of the whole buffer would
+            # double the buffer's memory at every spill (the peak of prepare's workers).
+            for start in range(0, rows, rows_per_batch):
+                writer.write_batch(table.take(order.slice(start, rows_per_batch)))
         _fsync_file(path)
-        self.runs.append(RunFile.written(path, table.num_rows))
+        del table, payload  # they hold the buffer's bytes: released by _reset
+        self._reset()
+        release_unused_memory()
+        self.runs.append(RunFile.written(path, rows))
 
     def close(self) -> list[Path]:
         self.spill()
@@ -238,6 +252,7 @@ class MergeCursor:
 
 
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
+
 
 
 def merge_window_bytes(runs: int) -> int:
@@ -355,14 +370,16 @@ class MergedSlice:
 
     def payloads(self) -> pa.Array:
         """The payloads in merged order (a copy)."""
-        return pa.concat_arrays(self.pieces).take(pa.array(self.order))
+        return pa.concat_arrays(self.pieces).take(arrow_view(np.ascontiguousarray(self.order), pa.int64()))
 
     def to_table(self) -> pa.Table:
         """The slice as a table of SPOOL_SCHEMA plus the ``run`` column."""
         return pa.table(
-            [pa.array(self.ts, pa.int64()), pa.array(self.tiebreak, pa.int64()),
-             pa.array(self.person, pa.uint64()), pa.array(self.kind, pa.uint8()), self.payloads(),
-             pa.array(self.run, pa.int32())],
+            [arrow_view(np.ascontiguousarray(self.ts), pa.int64()),
+             arrow_view(np.ascontiguousarray(self.tiebreak), pa.int64()),
+             arrow_view(np.ascontiguousarray(self.person), pa.uint64()),
+             arrow_view(np.ascontiguousarray(self.kind), pa.uint8()), self.payloads(),
+             arrow_view(np.ascontiguousarray(self.run), pa.int32())],
             schema=SPOOL_SCHEMA.append(pa.field("run", pa.int32())),
         )
 

@@ -119,3 +119,38 @@ def test_compaction_merges_runs_down_to_the_fan_in_without_changing_the_stream(t
     assert len(compacted) <= 4 and sum(run.rows for run in compacted) == 6_000
     after = pa.concat_tables(list(merge_runs([tmp_path / run.file for run in compacted]))).drop_columns(["run"])
     assert after.equals(before)
+
+
+SPILL_MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from posthog_migrate.spool import RunWriter
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+writer = RunWriter(Path(sys.argv[1]), 1 << 30)
+payload = b"x" * 900
+for start in range(0, 100_000, 1_000):  # ~90 MB of payloads, in reverse time order: the sort moves every row
+    rows = range(start, start + 1_000)
+    writer.add_many([-row for row in rows], list(rows), list(rows), [0] * 1_000, [payload] * 1_000)
+before = peak_mib()
+writer.spill()
+print(before, peak_mib())
+"""
+
+
+def test_a_spill_sorts_its_buffer_without_a_second_copy_of_it(tmp_path):
+    # The spill is prepare's memory peak: each worker's buffer (up to its share of --memory) plus what sorting
+    # it costs. Gathering the whole buffer into sorted order at once doubled it; a record batch at a time adds
+    # a few MB.
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", SPILL_MEMORY_SCRIPT, str(tmp_path)], capture_output=True,
+                            text=True, check=True)
+    before, after = map(int, result.stdout.split())
+    assert after - before < 30, f"peak memory grew by {after - before} MiB while spilling a 90 MB buffer"
+    [run] = tmp_path.glob("run-*.arrow")
+    table = pa.ipc.open_file(str(run)).read_all()
+    assert table.num_rows == 100_000
+    assert table.column("ts").to_pylist() == sorted(table.column("ts").to_pylist())
