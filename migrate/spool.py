@@ -102,6 +102,19 @@ def arrow_view(values: array | np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
+def numpy_view(column: pa.Array, dtype: type[np.generic]) -> np.ndarray:
+    """A fixed-width Arrow column without nulls as a (read-only) numpy array, without a copy. Not ``to_numpy``:
+    like ``pa.array``, its first call imports pandas when pandas is installed."""
+    return np.frombuffer(column.buffers()[1], dtype=dtype, count=len(column),
+                         offset=column.offset * np.dtype(dtype).itemsize)
+
+
+def _payload_sizes(payloads: pa.Array) -> np.ndarray:
+    """Each payload's length in bytes (int32), from the binary column's offsets."""
+    offsets = np.frombuffer(payloads.buffers()[1], dtype=np.int32, count=len(payloads) + 1, offset=payloads.offset * 4)
+    return np.diff(offsets)
+
+
 def file_checksum(path: Path) -> str:
     """The CRC-32 of a file's bytes, as ``crc32:xxxxxxxx``: recorded when a run is written, compared before
     it is read. LZ4 in Arrow IPC carries no checksum of its own, so a flipped bit in a payload would
@@ -252,6 +265,8 @@ class MergeCursor:
 
 
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
+# The numpy types of SPOOL_SCHEMA's key columns: ts, tiebreak, person, kind.
+_KEY_DTYPES = (np.int64, np.int64, np.uint64, np.uint8)
 
 
 
@@ -305,10 +320,11 @@ class _RunReader:
         # The key columns laid end to end (zero-copy views for one batch: the spool has no nulls). The payloads
         # stay in their batches (the batch cutter copies them once, into request order): see payload_pieces.
         self.ts, self.tiebreak, self.person, self.kind = (
-            _joined([batch.column(index).to_numpy() for batch in batches]) for index in range(4))
+            _joined([numpy_view(batch.column(index), dtype) for batch in batches])
+            for index, dtype in enumerate(_KEY_DTYPES))
         self._payloads = [batch.column(4) for batch in batches]
         self._starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
-        self.sizes = _joined([pc.binary_length(payload).to_numpy() for payload in self._payloads])
+        self.sizes = _joined([_payload_sizes(payload) for payload in self._payloads])
 
     def payload_pieces(self, start: int, stop: int) -> list[pa.Array]:
         """The payloads of window rows ``start:stop``: zero-copy slices of the batches they are in."""
