@@ -6,6 +6,7 @@ import random
 from array import array
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from posthog_migrate.spool import (
@@ -154,3 +155,33 @@ def test_a_spill_sorts_its_buffer_without_a_second_copy_of_it(tmp_path):
     table = pa.ipc.open_file(str(run)).read_all()
     assert table.num_rows == 100_000
     assert table.column("ts").to_pylist() == sorted(table.column("ts").to_pylist())
+
+
+NO_PANDAS_SCRIPT = """
+import sys
+from pathlib import Path
+from posthog_migrate.batches import BatchLayout, cut_windows
+from posthog_migrate.spool import MergeCursor, RunWriter, merge_slices
+
+paths = []
+for run in range(3):
+    writer = RunWriter(Path(sys.argv[1]), 1 << 20, prefix=f"run-{run}-")
+    for row in range(2_000):
+        writer.add((row * 7919 + run) % 5_000, (run << 40) | row, row, 0, b'{"event":"e"}')
+    paths += writer.close()
+start = MergeCursor.start(len(paths))
+events = sum(len(batch.starts) for window in cut_windows(merge_slices(paths, start), start, 0, BatchLayout(lanes=2))
+             for batch in window.batches)
+print(events, "pandas" in sys.modules)
+"""
+
+
+def test_spilling_merging_and_cutting_batches_never_import_pandas(tmp_path):
+    # pyarrow imports pandas, when it is installed, on the first pa.array or to_numpy call: ~45 MB in each of
+    # prepare's workers and in send's process, for nothing (the spool's columns are plain numbers and bytes).
+    pytest.importorskip("pandas")
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", NO_PANDAS_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["6000", "False"]
