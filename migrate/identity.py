@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from posthog_migrate.errors import DamagedJob
 from posthog_migrate.event import Event, uuid5_text
-from posthog_migrate.spool import MAX_MERGE_FAN_IN
+from posthog_migrate.spool import MAX_MERGE_FAN_IN, arrow_column
 
 IDENTIFY_NAMESPACE = uuid_module.UUID("6f1c2d3e-4a5b-5c6d-8e7f-8091a2b3c4d5")
 # What one remembered sighting costs in memory: a few short strings, a tuple and ints. A held event costs this
@@ -164,7 +164,7 @@ class IdentityCollector:
         path = self.directory / name
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             while block := list(itertools.islice(rows, PAIR_READ_ROWS)):
-                writer.write_batch(pa.record_batch([pa.array(column, type=field.type) for column, field
+                writer.write_batch(pa.record_batch([arrow_column(column, field.type) for column, field
                                                     in zip(zip(*block, strict=True), schema, strict=True)],
                                                    schema=schema))
         with open(path, "rb") as handle:

@@ -161,7 +161,12 @@ NO_PANDAS_SCRIPT = """
 import sys
 from pathlib import Path
 from posthog_migrate.batches import BatchLayout, cut_windows
+from posthog_migrate.identity import IdentityCollector
 from posthog_migrate.spool import MergeCursor, RunWriter, merge_slices
+
+identities = IdentityCollector(Path(sys.argv[1]), 1 << 20, tag="00000-")  # what a prepare worker spills too
+identities.see("user-1", "device-1", 5, 1)
+identities.spill()
 
 paths = []
 for run in range(3):
@@ -176,7 +181,7 @@ print(events, "pandas" in sys.modules)
 """
 
 
-def test_spilling_merging_and_cutting_batches_never_import_pandas(tmp_path):
+def test_spilling_runs_and_pairs_merging_and_cutting_batches_never_import_pandas(tmp_path):
     # pyarrow imports pandas, when it is installed, on the first pa.array or to_numpy call: ~45 MB in each of
     # prepare's workers and in send's process, for nothing (the spool's columns are plain numbers and bytes).
     pytest.importorskip("pandas")
