@@ -77,6 +77,7 @@ from posthog_migrate.adapters.base import (
 )
 from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
+    drop_misshapen_reserved,
     event_name,
     is_empty,
     is_plain_id,
@@ -158,9 +159,6 @@ INITIAL_PREFIX = "initial_"
 # PostHog's GeoIP sets it: $initial_geoip_city_name...
 GEO_KEYS = ("$geoip_city_name", "$geoip_subdivision_1_name", "$geoip_country_name")
 INITIAL_GEO_KEYS = {key: f"$initial_{key[1:]}" for key in (*GEO_KEYS, "$geoip_latitude", "$geoip_longitude")}
-# Property names PostHog reads as objects: a value of another shape makes capture refuse the event.
-RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
-RESERVED_NAMES = frozenset({*RESERVED_OBJECTS, "$groups"})
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MEMBER_ENDINGS = (".json.gz", ".json")
@@ -378,14 +376,13 @@ def _key_text(value: Any) -> str | None:
 
 def _event_properties(event_properties: dict, source_name: str) -> dict:
     """The row's own properties, with Amplitude's page and screen properties in PostHog's names."""
-    properties = {k: v for k, v in event_properties.items() if k not in MAPPED_EVENT_PROPERTIES}
-    if not RESERVED_NAMES.isdisjoint(properties):  # rare: one set test for the usual row instead of four lookups
-        for key in RESERVED_OBJECTS:
-            if key in properties and not isinstance(properties[key], dict):
-                del properties[key]
-        if "$groups" in properties and not _valid_groups(properties["$groups"]):
-            del properties["$groups"]
     mapped = MAPPED_EVENT_PROPERTIES.intersection(event_properties)  # usually one or two: look up only those
+    # A copy without the mapped ones: deleting keeps the others' order, as a filtering comprehension would, at a
+    # fraction of its cost on a row of 30 properties.
+    properties = event_properties.copy()
+    for key in mapped:
+        del properties[key]
+    drop_misshapen_reserved(properties)
     if PAGE_LOCATION in mapped or PAGE_URL in mapped:
         url = event_properties.get(PAGE_LOCATION)
         if not is_plain_text(url):  # plain text is its own _key_text; anything else asks it (then the URL field)
@@ -407,10 +404,6 @@ def _event_properties(event_properties: dict, source_name: str) -> dict:
     if source_name in AUTOCAPTURE_TYPES:
         properties["$event_type"] = AUTOCAPTURE_TYPES[source_name]
     return properties
-
-
-def _valid_groups(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values())
 
 
 def _add_device_properties(properties: dict, record: dict) -> None:
