@@ -84,6 +84,26 @@ def without_empty(values: dict | None) -> dict:
     return {k: v for k, v in (values or {}).items() if not is_empty(v)}
 
 
+# Property names PostHog reads as objects: a value of another shape makes capture refuse the whole event.
+RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
+
+
+def drop_misshapen_reserved(properties: dict) -> None:
+    """Remove the source's own ``$set``, ``$set_once``, ``$group_set`` that are not objects, and a ``$groups`` that
+    does not map group types to keys: PostHog would refuse the whole event for any of them."""
+    # Four lookups for the usual row, which has none of them (a set test would hash every property's name).
+    if not ("$set" in properties or "$set_once" in properties or "$group_set" in properties
+            or "$groups" in properties):
+        return
+    for key in RESERVED_OBJECTS:
+        if key in properties and not isinstance(properties[key], dict):
+            del properties[key]
+    groups = properties.get("$groups")
+    if "$groups" in properties and not (isinstance(groups, dict)
+                                        and all(isinstance(v, str) and v for v in groups.values())):
+        del properties["$groups"]
+
+
 def url_properties(url: str | None) -> dict[str, str]:
     """``$current_url`` plus the ``$host`` and ``$pathname`` PostHog derives from it in the browser SDK."""
     if is_empty(url):

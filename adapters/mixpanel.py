@@ -83,6 +83,7 @@ from posthog_migrate.adapters.base import (
 )
 from posthog_migrate.adapters.common import (
     EMPTY_MARKERS,
+    drop_misshapen_reserved,
     event_name,
     geo_properties,
     host_and_path,
@@ -130,8 +131,6 @@ RENAMED_PROPERTIES = (
     ("mp_lib", "$lib"), ("$app_version_string", "$app_version"), ("$app_build_number", "$app_build"),
     ("$manufacturer", "$device_manufacturer"), ("$model", "$device_model"), ("$carrier", "$network_carrier"),
 )
-RESERVED_OBJECTS = ("$set", "$set_once", "$group_set")
-RESERVED_NAMES = frozenset({*RESERVED_OBJECTS, "$groups"})
 # The event properties (in PostHog's names) that also describe the person: $set as they are, and $set_once as
 # $initial_<name>, as PostHog's SDKs and GeoIP set them on live events.
 PERSON_PROPERTIES = (
@@ -471,15 +470,11 @@ def _place_items(city: Any, region: Any, code: Any) -> tuple[tuple[str, Any], ..
 def _mapped_properties(props: dict) -> dict:
     """An event's properties in PostHog's names (see the module's docstring), with its person's ``$set`` and
     ``$set_once``."""
-    properties = {key: value for key, value in props.items() if key not in DROPPED_PROPERTIES}
-    if not RESERVED_NAMES.isdisjoint(properties):  # rare: one set test for the usual row instead of four lookups
-        for key in RESERVED_OBJECTS:
-            if key in properties and not isinstance(properties[key], dict):
-                del properties[key]
-        groups = properties.get("$groups")
-        if "$groups" in properties and not (isinstance(groups, dict)
-                                            and all(isinstance(v, str) and v for v in groups.values())):
-            del properties["$groups"]  # null or malformed: PostHog would refuse the whole event for it
+    # A copy without the dropped ones: deleting keeps the others' order, as a filtering comprehension would, for less.
+    properties = props.copy()
+    for key in DROPPED_PROPERTIES.intersection(props):
+        del properties[key]
+    drop_misshapen_reserved(properties)
     for old, new in RENAMED_PROPERTIES:
         if old in properties:
             properties[new] = properties.pop(old)
@@ -517,8 +512,8 @@ def _add_person_properties(properties: dict) -> None:
     for key in MIXPANEL_SET_ONCE:
         if key in properties and scalar(properties[key]) is not None:  # usually absent: scalar(None) is None
             set_once[key] = properties[key]
-    # The event's own $set (an object: see RESERVED_OBJECTS) over the person's; without one, the fresh dict is that
-    # merge already.
+    # The event's own $set (an object: see drop_misshapen_reserved) over the person's; without one, the fresh dict
+    # is that merge already.
     if person_set:
         properties["$set"] = {**person_set, **properties["$set"]} if "$set" in properties else person_set
     if set_once:

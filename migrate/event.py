@@ -87,11 +87,16 @@ def _epoch_number_to_us(value: float, unit: str) -> int:
     return round(scaled)
 
 
+def naive_utc_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of a naive datetime read as UTC: plain arithmetic, no zone."""
+    delta = moment - _EPOCH_NAIVE
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def _datetime_to_us(moment: datetime, naive_zone: tzinfo) -> int:
     if moment.tzinfo is None:
-        if naive_zone is UTC or naive_zone is _ZONEINFO_UTC:  # the usual case: plain arithmetic, no zone
-            delta = moment - _EPOCH_NAIVE
-            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if naive_zone is UTC or naive_zone is _ZONEINFO_UTC:  # the usual case
+            return naive_utc_us(moment)
         # fold=0 picks the first of two ambiguous local times (DST fall-back): deterministic.
         moment = moment.replace(tzinfo=naive_zone)
     delta = moment - _EPOCH

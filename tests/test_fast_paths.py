@@ -9,8 +9,17 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from posthog_migrate.adapters.amplitude import AmplitudeAdapter
-from posthog_migrate.event import Event, format_timestamp, json_default, parse_timestamp, sent_timestamp_text
+from posthog_migrate.adapters.amplitude import FALLBACK_TIME_NOTE, AmplitudeAdapter
+from posthog_migrate.adapters.common import drop_misshapen_reserved, session_uuid7
+from posthog_migrate.event import (
+    MAX_TIMESTAMP_US,
+    Event,
+    Rejection,
+    format_timestamp,
+    json_default,
+    parse_timestamp,
+    sent_timestamp_text,
+)
 from posthog_migrate.mapping import ColumnMapping
 
 from tests.adapter_helpers import as_sent
@@ -118,3 +127,69 @@ def test_an_event_with_values_plain_orjson_refuses_is_written_the_general_way():
                             default=json_default, option=orjson.OPT_NON_STR_KEYS)
     assert event.to_json() == expected
     assert b'"amount":9.5,"3":"a non-text key","tags":["a","b"]' in expected
+
+
+# --- what Amplitude's to_events remembers of the last row (issue 15's second round) -----------------------------
+
+def amplitude_row(**fields) -> dict:
+    return {"event_type": "e", "event_time": "2023-05-06 12:34:56.123456",
+            "uuid": "0b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3", **fields}
+
+
+def test_a_rows_ids_are_judged_anew_when_they_differ_from_the_last_rows_in_either_id():
+    mapper = AmplitudeAdapter(ColumnMapping())
+    first = mapper.to_events(amplitude_row(user_id="u1", device_id="d1"))[-1]
+    assert (first.distinct_id, first.link, first.illegal_ids) == ("u1", ("u1", "d1"), ())
+    # The same user, a device PostHog will not merge through: passed over, not linked (not the last row's answer).
+    second = mapper.to_events(amplitude_row(user_id="u1", device_id="null"))[-1]
+    assert (second.distinct_id, second.link, second.illegal_ids) == ("u1", None, (("device_id", "null"),))
+    # The same ids once padded: trimmed by the rule, then the same person and link as the first row.
+    third = mapper.to_events(amplitude_row(user_id=" u1 ", device_id="d1"))[-1]
+    assert (third.distinct_id, third.link) == ("u1", ("u1", "d1"))
+
+
+def test_numeric_ids_on_a_first_row_are_read_by_the_rule_not_taken_for_the_memos_empty_state():
+    with pytest.raises(Rejection) as rejected:
+        AmplitudeAdapter(ColumnMapping()).to_events(amplitude_row(user_id=0, device_id=0))
+    assert rejected.value.illegal_ids == (("user_id", "0"), ("device_id", "0"))
+    numbered = AmplitudeAdapter(ColumnMapping()).to_events(amplitude_row(user_id=7, device_id=7.0))[-1]
+    assert (numbered.distinct_id, numbered.link) == ("7", None)
+
+
+def test_a_session_is_reused_only_for_the_same_device_and_start():
+    mapper = AmplitudeAdapter(ColumnMapping())
+    start = 1683376496123
+    for device, session in [("d1", start), ("d1", start), ("d2", start), (None, start), ("d1", start),
+                            ("d1", start + 1)]:
+        fields = {"device_id": device} if device is not None else {"user_id": "u9"}
+        event = mapper.to_events(amplitude_row(session_id=session, **fields))[-1]
+        assert event.properties["$session_id"] == session_uuid7(session, f"amplitude:{device or ''}:{session}")
+
+
+@pytest.mark.parametrize("event_time", [
+    "9999-12-31 23:59:59.500000",  # the sent form, past the last second PostHog keeps
+    "2023-02-30 12:00:00.000000",  # the sent form's fields, not a date
+    "0000-01-01 00:00:00.000000",  # no year 0
+])
+def test_an_event_time_in_the_sent_form_that_is_no_usable_time_falls_back_as_the_rule_says(event_time):
+    event = AmplitudeAdapter(ColumnMapping()).to_events(
+        amplitude_row(device_id="d1", event_time=event_time, client_event_time="2023-05-06 01:02:03.000004"))[-1]
+    assert (event.timestamp_us, event.timestamp_text) == (parse_timestamp("2023-05-06 01:02:03.000004"), None)
+    assert event.notes == (FALLBACK_TIME_NOTE.format(field="client_event_time"),)
+    assert b'"timestamp":"2023-05-06T01:02:03.000004Z"' in event.to_json()
+
+
+def test_the_last_usable_microsecond_in_the_sent_form_is_the_rows_own_time():
+    event = AmplitudeAdapter(ColumnMapping()).to_events(amplitude_row(device_id="d1",
+                                                                      event_time="9999-12-31 23:59:59.000000"))[-1]
+    assert (event.timestamp_us, event.notes) == (MAX_TIMESTAMP_US, ())
+
+
+@pytest.mark.parametrize("key", ["$set", "$set_once", "$group_set", "$groups"])
+def test_each_reserved_object_of_the_wrong_shape_is_dropped_alone(key):
+    properties = {"a": 1, key: "junk", "b": {"c": 2}}
+    drop_misshapen_reserved(properties)
+    assert properties == {"a": 1, "b": {"c": 2}}
+    kept = {"$set": {"x": 1}, "$set_once": {}, "$group_set": {"y": 2}, "$groups": {"company": "c1"}}
+    drop_misshapen_reserved(kept)
+    assert list(kept) == ["$set", "$set_once", "$group_set", "$groups"]
