@@ -213,7 +213,7 @@ def test_a_merge_through_an_illegal_id_is_named_and_the_local_server_refuses_the
 
 
 def test_the_ledger_follows_the_checkpoint_through_a_crash_and_a_resume(tmp_path, capture_server):
-    """Killed mid-send, the job counts exactly what its checkpoint covers; resumed (a window sent twice), it
+    """Killed mid-send, the job counts exactly what its checkpoint covers; resumed (what was in flight sent again), it
     counts every event once, and PostHog's distinct counts match it."""
     rows = make_rows(3000, days=4)
     write_jsonl(tmp_path / "events.jsonl", rows)
@@ -240,7 +240,9 @@ def test_the_ledger_follows_the_checkpoint_through_a_crash_and_a_resume(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     job_id = report["job"]["id"]
     received = [event for event in capture_server.events if event["properties"]["$import_job_id"] == job_id]
-    assert len(received) > len(rows)  # the window holding the checkpoint went twice
+    # Acknowledged batches are not sent again; batches in flight at the kill may have landed unacknowledged and
+    # go again (how many depends on timing): each event at least once, and verify counts each exactly once.
+    assert len({event["uuid"] for event in received}) == len(rows) <= len(received)
     final, report = _verify(tmp_path, "--api-host", capture_server.url, "--wait", "0", job=job)
     assert final.returncode == 0, final.stdout
     assert report["total"] == {"sent": len(rows), "found": len(rows), "missing": 0, "extra": 0}
