@@ -7,7 +7,9 @@ One run on one machine:
   4. runs the baseline a user would otherwise write: posthog-python's `capture()` in a loop over the
      events sorted in memory, gzip on, `historical_migration=True`, a queue big enough to drop nothing,
   5. prints events/second for both, their ratio, each one's peak memory (its processes together), the tool's
-     peak temporary disk (its work directory), and checks that the server received every event from each.
+     peak temporary disk (its work directory), the CPU each used and the server's CPU while it received from
+     each (a real PostHog does that work on its own machines), and checks that the server received every event
+     from each.
 
 Two profiles of rows: `simple` (small uniform rows: 3 event properties, the same 2 user properties, all web, a
 new session per event; kept for comparison with earlier figures) and `realistic` (benchmarks/realistic_export.py:
@@ -33,6 +35,7 @@ import multiprocessing
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -95,10 +98,11 @@ def free_port() -> int:
 
 
 def run_measured(command: list[str], cwd: Path, env: dict | None = None,
-                 workdir: Path | None = None) -> tuple[float, int, int, str]:
+                 workdir: Path | None = None) -> tuple[float, int, int, str, dict]:
     """Run a process; return (seconds, peak memory in MiB of it and its worker processes together, peak size
-    in MiB of ``workdir``, stdout)."""
+    in MiB of ``workdir``, stdout, CPU seconds: ``all`` of it and its workers, ``own`` of its first process)."""
     started = time.monotonic()
+    children_before = _children_cpu_seconds()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = MemorySampler(process.pid, workdir)
     sampler.start()
@@ -107,7 +111,23 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None,
     sampler.stop()
     if process.returncode not in (0, 3):
         raise SystemExit(f"{command[:4]} failed:\n{stdout}\n{stderr}")
-    return elapsed, sampler.peak_kib // 1024, sampler.peak_disk // (1 << 20), stdout
+    # Its workers' CPU reaches ours when it reaps them and we reap it; the server is reaped only after this.
+    cpu = {"all": _children_cpu_seconds() - children_before, "own": sampler.own_cpu}
+    return elapsed, sampler.peak_kib // 1024, sampler.peak_disk // (1 << 20), stdout, cpu
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of one process so far, itself only (not its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # it has just ended
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class MemorySampler(threading.Thread):
@@ -117,6 +137,8 @@ class MemorySampler(threading.Thread):
     posthog-migrate runs worker processes, so one process's peak RSS (what wait4 reports: the largest
     single process) would understate it. Each sample adds up every process of the tree; PSS counts
     shared pages once (RSS where /proc has no smaps_rollup). Disk is the blocks allocated to the folder's files.
+    ``own_cpu`` is the first process's own CPU at the last sample (within 250 ms of its end): in posthog-migrate,
+    the coordinator, the identity pass and the whole send; its workers do the rest of prepare.
     """
 
     def __init__(self, pid: int, folder: Path | None = None):
@@ -125,11 +147,13 @@ class MemorySampler(threading.Thread):
         self.folder = folder
         self.peak_kib = 0
         self.peak_disk = 0
+        self.own_cpu = 0.0
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(0.25):
             self.peak_kib = max(self.peak_kib, sum(map(_memory_kib, _process_tree(self.pid))))
+            self.own_cpu = max(self.own_cpu, _cpu_seconds(self.pid))
             if self.folder is not None:
                 self.peak_disk = max(self.peak_disk, _disk_bytes(self.folder))
 
@@ -180,6 +204,7 @@ class Server:
         self.port = free_port()
         self.out_file = out_file
         self.summary = ""
+        self.cpu_seconds = 0.0
         if out_file != Path(os.devnull):
             out_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
@@ -197,7 +222,9 @@ class Server:
 
     def stop(self) -> int:
         """Stop the server; return how many events it accepted (its summary says, "Stopped: N requests, M events
-        accepted, ...": the out file may be /dev/null)."""
+        accepted, ...": the out file may be /dev/null). Its processes' CPU so far is kept in ``cpu_seconds``: it
+        works only while a tool sends."""
+        self.cpu_seconds = sum(map(_cpu_seconds, _process_tree(self.process.pid)))
         self.process.terminate()  # SIGTERM: the server stops its worker processes and says what it took
         try:
             summary, _ = self.process.communicate(timeout=60)
@@ -216,24 +243,25 @@ def run_tool(data: Path, count: int, label: str, extra: tuple[str, ...] = (), ke
     server = Server(OUT / f"received-{label}.jsonl" if keep_received else Path(os.devnull))
     try:
         env = {**os.environ, "POSTHOG_API_KEY": "phc_benchmark"}
-        seconds, rss, disk, summary = run_measured(
+        seconds, rss, disk, summary, cpu = run_measured(
             [sys.executable, "-m", "posthog_migrate", "run", str(data), "--format", "amplitude",
              "--host", server.url, "--rate", "0", "--workdir", str(work), "--restart", "-q", *extra], OUT, env,
             workdir=work)
     finally:
         received = server.stop()
     return {"name": "posthog-migrate", "seconds": seconds, "rss": rss, "disk": disk, "received": received,
-            "count": count, "summary": summary}
+            "count": count, "summary": summary, "cpu": cpu, "server_cpu": server.cpu_seconds}
 
 
 def run_baseline(data: Path, count: int) -> dict:
     server = Server(OUT / "received-baseline.jsonl")
     try:
-        seconds, rss, _, _ = run_measured(
+        seconds, rss, _, _, cpu = run_measured(
             [sys.executable, str(HERE / "baseline_posthog_python.py"), str(data), server.url, str(count)], OUT)
     finally:
         received = server.stop()
-    return {"name": "posthog-python", "seconds": seconds, "rss": rss, "received": received, "count": count}
+    return {"name": "posthog-python", "seconds": seconds, "rss": rss, "received": received, "count": count,
+            "cpu": {"all": cpu["all"]}, "server_cpu": server.cpu_seconds}
 
 
 def run_shards(data: Path, count: int, shards: int) -> None:
@@ -263,7 +291,16 @@ def report(result: dict, rate: bool = True) -> str:
             f"  peak memory {result['rss']:>6,} MiB"
             + (f"  peak disk {result['disk']:>6,} MiB" if "disk" in result else "")
             + f"  received {result['received']:,}"
-            + (f"  ({lost:,} LOST)" if lost > 0 else "") + "".join(f"\n    {phase}" for phase in phases))
+            + (f"  ({lost:,} LOST)" if lost > 0 else "") + "".join(f"\n    {phase}" for phase in phases)
+            + (f"\n    {cpu_line(result)}" if "cpu" in result else ""))
+
+
+def cpu_line(result: dict) -> str:
+    """Where the CPU went: the tool's processes, and the capture server's (which a real PostHog runs elsewhere)."""
+    cpu = result["cpu"]
+    own = (f" (its first process {cpu['own']:.1f} s: coordinator, identity pass and send; its workers "
+           f"{cpu['all'] - cpu['own']:.1f} s)") if "own" in cpu else ""
+    return f"CPU:               {cpu['all']:.1f} s{own}; the capture server {result['server_cpu']:.1f} s"
 
 
 def generate_realistic(folder: Path, count: int, seed: int) -> None:
