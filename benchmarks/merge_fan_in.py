@@ -4,7 +4,9 @@
     python benchmarks/merge_fan_in.py --runs 11 41 --events 4000000
 
 Each run holds events of random times (as each input file's run spans the whole export); the merge is timed
-three times (CPU time), the first pass included: `send` merges once.
+three times (CPU time), the first pass included: `send` merges once. Then the merge with send's batch cutter
+(`cut_windows`, send's default layout), also three times: in interleaved runs every merge step takes rows from
+every run, and is longer than a window of batches.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posthog_migrate.spool import RunWriter, merge_slices  # noqa: E402
+from posthog_migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, BatchLayout, cut_windows  # noqa: E402
+from posthog_migrate.config import DEFAULT_CONCURRENCY  # noqa: E402
+from posthog_migrate.spool import MergeCursor, RunWriter, merge_slices  # noqa: E402
 
 
 def main() -> None:
@@ -38,12 +42,20 @@ def main() -> None:
                     payload = padding + os.urandom(8).hex().encode()
                     writer.add(rng.randrange(1 << 45), (run << 40) | row, row, 0, payload)
                 paths += writer.close()
-            seconds = []
+            seconds, with_batches = [], []
             for _ in range(3):
                 started = time.process_time()
                 events = sum(merged.num_rows for merged in merge_slices(paths))
                 seconds.append(time.process_time() - started)
-        print(f"{runs} runs: " + " / ".join(f"{s / events * 1e6:.2f}" for s in seconds) + " µs/event (CPU)", flush=True)
+            layout = BatchLayout(DEFAULT_CONCURRENCY, DEFAULT_BATCH_EVENTS, DEFAULT_BATCH_BYTES)
+            for _ in range(3):
+                start = MergeCursor.start(len(paths))
+                started = time.process_time()
+                for _ in cut_windows(merge_slices(paths, start), start, 0, layout):
+                    pass
+                with_batches.append(time.process_time() - started)
+        print(f"{runs} runs: merge " + " / ".join(f"{s / events * 1e6:.2f}" for s in seconds) + ", merge + batches "
+              + " / ".join(f"{s / events * 1e6:.2f}" for s in with_batches) + " µs/event (CPU)", flush=True)
 
 
 if __name__ == "__main__":

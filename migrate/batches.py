@@ -197,23 +197,47 @@ def _gather(source: pa.Array, rows: np.ndarray, comma: int) -> tuple[memoryview,
     return data, offsets[0::2], offsets[1::2]
 
 
+def _payload_source(parts: list[MergedSlice]) -> tuple[pa.Array, np.ndarray, int]:
+    """The window's payloads as one contiguous array to take from, then the comma (a take from a chunked array
+    would concatenate it anyway, once per call); each window row's index in it; and the comma's index.
+
+    Only the rows the window uses are copied. A window is often a slice of a longer merged step, and a slice
+    shares the step's pieces: every run's rows of the whole step. With many runs a step holds up to
+    MAX_MERGE_WINDOWS_BYTES and spans several windows, and concatenating all its pieces for each window copied
+    the step's payloads once per window (send's cost per event grew with the number of runs). A run's rows in a
+    window are consecutive rows of that run, since the merge keeps each run's order, so each piece is cut to the
+    span between its first and last used row. A window holds at most lanes x max_bytes <= 64 x 20 MiB, so the
+    array's 32-bit offsets suffice.
+    """
+    pieces: list[pa.Array] = []
+    rows_in_source: list[np.ndarray] = []
+    base = 0
+    for part in parts:
+        lengths = np.fromiter(map(len, part.pieces), dtype=np.int64, count=len(part.pieces))
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        used = np.sort(part.order)
+        first_used, past_used = np.searchsorted(used, starts), np.searchsorted(used, ends)
+        shift = np.zeros(len(part.pieces), dtype=np.int64)  # a piece's row index in the part → in the source
+        for index, piece in enumerate(part.pieces):
+            if first_used[index] == past_used[index]:
+                continue  # none of this piece's rows is in the window
+            low, high = int(used[first_used[index]]), int(used[past_used[index] - 1]) + 1
+            pieces.append(piece.slice(low - int(starts[index]), high - low))
+            shift[index] = base - low
+            base += high - low
+        # The piece of each row: the last one starting at or before it (an empty piece shares its start with the next).
+        piece_of_row = np.searchsorted(starts, part.order, side="right") - 1
+        rows_in_source.append(part.order + shift[piece_of_row])
+    return pa.concat_arrays([*pieces, _COMMA]), np.concatenate(rows_in_source), base
+
+
 def _window_batches(parts: list[MergedSlice], first_seq: int, layout: BatchLayout) -> list[Batch]:
     person = np.concatenate([part.person for part in parts])
     tiebreak = np.concatenate([part.tiebreak for part in parts])
     kind = np.concatenate([part.kind for part in parts])
     sizes = np.concatenate([part.sizes for part in parts])
-    # Every part's payload pieces laid end to end, then the comma: one contiguous array to take from
-    # (a take from a chunked array would concatenate it anyway, once per call). A window holds at most
-    # lanes x max_bytes <= 64 x 20 MiB, so the array's 32-bit offsets suffice.
-    pieces: list[pa.Array] = []
-    sources = []
-    base = 0
-    for part in parts:
-        sources.append(part.order + base)
-        pieces.extend(part.pieces)
-        base += sum(len(piece) for piece in part.pieces)
-    source = pa.concat_arrays([*pieces, _COMMA])
-    source_rows = np.concatenate(sources)
+    source, source_rows, comma = _payload_source(parts)
     lanes = person % np.uint64(layout.lanes)
     # Each lane's batches (index ranges), then numbered round robin: every lane's first batch, then every
     # second one, ... Batches start in number order and a lane's second batch must wait for its first,
@@ -229,7 +253,7 @@ def _window_batches(parts: list[MergedSlice], first_seq: int, layout: BatchLayou
             if turn < len(cuts):
                 start, end = cuts[turn]
                 rows = indices[start:end]
-                data, starts, ends = _gather(source, source_rows[rows], base)
+                data, starts, ends = _gather(source, source_rows[rows], comma)
                 batches.append(Batch(first_seq + len(batches), lane, data, starts, ends, tiebreak[rows],
                                      kind[rows]))
     return batches

@@ -8,7 +8,15 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from posthog_migrate.batches import ENVELOPE_BYTES, Batch, BatchLayout, _cut_lane, build_body, cut_windows
+from posthog_migrate.batches import (
+    ENVELOPE_BYTES,
+    Batch,
+    BatchLayout,
+    _cut_lane,
+    _payload_source,
+    build_body,
+    cut_windows,
+)
 from posthog_migrate.spool import MergeCursor, RunWriter, make_tiebreak, merge_runs, merge_slices
 
 
@@ -150,6 +158,24 @@ def test_batches_hold_each_lanes_events_in_merged_order_byte_for_byte(tmp_path):
             expected = [payloads[row] for row in rows if people[row] % layout.lanes == lane]
             got = [p for batch in window.batches if batch.lane == lane for p in batch.payloads]
             assert got == expected
+
+
+def test_a_window_cut_from_a_longer_merged_step_copies_only_its_own_payloads(tmp_path):
+    # Many runs over the same time span: each merge step takes rows from all of them, and is much longer than a
+    # window, so a window is a slice of a step that shares the step's payload pieces. The array gathered from
+    # must hold that slice's payloads only (it held the whole step's, copied once per window: a cost per event
+    # that grew with the number of runs), and gather exactly them, in merged order.
+    run_paths = _prepared_runs(tmp_path, 6_000, people=50, max_payload=300)
+    assert len(run_paths) >= 5
+    step = max(merge_slices(run_paths), key=lambda merged: merged.num_rows)
+    assert len({int(run) for run in step.run}) == len(run_paths)
+    everything = pa.concat_arrays(step.pieces).to_pylist()
+    third = step.num_rows // 3
+    for window in (step.slice(0, third), step.slice(third, 2 * third), step.slice(2 * third)):
+        source, rows, comma = _payload_source([window])
+        assert source[comma].as_py() == b","
+        assert len(source) == window.num_rows + 1  # a run's rows in a window are consecutive: nothing else copied
+        assert source.take(pa.array(rows)).to_pylist() == [everything[row] for row in window.order]
 
 
 def test_batch_bodies_and_halves_are_build_body_of_their_events(tmp_path):
