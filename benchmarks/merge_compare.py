@@ -7,7 +7,7 @@
 Each WORKDIR is one kept by scale.py (its runs/ folder). The rounds alternate between them, so a machine whose
 speed drifts (this one's moves by a third between runs) slows each alike: the way to see whether send's cost per
 event changes with the size of the job. Prints CPU µs per event of `merge_slices` alone and of the merge with
-send's batch cutter (`cut_windows`, send's default layout), one figure per round.
+send's batch cutter (merge_fan_in.merge_and_batches_seconds), one figure per round.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posthog_migrate.batches import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS, BatchLayout, cut_windows  # noqa: E402
-from posthog_migrate.config import DEFAULT_CONCURRENCY  # noqa: E402
-from posthog_migrate.spool import MergeCursor, merge_slices  # noqa: E402
+from merge_fan_in import merge_and_batches_seconds  # noqa: E402
+from posthog_migrate.spool import merge_slices  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +28,6 @@ def main() -> None:
     parser.add_argument("workdirs", type=Path, nargs="+")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    layout = BatchLayout(DEFAULT_CONCURRENCY, DEFAULT_BATCH_EVENTS, DEFAULT_BATCH_BYTES)
     runs = {workdir: sorted((workdir / "runs").glob("*.arrow")) for workdir in args.workdirs}
     for workdir, paths in runs.items():
         if not paths:
@@ -41,11 +39,7 @@ def main() -> None:
             started = time.process_time()
             events = sum(merged.num_rows for merged in merge_slices(paths))
             merge_only[workdir].append((time.process_time() - started) / events * 1e6)
-            start = MergeCursor.start(len(paths))
-            started = time.process_time()
-            for _ in cut_windows(merge_slices(paths, start), start, 0, layout):
-                pass
-            with_batches[workdir].append((time.process_time() - started) / events * 1e6)
+            with_batches[workdir].append(merge_and_batches_seconds(paths) / events * 1e6)
     for workdir, paths in runs.items():
         print(f"{workdir} ({len(paths)} runs), CPU µs/event: merge "
               + " ".join(f"{value:.2f}" for value in merge_only[workdir]) + " | merge + batches "
